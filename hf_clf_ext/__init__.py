@@ -1,0 +1,22 @@
+"""Fine-tune decoder-only LLMs into text classifiers.
+
+Importing the package registers the last-token classifier with `AutoConfig` and
+`AutoModelForSequenceClassification`, so saved models load (and run in `pipeline("text-classification")`) through
+the Auto classes.
+"""
+
+from transformers import AutoConfig, AutoModelForSequenceClassification
+
+from .configuration_last_token import LastTokenClassifierConfig
+from .modeling_last_token import LastTokenClassifierForSequenceClassification, pool_hidden_states
+
+AutoConfig.register(LastTokenClassifierConfig.model_type, LastTokenClassifierConfig, exist_ok=True)
+AutoModelForSequenceClassification.register(
+    LastTokenClassifierConfig, LastTokenClassifierForSequenceClassification, exist_ok=True
+)
+
+__all__ = [
+    "LastTokenClassifierConfig",
+    "LastTokenClassifierForSequenceClassification",
+    "pool_hidden_states",
+]

@@ -1,0 +1,279 @@
+"""A decoder-only LM with a linear head on the hidden state of its last real token.
+
+Self-contained on purpose (relative imports only): `save_pretrained` copies this file and
+`configuration_last_token.py` next to the weights, so the folder loads with `trust_remote_code=True` in a process
+that never imports `hf_clf_ext`.
+"""
+
+import os
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers import AutoConfig, AutoModel, PreTrainedModel
+from transformers.modeling_outputs import SequenceClassifierOutputWithPast
+from transformers.utils.quantization_config import QuantizationMethod
+
+from .configuration_last_token import LastTokenClassifierConfig, check_decoder_only
+
+IGNORE_INDEX = -100
+# Set by `from_pretrained` on quantized models; a wrapped backbone keeps its quantization state through these.
+_QUANTIZATION_ATTRIBUTES = ("hf_quantizer", "is_quantized", "quantization_method", "is_loaded_in_4bit", "is_loaded_in_8bit")
+
+
+def pool_hidden_states(hidden_states: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """Pool `(batch, seq, hidden)` states into `(batch, hidden)` using only positions where `attention_mask` is 1.
+
+    The last real token is found from the mask, never from `pad_token_id`, so left padding, right padding and
+    tokenizers whose pad token is their eos (a real eos may end the text) all pool the same position.
+    """
+    mask = attention_mask.to(hidden_states.device, torch.long)
+    if pooling == "last":
+        positions = torch.arange(mask.shape[-1], device=mask.device)
+        last = (mask * positions).argmax(dim=-1)
+        return hidden_states[torch.arange(hidden_states.shape[0], device=hidden_states.device), last]
+    weights = mask.unsqueeze(-1).to(torch.float32)
+    return ((hidden_states.float() * weights).sum(dim=1) / weights.sum(dim=1)).to(hidden_states.dtype)
+
+
+class LastTokenClassifierPreTrainedModel(PreTrainedModel):
+    config_class = LastTokenClassifierConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    # Attention runs inside the backbone, which checks its own support when it is built.
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    # The head is tiny and must stay in full precision under bf16 weights or a 4-bit / 8-bit backbone.
+    _keep_in_fp32_modules = ["score"]
+    # A causal-LM checkpoint loads into this model: its LM head is not needed.
+    _keys_to_ignore_on_load_unexpected = [r"^lm_head\."]
+    # The loss is a per-batch mean: the Trainer must not pass `num_items_in_batch` through `forward`.
+    accepts_loss_kwargs = False
+
+
+class LastTokenClassifierForSequenceClassification(LastTokenClassifierPreTrainedModel):
+    """Any `AutoModel` decoder-only backbone (as `self.model`) + dropout + a linear head (`self.score`).
+
+    The head sees only the pooled vector of each sequence (stock `*ForSequenceClassification` models project every
+    position and then pick one). Position ids are derived from `attention_mask`, so a left-padded example gets the
+    same logits as the same example alone.
+    """
+
+    def __init__(self, config: LastTokenClassifierConfig, backbone: PreTrainedModel | None = None):
+        super().__init__(config)
+        if backbone is None:
+            backbone = AutoModel.from_config(config.text_config)
+        else:
+            # An already-loaded backbone keeps its weights: `post_init` must not re-initialise it.
+            for module in backbone.modules():
+                module._is_hf_initialized = True
+        self.model = backbone
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.score = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.model.set_input_embeddings(value)
+
+    @classmethod
+    def from_backbone(
+        cls,
+        backbone: "str | os.PathLike | PreTrainedModel",
+        *,
+        labels: list[str] | None = None,
+        num_labels: int | None = None,
+        problem_type: str = "single_label_classification",
+        pooling: str = "last",
+        tokenizer=None,
+        classifier_dropout: float = 0.0,
+        label_smoothing: float = 0.0,
+        class_weights: list[float] | None = None,
+        **from_pretrained_kwargs,
+    ) -> "LastTokenClassifierForSequenceClassification":
+        """Build a classifier from a causal LM given by name/path or as an already-loaded model.
+
+        A name/path goes through `from_pretrained` (so `quantization_config`, `dtype`, `device_map`,
+        `attn_implementation`, `gguf_file`, ... all apply): the backbone weights are loaded, the LM head is dropped
+        and the classification head is freshly initialised in float32. A loaded model is reused as it is (no copy),
+        keeping its `attn_implementation` and quantization state.
+
+        `labels` names the classes in id order (or give `num_labels` for `LABEL_0`, ...). The pad token id comes from
+        `tokenizer` when it has one, else from the backbone config; failing both, the eos token serves as pad (and is
+        set as the tokenizer's pad token), as for SmolLM2 or Llama 3.
+        """
+        label_kwargs = _label_kwargs(labels, num_labels)
+        head_kwargs = dict(
+            problem_type=problem_type,
+            pooling=pooling,
+            classifier_dropout=classifier_dropout,
+            label_smoothing=label_smoothing,
+            class_weights=class_weights,
+            **label_kwargs,
+        )
+        if isinstance(backbone, PreTrainedModel):
+            if from_pretrained_kwargs:
+                raise TypeError(
+                    f"Loading options {sorted(from_pretrained_kwargs)} only apply when the backbone is a name or path."
+                )
+            return cls._wrap_loaded_backbone(backbone, tokenizer, head_kwargs)
+        if not isinstance(backbone, (str, os.PathLike)):
+            raise TypeError(f"backbone must be a model name/path or a PreTrainedModel, got {type(backbone).__name__}.")
+        config_kwargs = {
+            key: from_pretrained_kwargs[key]
+            for key in ("gguf_file", "revision", "token", "cache_dir", "trust_remote_code", "local_files_only")
+            if key in from_pretrained_kwargs
+        }
+        text_config = AutoConfig.from_pretrained(backbone, **config_kwargs)
+        check_decoder_only(text_config)
+        config = LastTokenClassifierConfig(
+            text_config=text_config, pad_token_id=_resolve_pad_token_id(tokenizer, text_config), **head_kwargs
+        )
+        return cls.from_pretrained(backbone, config=config, **from_pretrained_kwargs)
+
+    @classmethod
+    def _wrap_loaded_backbone(cls, model: PreTrainedModel, tokenizer, head_kwargs: dict):
+        backbone = model.base_model
+        text_config = backbone.config
+        check_decoder_only(text_config)
+        # Building the composite config resets its sub-config's attention implementation: carry it over explicitly,
+        # or the backbone would silently switch kernels (and, for some models, give different logits).
+        attn_implementation = text_config._attn_implementation
+        config = LastTokenClassifierConfig(
+            text_config=text_config,
+            pad_token_id=_resolve_pad_token_id(tokenizer, text_config),
+            attn_implementation=attn_implementation,
+            **head_kwargs,
+        )
+        config.name_or_path = model.name_or_path
+        classifier = cls(config, backbone=backbone)
+        classifier.score.to(next(backbone.parameters()).device)
+        quantization_method = getattr(model, "quantization_method", None)
+        # GGUF weights are de-quantized to plain tensors on load: nothing quantized is left to carry over.
+        if getattr(model, "hf_quantizer", None) is not None and quantization_method != QuantizationMethod.GGUF:
+            for name in _QUANTIZATION_ATTRIBUTES:
+                if hasattr(model, name):
+                    setattr(classifier, name, getattr(model, name))
+            classifier.config.quantization_config = model.config.quantization_config
+        return classifier
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> SequenceClassifierOutputWithPast | tuple:
+        inputs = input_ids if input_ids is not None else inputs_embeds
+        if inputs is None:
+            raise ValueError("Pass either input_ids or inputs_embeds.")
+        if inputs.shape[0] == 0 or inputs.shape[1] == 0:
+            raise ValueError(f"Empty batch: got inputs of shape {tuple(inputs.shape[:2])}; there is nothing to classify.")
+        if attention_mask is None:
+            if input_ids is not None:
+                self.warn_if_padding_and_no_attention_mask(input_ids, attention_mask)
+            attention_mask = torch.ones(inputs.shape[:2], dtype=torch.long, device=inputs.device)
+        empty_rows = (attention_mask.sum(dim=-1) == 0).nonzero().flatten().tolist()
+        if empty_rows:
+            raise ValueError(f"Sequences {empty_rows} of the batch have no real token (attention_mask is all 0).")
+        if position_ids is None:
+            # Count real tokens only, so a left-padded sequence sees the same positions as it would alone.
+            position_ids = (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)
+        kwargs.pop("use_cache", None)
+        kwargs.pop("past_key_values", None)
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            use_cache=False,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            **kwargs,
+        )
+        pooled = pool_hidden_states(outputs.last_hidden_state, attention_mask, self.config.pooling)
+        pooled = pooled.to(device=self.score.weight.device, dtype=self.score.weight.dtype)
+        logits = self.score(self.dropout(pooled))
+        loss = self.classification_loss(logits, labels) if labels is not None else None
+        output = SequenceClassifierOutputWithPast(
+            loss=loss,
+            logits=logits,
+            hidden_states=getattr(outputs, "hidden_states", None),
+            attentions=getattr(outputs, "attentions", None),
+        )
+        return output if return_dict is not False else output.to_tuple()
+
+    def classification_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy (single-label, optional class weights and label smoothing) or BCE with logits (multi-label,
+        optional `pos_weight`); labels are checked first so that a bad target fails loudly, not as a CUDA assert."""
+        config = self.config
+        labels = labels.to(logits.device)
+        weights = None
+        if config.class_weights is not None:
+            weights = torch.tensor(config.class_weights, dtype=logits.dtype, device=logits.device)
+        if config.problem_type == "multi_label_classification":
+            if labels.shape != logits.shape:
+                raise ValueError(
+                    f"Multi-label targets must be multi-hot of shape (batch, num_labels) = {tuple(logits.shape)}, "
+                    f"got {tuple(labels.shape)}."
+                )
+            if not torch.all((labels == 0) | (labels == 1)):
+                raise ValueError("Multi-label targets must be multi-hot: every value 0 or 1.")
+            return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype), pos_weight=weights)
+        if labels.dim() != 1 or labels.shape[0] != logits.shape[0] or labels.is_floating_point():
+            raise ValueError(
+                f"Single-label targets must be integer class ids of shape (batch,) = ({logits.shape[0]},), got "
+                f"{labels.dtype} of shape {tuple(labels.shape)}. For multi-hot targets set "
+                "problem_type='multi_label_classification'."
+            )
+        out_of_range = labels[(labels != IGNORE_INDEX) & ((labels < 0) | (labels >= config.num_labels))]
+        if out_of_range.numel():
+            raise ValueError(
+                f"Labels {sorted(set(out_of_range.tolist()))} are out of range for {config.num_labels} classes "
+                f"(valid: 0..{config.num_labels - 1}, or {IGNORE_INDEX} to ignore)."
+            )
+        return F.cross_entropy(
+            logits, labels.long(), weight=weights, ignore_index=IGNORE_INDEX, label_smoothing=config.label_smoothing
+        )
+
+
+def _label_kwargs(labels: list[str] | None, num_labels: int | None) -> dict:
+    if labels is None:
+        if num_labels is None:
+            raise ValueError("Give the class names as `labels=[...]` (in id order) or their number as `num_labels`.")
+        return {"num_labels": num_labels}
+    labels = [str(label) for label in labels]
+    if num_labels is not None and num_labels != len(labels):
+        raise ValueError(f"num_labels={num_labels} is inconsistent with the {len(labels)} labels given: {labels}.")
+    return {"id2label": dict(enumerate(labels)), "label2id": {label: i for i, label in enumerate(labels)}}
+
+
+def _resolve_pad_token_id(tokenizer, text_config) -> int:
+    """The tokenizer's pad token, else the backbone's, else eos; a tokenizer without one gets it as pad token."""
+    candidates = [getattr(tokenizer, "pad_token_id", None), getattr(text_config, "pad_token_id", None)]
+    candidates += [getattr(tokenizer, "eos_token_id", None), getattr(text_config, "eos_token_id", None)]
+    for candidate in candidates:
+        if isinstance(candidate, (list, tuple)):
+            candidate = candidate[0] if candidate else None
+        if candidate is not None:
+            break
+    else:
+        raise ValueError(
+            "Neither the tokenizer nor the backbone config has a pad token or an eos token to pad with: set one, "
+            "e.g. `tokenizer.add_special_tokens({'pad_token': '<pad>'})`, and resize the backbone's embeddings."
+        )
+    if tokenizer is not None and tokenizer.pad_token_id is None:
+        tokenizer.pad_token_id = candidate
+    return candidate
+
+
+LastTokenClassifierForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
