@@ -10,7 +10,7 @@ import os
 import torch
 from torch import nn
 from torch.nn import functional as F
-from transformers import AutoConfig, AutoModel, PreTrainedModel
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, PreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutputWithPast
 from transformers.utils.quantization_config import QuantizationMethod
 
@@ -45,8 +45,10 @@ class LastTokenClassifierPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
-    # The head is tiny and must stay in full precision under bf16 weights or a 4-bit / 8-bit backbone.
+    # The head is tiny and must stay in full precision: the strict list keeps it float32 under bf16/fp16 weights,
+    # the plain one is what the bitsandbytes quantizers read to leave it unquantized under a 4-bit / 8-bit backbone.
     _keep_in_fp32_modules = ["score"]
+    _keep_in_fp32_modules_strict = ["score"]
     # A causal-LM checkpoint loads into this model: its LM head is not needed.
     _keys_to_ignore_on_load_unexpected = [r"^lm_head\."]
     # The loss is a per-batch mean: the Trainer must not pass `num_items_in_batch` through `forward`.
@@ -71,7 +73,8 @@ class LastTokenClassifierForSequenceClassification(LastTokenClassifierPreTrained
                 module._is_hf_initialized = True
         self.model = backbone
         self.dropout = nn.Dropout(config.classifier_dropout)
-        self.score = nn.Linear(config.hidden_size, config.num_labels)
+        # float32 even when the model is built under a bf16/fp16 default dtype (`from_pretrained(dtype=...)`).
+        self.score = nn.Linear(config.hidden_size, config.num_labels, dtype=torch.float32)
         self.post_init()
 
     def get_input_embeddings(self):
@@ -123,6 +126,10 @@ class LastTokenClassifierForSequenceClassification(LastTokenClassifierPreTrained
             return cls._wrap_loaded_backbone(backbone, tokenizer, head_kwargs)
         if not isinstance(backbone, (str, os.PathLike)):
             raise TypeError(f"backbone must be a model name/path or a PreTrainedModel, got {type(backbone).__name__}.")
+        if from_pretrained_kwargs.get("gguf_file"):
+            # GGUF tensor names are mapped through the causal LM's own architecture: load that, then wrap it.
+            causal_lm = AutoModelForCausalLM.from_pretrained(backbone, **from_pretrained_kwargs)
+            return cls._wrap_loaded_backbone(causal_lm, tokenizer, head_kwargs)
         config_kwargs = {
             key: from_pretrained_kwargs[key]
             for key in ("gguf_file", "revision", "token", "cache_dir", "trust_remote_code", "local_files_only")
@@ -152,9 +159,10 @@ class LastTokenClassifierForSequenceClassification(LastTokenClassifierPreTrained
         config.name_or_path = model.name_or_path
         classifier = cls(config, backbone=backbone)
         classifier.score.to(next(backbone.parameters()).device)
-        quantization_method = getattr(model, "quantization_method", None)
-        # GGUF weights are de-quantized to plain tensors on load: nothing quantized is left to carry over.
-        if getattr(model, "hf_quantizer", None) is not None and quantization_method != QuantizationMethod.GGUF:
+        if getattr(model, "quantization_method", None) == QuantizationMethod.GGUF:
+            # GGUF weights are de-quantized to plain tensors on load; dropping the bookkeeping makes them savable.
+            model.hf_quantizer.remove_quantization_config(model)
+        if getattr(model, "hf_quantizer", None) is not None:
             for name in _QUANTIZATION_ATTRIBUTES:
                 if hasattr(model, name):
                     setattr(classifier, name, getattr(model, name))

@@ -26,9 +26,10 @@ WORDS = (
     "phones software chips and games sold well over the holiday season despite weak growth in europe"
 ).split()
 
+# 64 is the smallest width bitsandbytes' CPU 4-bit inference kernels accept (32 fails inside bitsandbytes).
 TINY_DIMS = dict(
-    hidden_size=32,
-    intermediate_size=64,
+    hidden_size=64,
+    intermediate_size=128,
     num_hidden_layers=2,
     num_attention_heads=4,
     num_key_value_heads=2,
@@ -75,13 +76,13 @@ def _tiny_config(family: str, vocab_size: int, pad_token_id: int, eos_token_id: 
     if family == "gemma3":
         # Alternating sliding/full attention with a window shorter than the test texts.
         return Gemma3TextConfig(
-            **TINY_DIMS, **ids, head_dim=8, query_pre_attn_scalar=8, sliding_window=8,
+            **TINY_DIMS, **ids, head_dim=16, query_pre_attn_scalar=16, sliding_window=8,
             layer_types=["sliding_attention", "full_attention"],
         )
     if family == "gpt2":
         # Learned absolute positions: padding invariance needs position ids computed from the attention mask
         # (rotary families are translation-invariant and would not notice).
-        return GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=512, **ids)
+        return GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=512, **ids)
     raise ValueError(family)
 
 
@@ -116,8 +117,9 @@ def tiny_lm_dir(tiny_lm_dirs, family):
 
 
 @pytest.fixture
-def tokenizer(tiny_lm_dir):
-    return PreTrainedTokenizerFast.from_pretrained(tiny_lm_dir)
+def tokenizer(tokenizer_dirs):
+    """The tokenizer of every tiny model (all families share one vocabulary), with its own pad token."""
+    return PreTrainedTokenizerFast.from_pretrained(tokenizer_dirs["pad"])
 
 
 @pytest.fixture

