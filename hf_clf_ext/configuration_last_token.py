@@ -51,6 +51,15 @@ class LastTokenClassifierConfig(PreTrainedConfig):
         class_weights (`list[float]`, *optional*):
             One positive weight per label: the `weight` of the cross-entropy loss (single-label) or the
             `pos_weight` of the binary cross-entropy loss (multi-label).
+        suffix_token_ids (`list[int]`, *optional*):
+            Token ids appended after the last real token of every sequence inside `forward` (the "pooling suffix",
+            e.g. the tokens of `"\nLabel:"`). The pooled token is then always the same kind of position, not a word
+            cut mid-sentence, and training, `predict` and `pipeline()` all see the same input.
+        temperature (`float`, *optional*, defaults to 1.0):
+            Logits are divided by it (temperature scaling, fitted on validation data after training), so softmax /
+            sigmoid scores, in `pipeline()` too, are calibrated probabilities.
+        decision_thresholds (`list[float]`, *optional*):
+            Multi-label: per-class probability thresholds (tuned on validation data); 0.5 when unset.
         pad_token_id (`int`, *optional*):
             The padding token of the tokenizer the model was built with (pooling itself relies on `attention_mask`).
         problem_type (`str`, *optional*, defaults to `"single_label_classification"`):
@@ -66,6 +75,9 @@ class LastTokenClassifierConfig(PreTrainedConfig):
     classifier_dropout: float = 0.0
     label_smoothing: float = 0.0
     class_weights: list[float] | None = None
+    suffix_token_ids: list[int] | None = None
+    temperature: float = 1.0
+    decision_thresholds: list[float] | None = None
     pad_token_id: int | None = None
     tie_word_embeddings: bool = False
 
@@ -102,6 +114,18 @@ class LastTokenClassifierConfig(PreTrainedConfig):
                     f"class_weights must hold {self.num_labels} positive numbers (one per label), "
                     f"got {self.class_weights}."
                 )
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be positive, got {self.temperature}.")
+        if self.decision_thresholds is not None:
+            self.decision_thresholds = [float(t) for t in self.decision_thresholds]
+            if self.problem_type != "multi_label_classification":
+                raise ValueError("decision_thresholds apply to multi-label classification only.")
+            if len(self.decision_thresholds) != self.num_labels or not all(0 < t < 1 for t in self.decision_thresholds):
+                raise ValueError(
+                    f"decision_thresholds must hold {self.num_labels} values in (0, 1), got {self.decision_thresholds}."
+                )
+        if self.suffix_token_ids is not None:
+            self.suffix_token_ids = [int(i) for i in self.suffix_token_ids] or None
         check_decoder_only(self.text_config)
 
     @property

@@ -193,6 +193,11 @@ class LastTokenClassifierForSequenceClassification(LastTokenClassifierPreTrained
         empty_rows = (attention_mask.sum(dim=-1) == 0).nonzero().flatten().tolist()
         if empty_rows:
             raise ValueError(f"Sequences {empty_rows} of the batch have no real token (attention_mask is all 0).")
+        if self.config.suffix_token_ids:
+            if position_ids is not None:
+                raise ValueError("position_ids cannot be given together with a pooling suffix (suffix_token_ids).")
+            input_ids, inputs_embeds, attention_mask = self._append_suffix(input_ids, inputs_embeds, attention_mask)
+        self._check_context_length(attention_mask)
         if position_ids is None:
             # Count real tokens only, so a left-padded sequence sees the same positions as it would alone.
             position_ids = (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)
@@ -210,7 +215,7 @@ class LastTokenClassifierForSequenceClassification(LastTokenClassifierPreTrained
         )
         pooled = pool_hidden_states(outputs.last_hidden_state, attention_mask, self.config.pooling)
         pooled = pooled.to(device=self.score.weight.device, dtype=self.score.weight.dtype)
-        logits = self.score(self.dropout(pooled))
+        logits = self.score(self.dropout(pooled)) / self.config.temperature
         loss = self.classification_loss(logits, labels) if labels is not None else None
         output = SequenceClassifierOutputWithPast(
             loss=loss,
@@ -219,6 +224,30 @@ class LastTokenClassifierForSequenceClassification(LastTokenClassifierPreTrained
             attentions=getattr(outputs, "attentions", None),
         )
         return output if return_dict is not False else output.to_tuple()
+
+    def _append_suffix(self, input_ids, inputs_embeds, attention_mask):
+        """Move each sequence's real tokens to the right (left padding, order kept) and append the suffix tokens, so
+        the suffix follows the last real token whatever the padding side was."""
+        order = torch.argsort(attention_mask.to(torch.int8), dim=1, stable=True)
+        suffix = torch.tensor(self.config.suffix_token_ids, dtype=torch.long, device=attention_mask.device)
+        suffix = suffix.expand(attention_mask.shape[0], -1)
+        attention_mask = torch.cat([attention_mask.gather(1, order), torch.ones_like(suffix, dtype=attention_mask.dtype)], 1)
+        if input_ids is not None:
+            return torch.cat([input_ids.gather(1, order), suffix], 1), None, attention_mask
+        gathered = inputs_embeds.gather(1, order.unsqueeze(-1).expand(-1, -1, inputs_embeds.shape[-1]))
+        suffix_embeds = self.get_input_embeddings()(suffix).to(inputs_embeds.dtype)
+        return None, torch.cat([gathered, suffix_embeds], 1), attention_mask
+
+    def _check_context_length(self, attention_mask):
+        limit = getattr(self.config.text_config.get_text_config(), "max_position_embeddings", None)
+        longest = int(attention_mask.sum(dim=-1).max())
+        if limit is not None and longest > limit:
+            suffix = len(self.config.suffix_token_ids or [])
+            raise ValueError(
+                f"A sequence of {longest} tokens{' (pooling suffix included)' if suffix else ''} is longer than the "
+                f"backbone's context of {limit} tokens: truncate the texts to at most {limit - suffix} tokens "
+                "(e.g. tokenizer(..., truncation=True, max_length=...))."
+            )
 
     def classification_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Cross-entropy (single-label, optional class weights and label smoothing) or BCE with logits (multi-label,

@@ -259,3 +259,43 @@ def test_unknown_pooling_and_problem_type_are_rejected():
         LastTokenClassifierConfig(pooling="cls")
     with pytest.raises(ValueError, match="problem_type"):
         LastTokenClassifierConfig(problem_type="regression", num_labels=1)
+
+
+def test_pooling_suffix_follows_the_last_real_token(tiny_lm_dirs, family, tokenizer, texts):
+    model = build(tiny_lm_dirs[family, "pad"], tokenizer)
+    suffix = tokenizer("\nLabel:", add_special_tokens=False).input_ids
+    with torch.no_grad():
+        manual = torch.cat(
+            [model(input_ids=torch.tensor([tokenizer(text).input_ids + suffix])).logits for text in texts]
+        )
+    model.config.suffix_token_ids = suffix
+    for side in ("left", "right"):
+        torch.testing.assert_close(logits_of(model, tokenizer, texts, side), manual, atol=1e-5, rtol=1e-4)
+    tokenizer.padding_side = "right"
+    batch = tokenizer(texts, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        from_embeds = model(inputs_embeds=model.get_input_embeddings()(batch.input_ids), attention_mask=batch.attention_mask)
+    torch.testing.assert_close(from_embeds.logits, manual, atol=1e-5, rtol=1e-4)
+
+
+def test_temperature_divides_the_logits(tiny_lm_dir, tokenizer, texts):
+    model = build(tiny_lm_dir, tokenizer)
+    plain = logits_of(model, tokenizer, texts, "right")
+    model.config.temperature = 2.0
+    torch.testing.assert_close(logits_of(model, tokenizer, texts, "right"), plain / 2)
+
+
+def test_text_longer_than_the_context_is_rejected(tiny_lm_dir, tokenizer):
+    model = build(tiny_lm_dir, tokenizer)
+    model.config.suffix_token_ids = [5, 6]
+    with pytest.raises(ValueError, match="longer than the backbone's context of 512 tokens: truncate .* 510 tokens"):
+        model(input_ids=torch.ones((1, 511), dtype=torch.long))
+
+
+def test_bad_calibration_settings_are_rejected():
+    with pytest.raises(ValueError, match="temperature"):
+        LastTokenClassifierConfig(temperature=0.0)
+    with pytest.raises(ValueError, match="multi-label classification only"):
+        LastTokenClassifierConfig(num_labels=2, decision_thresholds=[0.5, 0.5])
+    with pytest.raises(ValueError, match="decision_thresholds must hold 2 values"):
+        LastTokenClassifierConfig(num_labels=2, problem_type="multi_label_classification", decision_thresholds=[0.5])
