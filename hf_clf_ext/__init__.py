@@ -8,6 +8,9 @@ the Auto classes.
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from .configuration_last_token import LastTokenClassifierConfig
+from .inference import predict_texts
+from .last_token_config import LastTokenClassifierTrainingArguments
+from .last_token_trainer import LastTokenClassifierTrainer
 from .modeling_last_token import LastTokenClassifierForSequenceClassification, pool_hidden_states
 
 AutoConfig.register(LastTokenClassifierConfig.model_type, LastTokenClassifierConfig, exist_ok=True)
@@ -18,5 +21,8 @@ AutoModelForSequenceClassification.register(
 __all__ = [
     "LastTokenClassifierConfig",
     "LastTokenClassifierForSequenceClassification",
+    "LastTokenClassifierTrainer",
+    "LastTokenClassifierTrainingArguments",
     "pool_hidden_states",
+    "predict_texts",
 ]

@@ -55,6 +55,8 @@ class LastTokenClassifierConfig(PreTrainedConfig):
             Token ids appended after the last real token of every sequence inside `forward` (the "pooling suffix",
             e.g. the tokens of `"\nLabel:"`). The pooled token is then always the same kind of position, not a word
             cut mid-sentence, and training, `predict` and `pipeline()` all see the same input.
+        pooling_suffix (`str`, *optional*):
+            The text `suffix_token_ids` were tokenized from, kept for model cards and readers.
         temperature (`float`, *optional*, defaults to 1.0):
             Logits are divided by it (temperature scaling, fitted on validation data after training), so softmax /
             sigmoid scores, in `pipeline()` too, are calibrated probabilities.
@@ -76,6 +78,7 @@ class LastTokenClassifierConfig(PreTrainedConfig):
     label_smoothing: float = 0.0
     class_weights: list[float] | None = None
     suffix_token_ids: list[int] | None = None
+    pooling_suffix: str | None = None
     temperature: float = 1.0
     decision_thresholds: list[float] | None = None
     pad_token_id: int | None = None

@@ -5,13 +5,21 @@ Self-contained on purpose (relative imports only): `save_pretrained` copies this
 that never imports `hf_clf_ext`.
 """
 
+import json
 import os
 
 import torch
 from torch import nn
 from torch.nn import functional as F
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, PreTrainedModel
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, PreTrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutputWithPast
+from transformers.utils import (
+    ADAPTER_CONFIG_NAME,
+    SAFE_WEIGHTS_INDEX_NAME,
+    SAFE_WEIGHTS_NAME,
+    WEIGHTS_NAME,
+    cached_file,
+)
 from transformers.utils.quantization_config import QuantizationMethod
 
 from .configuration_last_token import LastTokenClassifierConfig, check_decoder_only
@@ -76,6 +84,19 @@ class LastTokenClassifierForSequenceClassification(LastTokenClassifierPreTrained
         # float32 even when the model is built under a bf16/fp16 default dtype (`from_pretrained(dtype=...)`).
         self.score = nn.Linear(config.hidden_size, config.num_labels, dtype=torch.float32)
         self.post_init()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """Also loads a folder saved as LoRA adapter + head (`adapter_config.json` and this model's `config.json`, no
+        backbone weights): the backbone named in the adapter config is loaded, then the adapter and the head."""
+        adapter_base = _adapter_only_base(pretrained_model_name_or_path, kwargs)
+        if adapter_base is None:
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        if not isinstance(kwargs.get("config"), PreTrainedConfig):
+            kwargs["config"] = cls.config_class.from_pretrained(pretrained_model_name_or_path)
+        adapter_kwargs = dict(kwargs.pop("adapter_kwargs", None) or {})
+        adapter_kwargs["_adapter_model_path"] = pretrained_model_name_or_path
+        return super().from_pretrained(adapter_base, *model_args, adapter_kwargs=adapter_kwargs, **kwargs)
 
     def get_input_embeddings(self):
         return self.model.get_input_embeddings()
@@ -281,6 +302,19 @@ class LastTokenClassifierForSequenceClassification(LastTokenClassifierPreTrained
         return F.cross_entropy(
             logits, labels.long(), weight=weights, ignore_index=IGNORE_INDEX, label_smoothing=config.label_smoothing
         )
+
+
+def _adapter_only_base(path, kwargs) -> str | None:
+    """The base model path when `path` holds an adapter but no model weights, else None."""
+    lookup = {key: kwargs[key] for key in ("revision", "token", "cache_dir", "local_files_only") if key in kwargs}
+    adapter_config = cached_file(path, ADAPTER_CONFIG_NAME, _raise_exceptions_for_missing_entries=False, **lookup)
+    if adapter_config is None:
+        return None
+    for weights in (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME):
+        if cached_file(path, weights, _raise_exceptions_for_missing_entries=False, **lookup) is not None:
+            return None
+    with open(adapter_config, encoding="utf-8") as file:
+        return json.load(file)["base_model_name_or_path"]
 
 
 def _label_kwargs(labels: list[str] | None, num_labels: int | None) -> dict:

@@ -1,0 +1,202 @@
+"""From raw (text, label) rows to model inputs: label spaces, text templates, truncation with a pooling suffix.
+
+Every check here fails loudly with the column, row or label at fault: a classifier silently trained on a shifted
+label map or on empty texts is worse than no classifier.
+"""
+
+import logging
+import string
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from datasets import ClassLabel, Dataset, Sequence as SequenceFeature
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LabelSpace:
+    """The ordered class names of a task and whether an example may carry several of them."""
+
+    names: tuple[str, ...]
+    multi_label: bool
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        return dict(enumerate(self.names))
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        return {name: i for i, name in enumerate(self.names)}
+
+    @property
+    def problem_type(self) -> str:
+        return "multi_label_classification" if self.multi_label else "single_label_classification"
+
+
+def _kind(value) -> str:
+    if isinstance(value, (list, tuple)):
+        return "list"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int"
+    if isinstance(value, str):
+        return "str"
+    return type(value).__name__
+
+
+def _class_label_names(dataset: Dataset, column: str) -> list[str] | None:
+    feature = dataset.features[column]
+    if isinstance(feature, SequenceFeature):
+        feature = feature.feature
+    if isinstance(feature, list) and feature:
+        feature = feature[0]
+    return list(feature.names) if isinstance(feature, ClassLabel) else None
+
+
+def check_columns(dataset: Dataset, columns: Sequence[str], split: str = "training") -> None:
+    missing = [column for column in columns if column not in dataset.column_names]
+    if missing:
+        raise ValueError(
+            f"The {split} data has no column {', '.join(map(repr, missing))}; its columns are {dataset.column_names}."
+        )
+
+
+def build_label_space(dataset: Dataset, label_column: str, labels: Sequence[str] | None = None) -> LabelSpace:
+    """Infer the label space from the training data: names (sorted) from string labels, the names of a
+    `ClassLabel` feature, or `labels` (id order) for integer ids; lists of names or ids mean multi-label."""
+    check_columns(dataset, [label_column])
+    values = dataset[label_column]
+    kinds = Counter(_kind(value) for value in values)
+    if len(kinds) != 1 or next(iter(kinds)) not in ("str", "int", "list"):
+        raise ValueError(
+            f"The label column {label_column!r} mixes or has unsupported types ({dict(kinds)}): use label names "
+            "(str), class ids (int) or, for multi-label, lists of names or ids."
+        )
+    multi_label = "list" in kinds
+    flat = [item for value in values for item in value] if multi_label else values
+    item_kinds = {_kind(item) for item in flat}
+    if len(item_kinds) > 1 or not item_kinds <= {"str", "int"}:
+        raise ValueError(f"The label lists in {label_column!r} mix types {sorted(item_kinds)}: use names or ids.")
+    names = list(labels) if labels is not None else _class_label_names(dataset, label_column)
+    if names is None:
+        if item_kinds == {"int"}:
+            raise ValueError(
+                f"The label column {label_column!r} holds class ids: give their names with `labels=[...]` (id order)."
+            )
+        names = sorted(set(flat))
+    names = [str(name) for name in names]
+    if len(set(names)) != len(names):
+        raise ValueError(f"Duplicate label names: {names}.")
+    if len(names) < 2:
+        raise ValueError(f"A classifier needs at least two classes; the label column {label_column!r} has {names}.")
+    if item_kinds == {"int"} and flat and (min(flat) < 0 or max(flat) >= len(names)):
+        raise ValueError(f"Class ids in {label_column!r} must be in 0..{len(names) - 1} for labels {names}.")
+    unused = set(names) - ({names[i] for i in flat} if item_kinds == {"int"} else set(flat))
+    if item_kinds == {"str"} and set(flat) - set(names):
+        raise ValueError(f"Labels {sorted(set(flat) - set(names))} in the training data are not among {names}.")
+    if unused and labels is None:
+        logger.warning("Labels %s never occur in the training data.", sorted(unused))
+    return LabelSpace(names=tuple(names), multi_label=multi_label)
+
+
+def encode_labels(
+    values: Sequence, space: LabelSpace, *, drop_unknown: bool = False, split: str = "evaluation"
+) -> tuple[list, list[int]]:
+    """Class ids (single-label) or multi-hot float lists (multi-label), plus the row indices that were dropped
+    because they carry a label outside `space` (only with `drop_unknown=True`; otherwise that is an error)."""
+    label2id = space.label2id
+    encoded, dropped, unknown = [], [], Counter()
+
+    def to_id(item):
+        if isinstance(item, bool) or not isinstance(item, (int, str)):
+            raise ValueError(f"Label {item!r} in the {split} data is neither a name nor a class id.")
+        if isinstance(item, int):
+            return item if 0 <= item < len(space.names) else None
+        return label2id.get(item)
+
+    for row, value in enumerate(values):
+        items = value if isinstance(value, (list, tuple)) else [value]
+        if isinstance(value, (list, tuple)) != space.multi_label:
+            raise ValueError(
+                f"Row {row} of the {split} data has label {value!r}, but the task is "
+                + ("multi-label (a list of labels per row)." if space.multi_label else "single-label (one label).")
+            )
+        ids = [to_id(item) for item in items]
+        if None in ids:
+            unknown.update(str(item) for item, i in zip(items, ids) if i is None)
+            dropped.append(row)
+            continue
+        if space.multi_label:
+            hot = [0.0] * len(space.names)
+            for i in ids:
+                hot[i] = 1.0
+            encoded.append(hot)
+        else:
+            encoded.append(ids[0])
+    if unknown:
+        message = (
+            f"{len(dropped)} rows of the {split} data carry labels never seen in training "
+            f"{dict(unknown)}; known labels are {list(space.names)}"
+        )
+        if not drop_unknown:
+            raise ValueError(message + ". Fix the data, or pass drop_unknown_labels=True to drop those rows.")
+        logger.warning("%s: dropped them.", message)
+    return encoded, dropped
+
+
+def template_fields(template: str) -> list[str]:
+    """The column names a `str.format` template refers to (`"{title}\\n\\n{abstract}"` -> title, abstract)."""
+    return [name for _, name, _, _ in string.Formatter().parse(template) if name]
+
+
+def build_texts(dataset: Dataset, text_columns: Sequence[str], template: str | None, split: str) -> list[str]:
+    """One string per row: the single text column, or several columns joined by `template` (default: blank lines
+    between them). Empty texts are an error naming the rows."""
+    if template is None:
+        template = "\n\n".join("{" + column + "}" for column in text_columns)
+    fields = template_fields(template)
+    if not fields:
+        raise ValueError(f"The text template {template!r} refers to no column: use e.g. '{{text}}'.")
+    check_columns(dataset, fields, split)
+    columns = {name: dataset[name] for name in fields}
+    texts = []
+    for row in range(len(dataset)):
+        values = {name: columns[name][row] for name in fields}
+        bad = [name for name, value in values.items() if not isinstance(value, str)]
+        if bad:
+            raise ValueError(f"Row {row} of the {split} data has non-text values in {bad}: {values}.")
+        texts.append(template.format(**{name: value.strip() for name, value in values.items()}).strip())
+    empty = [row for row, text in enumerate(texts) if not text]
+    if empty:
+        raise ValueError(f"Rows {empty[:20]} of the {split} data have empty text ({len(empty)} in all).")
+    return texts
+
+
+def tokenize_texts(
+    texts: Sequence[str],
+    tokenizer,
+    max_length: int,
+    *,
+    truncation_side: str = "right",
+    reserve: int = 0,
+) -> dict[str, list[list[int]]]:
+    """Token ids of `texts`, each at most `max_length - reserve` tokens (`reserve` leaves room for the pooling
+    suffix the model appends). `truncation_side="right"` keeps the start of a long text, `"left"` its end; the
+    tokenizer's own leading special tokens (e.g. BOS) are kept either way."""
+    if truncation_side not in ("right", "left"):
+        raise ValueError(f"truncation_side must be 'right' (keep the start) or 'left' (keep the end), got {truncation_side!r}.")
+    prefix = tokenizer("", add_special_tokens=True)["input_ids"]
+    room = max_length - reserve - len(prefix)
+    if room < 1:
+        raise ValueError(
+            f"max_length={max_length} leaves no room for text after {len(prefix)} special and {reserve} suffix tokens."
+        )
+    encoded = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    truncated = sum(len(ids) > room for ids in encoded)
+    if truncated:
+        logger.info("%d of %d texts are longer than %d tokens and were truncated.", truncated, len(encoded), room)
+    input_ids = [prefix + (ids[:room] if truncation_side == "right" else ids[-room:]) for ids in encoded]
+    return {"input_ids": input_ids, "attention_mask": [[1] * len(ids) for ids in input_ids]}

@@ -1,0 +1,52 @@
+"""Predictions for raw texts: batches of similar length (sorted by token count), labels and probabilities."""
+
+from collections.abc import Sequence
+
+import torch
+
+
+def predict_texts(model, tokenizer, texts: Sequence[str], *, batch_size: int = 16) -> list[dict]:
+    """Classify `texts` with a last-token classifier (plain or wrapped by PEFT).
+
+    Texts are tokenized once, truncated to `tokenizer.model_max_length` (the trainer sets it to the training
+    length minus the pooling suffix), and run longest first in batches of similar length, so little compute goes to
+    padding. Returns, in input order, `{"label", "score", "probabilities"}` (single-label) or `{"labels",
+    "probabilities"}` (multi-label, using the config's tuned `decision_thresholds`, else 0.5).
+    """
+    if isinstance(texts, str):
+        raise TypeError("predict_texts takes a list of texts, not a single string.")
+    texts = list(texts)
+    empty = [i for i, text in enumerate(texts) if not isinstance(text, str) or not text.strip()]
+    if empty:
+        raise ValueError(f"Texts {empty[:20]} are empty or not strings ({len(empty)} in all).")
+    if not texts:
+        return []
+    if tokenizer.pad_token_id is None:
+        raise ValueError("The tokenizer has no pad token: set tokenizer.pad_token (e.g. to its eos token).")
+    config = model.config
+    names = [config.id2label[i] for i in range(len(config.id2label))]
+    multi_label = config.problem_type == "multi_label_classification"
+    thresholds = torch.tensor(config.decision_thresholds or [0.5] * len(names))
+    encoded = tokenizer(texts, truncation=True)["input_ids"]
+    order = sorted(range(len(texts)), key=lambda i: len(encoded[i]), reverse=True)
+    device = next(model.parameters()).device
+    results: list[dict | None] = [None] * len(texts)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(order), batch_size):
+                rows = order[start : start + batch_size]
+                batch = tokenizer.pad({"input_ids": [encoded[i] for i in rows]}, return_tensors="pt")
+                logits = model(**{key: value.to(device) for key, value in batch.items()}).logits.float().cpu()
+                probabilities = logits.sigmoid() if multi_label else logits.softmax(dim=-1)
+                for row, p in zip(rows, probabilities):
+                    scores = dict(zip(names, p.tolist()))
+                    if multi_label:
+                        results[row] = {"labels": [n for n, hit in zip(names, p >= thresholds) if hit], "probabilities": scores}
+                    else:
+                        best = int(p.argmax())
+                        results[row] = {"label": names[best], "score": float(p[best]), "probabilities": scores}
+    finally:
+        model.train(was_training)
+    return results

@@ -1,0 +1,382 @@
+"""`LastTokenClassifierTrainer`: fine-tune a causal LM as a last-token classifier, with (Q)LoRA, the paper's
+defaults, offline metrics, early stopping and post-hoc calibration.
+
+Like TRL's trainers it takes a model name/path or object plus a `peft_config`, and prepares the raw dataset itself.
+"""
+
+import dataclasses
+import logging
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from datasets import Dataset
+from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+from torch.nn import functional as F
+from transformers import (
+    AutoTokenizer,
+    BitsAndBytesConfig,
+    DataCollatorWithPadding,
+    EarlyStoppingCallback,
+    PreTrainedModel,
+    Trainer,
+    set_seed,
+)
+from transformers.dynamic_module_utils import custom_object_save
+
+from .calibration import fit_temperature, tune_thresholds
+from .data import LabelSpace, build_label_space, build_texts, check_columns, encode_labels, tokenize_texts
+from .inference import predict_texts
+from .last_token_config import LastTokenClassifierTrainingArguments
+from .metrics import build_compute_metrics, probabilities_from_logits
+from .modeling_last_token import LastTokenClassifierForSequenceClassification
+
+logger = logging.getLogger(__name__)
+
+HEAD_MODULE = "score"
+
+
+def balanced_class_weights(labels: Sequence, space: LabelSpace) -> list[float]:
+    """Single-label: n / (C * count_c) (scikit-learn's "balanced"); multi-label: negatives / positives per class
+    (BCE `pos_weight`). A class absent from training gets weight 1."""
+    targets = np.asarray(labels)
+    if space.multi_label:
+        positives = targets.sum(axis=0)
+        negatives = len(targets) - positives
+        weights = np.where(positives > 0, negatives / np.maximum(positives, 1), 1.0)
+    else:
+        counts = np.bincount(targets, minlength=len(space.names))
+        weights = np.where(counts > 0, len(targets) / (len(space.names) * np.maximum(counts, 1)), 1.0)
+    return [float(w) for w in weights]
+
+
+def focal_loss(logits: torch.Tensor, labels: torch.Tensor, multi_label: bool, gamma: float, weights=None):
+    """Focal loss (Lin et al. 2017): cross-entropy scaled by (1 - p_true)^gamma, down-weighting easy examples."""
+    if multi_label:
+        targets = labels.to(logits.dtype)
+        bce = F.binary_cross_entropy_with_logits(logits, targets, pos_weight=weights, reduction="none")
+        p_true = torch.where(targets > 0.5, logits.sigmoid(), 1 - logits.sigmoid())
+        return ((1 - p_true) ** gamma * bce).mean()
+    log_p = logits.log_softmax(dim=-1).gather(1, labels.long().unsqueeze(1)).squeeze(1)
+    loss = -((1 - log_p.exp()) ** gamma) * log_p
+    if weights is not None:
+        w = weights[labels.long()]
+        return (w * loss).sum() / w.sum()
+    return loss.mean()
+
+
+class LastTokenClassifierTrainer(Trainer):
+    """Fine-tunes [`LastTokenClassifierForSequenceClassification`] on raw rows of text and labels.
+
+    Args:
+        model: a causal-LM name/path (built with `from_backbone`, quantized as `args.quantization` says) or a model
+            object (a causal LM to wrap, or an existing last-token classifier).
+        args: [`LastTokenClassifierTrainingArguments`].
+        train_dataset / eval_dataset: `datasets.Dataset` with `args.text_columns` and `args.label_column`.
+        processing_class: the tokenizer (loaded from `model` when it is a name/path).
+        peft_config: a PEFT config; defaults to LoRA from `args` (`lora_r`, `lora_alpha`, ...), head trained and saved.
+        labels: class names in id order, when the label column holds ids without a `ClassLabel` feature.
+        model_init_kwargs: extra `from_pretrained` options for the backbone (`dtype`, `attn_implementation`,
+            `gguf_file`, `device_map`, ...).
+    """
+
+    _tag_names = ["hf-clf-ext", "last-token-classifier"]
+
+    def __init__(
+        self,
+        model: str | PreTrainedModel,
+        args: LastTokenClassifierTrainingArguments | None = None,
+        train_dataset: Dataset | None = None,
+        eval_dataset: Dataset | None = None,
+        processing_class=None,
+        peft_config=None,
+        labels: Sequence[str] | None = None,
+        model_init_kwargs: dict | None = None,
+        compute_metrics=None,
+        callbacks=None,
+        **kwargs,
+    ):
+        if args is None:
+            args = LastTokenClassifierTrainingArguments(output_dir="last-token-classifier")
+        if train_dataset is None:
+            raise ValueError("LastTokenClassifierTrainer needs a train_dataset.")
+        model_init_kwargs = dict(model_init_kwargs or {})
+        if eval_dataset is None and args.eval_strategy != "no":
+            logger.warning("No eval_dataset: evaluation, early stopping, best-model selection and calibration are off.")
+            args = dataclasses.replace(args, eval_strategy="no", load_best_model_at_end=False, calibrate=False)
+        tokenizer = processing_class
+        if tokenizer is None:
+            source = model if isinstance(model, (str, os.PathLike)) else model.name_or_path
+            tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=model_init_kwargs.get("gguf_file"))
+
+        # Seed before the head is initialised, so that runs (and resumed runs) start from the same weights.
+        set_seed(args.seed)
+        self.label_space = build_label_space(train_dataset, args.label_column, labels)
+        check_columns(train_dataset, [args.label_column], "training")
+        train_labels, _ = encode_labels(train_dataset[args.label_column], self.label_space, split="training")
+        model = self._build_model(model, args, tokenizer, train_labels, model_init_kwargs, peft_config)
+        classifier = _unwrap_classifier(model)
+        self._check_context(classifier, args)
+        reserve = len(classifier.config.suffix_token_ids or [])
+        # `pipeline(..., truncation=True)` then cuts texts exactly as training did.
+        tokenizer.model_max_length = args.max_length - reserve
+        tokenizer.truncation_side = args.truncation_side
+
+        self.train_rows = len(train_dataset)
+        train = self._prepare_dataset(train_dataset, tokenizer, args, reserve, "training")
+        evaluation = None
+        if eval_dataset is not None:
+            evaluation = self._prepare_dataset(eval_dataset, tokenizer, args, reserve, "evaluation")
+        self.raw_train_dataset = train_dataset
+
+        if compute_metrics is None:
+            compute_metrics = build_compute_metrics(self.label_space.problem_type, self.label_space.id2label)
+        callbacks = list(callbacks or [])
+        if evaluation is not None and args.early_stopping_patience and args.load_best_model_at_end:
+            callbacks.append(EarlyStoppingCallback(early_stopping_patience=args.early_stopping_patience))
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=DataCollatorWithPadding(tokenizer),
+            train_dataset=train,
+            eval_dataset=evaluation,
+            processing_class=tokenizer,
+            compute_metrics=compute_metrics,
+            callbacks=callbacks,
+            **kwargs,
+        )
+        # Label smoothing lives in the model's loss (it must not reach multi-label targets through Trainer's smoother).
+        self.label_smoother = None
+        self.calibration_results: dict | None = None
+
+    # --- model -------------------------------------------------------------------------------------------------------
+
+    def _build_model(self, model, args, tokenizer, train_labels, model_init_kwargs, peft_config):
+        space = self.label_space
+        class_weights = None
+        if args.class_weights == "balanced":
+            class_weights = balanced_class_weights(train_labels, space)
+        elif args.class_weights:
+            class_weights = [float(w) for w in args.class_weights.split(",")]
+        label_smoothing = args.label_smoothing_factor if not space.multi_label else 0.0
+        if isinstance(model, LastTokenClassifierForSequenceClassification) or isinstance(model, PeftModel):
+            classifier = _unwrap_classifier(model)
+            if list(classifier.config.id2label.values()) != list(space.names):
+                raise ValueError(
+                    f"The model's labels {list(classifier.config.id2label.values())} differ from the training "
+                    f"data's {list(space.names)}."
+                )
+            if class_weights is not None:
+                classifier.config.class_weights = class_weights
+        else:
+            quantization_config = _quantization_config(args)
+            if quantization_config is not None:
+                model_init_kwargs.setdefault("quantization_config", quantization_config)
+            model = LastTokenClassifierForSequenceClassification.from_backbone(
+                model,
+                labels=list(space.names),
+                problem_type=space.problem_type,
+                pooling=args.pooling,
+                tokenizer=tokenizer,
+                classifier_dropout=args.classifier_dropout,
+                label_smoothing=label_smoothing,
+                class_weights=class_weights,
+                **(model_init_kwargs if isinstance(model, (str, os.PathLike)) else {}),
+            )
+            if args.pooling_suffix:
+                model.config.suffix_token_ids = tokenizer(args.pooling_suffix, add_special_tokens=False)["input_ids"]
+                model.config.pooling_suffix = args.pooling_suffix
+        if isinstance(model, PeftModel) or not args.use_peft:
+            return model
+        if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=args.gradient_checkpointing)
+        return get_peft_model(model, peft_config or default_lora_config(args))
+
+    @staticmethod
+    def _check_context(classifier, args):
+        limit = getattr(classifier.config.text_config.get_text_config(), "max_position_embeddings", None)
+        if limit is not None and args.max_length > limit:
+            raise ValueError(f"max_length={args.max_length} exceeds the backbone's context of {limit} tokens.")
+
+    # --- data --------------------------------------------------------------------------------------------------------
+
+    def _prepare_dataset(self, dataset: Dataset, tokenizer, args, reserve: int, split: str) -> Dataset:
+        check_columns(dataset, [args.label_column], split)
+        labels, dropped = encode_labels(
+            dataset[args.label_column],
+            self.label_space,
+            drop_unknown=args.drop_unknown_labels and split != "training",
+            split=split,
+        )
+        if dropped:
+            dataset = dataset.select(sorted(set(range(len(dataset))) - set(dropped)))
+        texts = build_texts(dataset, args.text_columns, args.text_template, split)
+        encoded = tokenize_texts(texts, tokenizer, args.max_length, truncation_side=args.truncation_side, reserve=reserve)
+        return Dataset.from_dict({**encoded, "labels": labels})
+
+    # --- optimisation ------------------------------------------------------------------------------------------------
+
+    def create_optimizer(self, model=None):
+        """Two learning rates: `learning_rate` for the adapters, `head_learning_rate` for the new head."""
+        if self.optimizer is not None or self.args.head_learning_rate is None:
+            return super().create_optimizer(model)
+        opt_model = self.model if model is None else model
+        decay = set(self.get_decay_parameter_names(opt_model))
+        groups: dict[tuple[bool, bool], list] = {}
+        for name, param in opt_model.named_parameters():
+            if param.requires_grad:
+                groups.setdefault((_is_head_parameter(name), name in decay), []).append(param)
+        param_groups = [
+            {
+                "params": params,
+                "weight_decay": self.args.weight_decay if decays else 0.0,
+                "lr": self.args.head_learning_rate if is_head else self.args.learning_rate,
+            }
+            for (is_head, decays), params in sorted(groups.items())
+        ]
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
+        return self.optimizer
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.args.loss != "focal":
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        config = _unwrap_classifier(model).config
+        weights = None
+        if config.class_weights is not None:
+            weights = torch.tensor(config.class_weights, dtype=outputs.logits.dtype, device=outputs.logits.device)
+        loss = focal_loss(outputs.logits, labels, self.label_space.multi_label, self.args.focal_gamma, weights)
+        return (loss, outputs) if return_outputs else loss
+
+    # --- after training ----------------------------------------------------------------------------------------------
+
+    def train(self, *args, **kwargs):
+        output = super().train(*args, **kwargs)
+        if self.args.calibrate and self.eval_dataset is not None:
+            self.calibrate()
+        return output
+
+    def calibrate(self, eval_dataset: Dataset | None = None) -> dict:
+        """Fit temperature scaling (and multi-label decision thresholds) on the evaluation set, store them in the
+        model config, and return the metrics before and after (ECE included)."""
+        dataset = self.eval_dataset if eval_dataset is None else eval_dataset
+        if dataset is None:
+            raise ValueError("calibrate() needs an evaluation dataset.")
+        config = _unwrap_classifier(self.model).config
+        config.temperature, config.decision_thresholds = 1.0, None
+        output = self.predict(dataset, metric_key_prefix="uncalibrated")
+        logits, labels = output.predictions, output.label_ids
+        temperature = fit_temperature(logits, labels, self.label_space.problem_type)
+        config.temperature = temperature
+        thresholds = None
+        if self.label_space.multi_label:
+            probabilities = probabilities_from_logits(logits, self.label_space.problem_type, temperature)
+            tuned = tune_thresholds(probabilities, labels, per_class=self.args.per_class_thresholds)
+            thresholds = list(tuned) if isinstance(tuned, (list, tuple, np.ndarray)) else [float(tuned)] * len(
+                self.label_space.names
+            )
+            config.decision_thresholds = [float(t) for t in thresholds]
+            self.compute_metrics = build_compute_metrics(
+                self.label_space.problem_type, self.label_space.id2label, threshold=config.decision_thresholds
+            )
+        after = self.predict(dataset, metric_key_prefix="calibrated").metrics
+        self.calibration_results = {
+            "temperature": temperature,
+            "decision_thresholds": thresholds,
+            "before": output.metrics,
+            "after": after,
+        }
+        logger.info(
+            "Calibration: temperature %.3f, ECE %.4f -> %.4f",
+            temperature,
+            output.metrics.get("uncalibrated_ece", float("nan")),
+            after.get("calibrated_ece", float("nan")),
+        )
+        return self.calibration_results
+
+    def predict_texts(self, texts: Sequence[str], batch_size: int | None = None) -> list[dict]:
+        """Labels and probabilities for raw texts (see `hf_clf_ext.predict_texts`)."""
+        return predict_texts(
+            self.model,
+            self.processing_class,
+            texts,
+            batch_size=batch_size or self.args.per_device_eval_batch_size,
+        )
+
+    # --- saving ------------------------------------------------------------------------------------------------------
+
+    def _save(self, output_dir: str | None = None, state_dict=None):
+        """Adapter + head (with this model's config and code, so the folder loads through
+        `AutoModelForSequenceClassification`), or the merged model when `merge_adapter` is set."""
+        output_dir = output_dir or self.args.output_dir
+        if not isinstance(self.model, PeftModel):
+            return super()._save(output_dir, state_dict)
+        if self.args.merge_adapter and not _is_checkpoint_dir(output_dir):
+            return self.save_merged(output_dir)
+        super()._save(output_dir, state_dict)
+        classifier = _unwrap_classifier(self.model)
+        config = classifier.config
+        quantization_config = config.__dict__.pop("quantization_config", None)
+        try:
+            config.save_pretrained(output_dir)
+            custom_object_save(classifier, output_dir, config=config)
+        finally:
+            if quantization_config is not None:
+                config.quantization_config = quantization_config
+
+    def save_merged(self, output_dir: str) -> None:
+        """Merge the LoRA adapters into the backbone (de-quantizing a 4-bit/8-bit one) and save a plain classifier.
+        The trainer's model is the merged model afterwards."""
+        merged = self.model.merge_and_unload() if isinstance(self.model, PeftModel) else self.model
+        if getattr(merged, "hf_quantizer", None) is not None:
+            merged = merged.dequantize()
+        self.model = merged
+        merged.save_pretrained(output_dir)
+        self.processing_class.save_pretrained(output_dir)
+
+
+def default_lora_config(args: LastTokenClassifierTrainingArguments) -> LoraConfig:
+    """LoRA on every attention and MLP projection; the head trained in full and saved with the adapter."""
+    return LoraConfig(
+        task_type="SEQ_CLS",
+        r=args.lora_r,
+        lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout,
+        target_modules=list(args.lora_target_modules),
+        modules_to_save=[HEAD_MODULE],
+    )
+
+
+def _quantization_config(args) -> BitsAndBytesConfig | None:
+    if args.quantization == "4bit":
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=args.bnb_4bit_use_double_quant,
+            bnb_4bit_compute_dtype=getattr(torch, args.bnb_4bit_compute_dtype),
+        )
+    if args.quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return None
+
+
+def _unwrap_classifier(model) -> LastTokenClassifierForSequenceClassification:
+    while not isinstance(model, LastTokenClassifierForSequenceClassification):
+        if isinstance(model, PeftModel):
+            model = model.get_base_model()
+        elif hasattr(model, "module"):  # DDP / accelerate wrappers
+            model = model.module
+        else:
+            raise TypeError(f"Expected a last-token classifier, got {type(model).__name__}.")
+    return model
+
+
+def _is_head_parameter(name: str) -> bool:
+    return f".{HEAD_MODULE}." in f".{name}"
+
+
+def _is_checkpoint_dir(path: str) -> bool:
+    return os.path.basename(os.path.normpath(path)).startswith("checkpoint-")
