@@ -29,7 +29,8 @@ from .calibration import fit_temperature, tune_thresholds
 from .data import LabelSpace, build_label_space, build_texts, check_columns, encode_labels, tokenize_texts
 from .inference import predict_texts
 from .last_token_config import LastTokenClassifierTrainingArguments
-from .metrics import build_compute_metrics, probabilities_from_logits
+from .metrics import build_compute_metrics, load_metric, probabilities_from_logits
+from .model_card import CardFacts, EvaluationFacts, write_model_card
 from .modeling_last_token import LastTokenClassifierForSequenceClassification
 
 logger = logging.getLogger(__name__)
@@ -102,6 +103,8 @@ class LastTokenClassifierTrainer(Trainer):
         if train_dataset is None:
             raise ValueError("LastTokenClassifierTrainer needs a train_dataset.")
         model_init_kwargs = dict(model_init_kwargs or {})
+        # An adapter names its base by path; a GGUF base only loads with `gguf_file=`, so such runs save merged.
+        self._adapter_base_reloadable = not model_init_kwargs.get("gguf_file")
         if eval_dataset is None and args.eval_strategy != "no":
             logger.warning("No eval_dataset: evaluation, early stopping, best-model selection and calibration are off.")
             args = dataclasses.replace(args, eval_strategy="no", load_best_model_at_end=False, calibrate=False)
@@ -123,12 +126,10 @@ class LastTokenClassifierTrainer(Trainer):
         tokenizer.model_max_length = args.max_length - reserve
         tokenizer.truncation_side = args.truncation_side
 
-        self.train_rows = len(train_dataset)
-        train = self._prepare_dataset(train_dataset, tokenizer, args, reserve, "training")
+        train, self.train_texts = self._prepare_dataset(train_dataset, tokenizer, args, reserve, "training")
         evaluation = None
         if eval_dataset is not None:
-            evaluation = self._prepare_dataset(eval_dataset, tokenizer, args, reserve, "evaluation")
-        self.raw_train_dataset = train_dataset
+            evaluation, _ = self._prepare_dataset(eval_dataset, tokenizer, args, reserve, "evaluation")
 
         if compute_metrics is None:
             compute_metrics = build_compute_metrics(self.label_space.problem_type, self.label_space.id2label)
@@ -201,7 +202,8 @@ class LastTokenClassifierTrainer(Trainer):
 
     # --- data --------------------------------------------------------------------------------------------------------
 
-    def _prepare_dataset(self, dataset: Dataset, tokenizer, args, reserve: int, split: str) -> Dataset:
+    def _prepare_dataset(self, dataset: Dataset, tokenizer, args, reserve: int, split: str) -> tuple[Dataset, list]:
+        """Tokenized rows with encoded `labels`, and the texts they were built from."""
         check_columns(dataset, [args.label_column], split)
         labels, dropped = encode_labels(
             dataset[args.label_column],
@@ -213,7 +215,7 @@ class LastTokenClassifierTrainer(Trainer):
             dataset = dataset.select(sorted(set(range(len(dataset))) - set(dropped)))
         texts = build_texts(dataset, args.text_columns, args.text_template, split)
         encoded = tokenize_texts(texts, tokenizer, args.max_length, truncation_side=args.truncation_side, reserve=reserve)
-        return Dataset.from_dict({**encoded, "labels": labels})
+        return Dataset.from_dict({**encoded, "labels": labels}), texts
 
     # --- optimisation ------------------------------------------------------------------------------------------------
 
@@ -306,15 +308,120 @@ class LastTokenClassifierTrainer(Trainer):
             batch_size=batch_size or self.args.per_device_eval_batch_size,
         )
 
+    # --- model card and Hub ------------------------------------------------------------------------------------------
+
+    def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None, tags=None, **kwargs):
+        """README.md with training facts and metrics, plus plots and `eval_results.json`, in `args.output_dir`
+        (what `push_to_hub` uploads)."""
+        if self.is_world_process_zero():
+            write_model_card(self.card_facts(model_name, dataset_name, tags), self.args.output_dir)
+
+    def card_facts(self, model_name=None, dataset_name=None, tags=None) -> CardFacts:
+        classifier = _unwrap_classifier(self.model)
+        config, args, space = classifier.config, self.args, self.label_space
+        reserve = len(config.suffix_token_ids or [])
+        split_lengths = {"train": [len(ids) + reserve for ids in self.train_dataset["input_ids"]]}
+        if self.eval_dataset is not None:
+            split_lengths["evaluation"] = [len(ids) + reserve for ids in self.eval_dataset["input_ids"]]
+        if isinstance(self.model, PeftModel):
+            trainable, total = self.model.get_nb_trainable_parameters()
+        else:
+            trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+            total = sum(p.numel() for p in self.model.parameters())
+        hyperparameters = {
+            "learning rate (adapters)": args.learning_rate,
+            "learning rate (head)": args.head_learning_rate,
+            "epochs (max / trained)": f"{args.num_train_epochs:g} / {self.state.epoch or 0:.2f}",
+            "batch size x accumulation": f"{args.per_device_train_batch_size} x {args.gradient_accumulation_steps}",
+            "optimizer": getattr(args.optim, "value", args.optim),
+            "scheduler (warmup)": f"{getattr(args.lr_scheduler_type, 'value', args.lr_scheduler_type)} ({args.warmup_steps:g})",
+            "loss": args.loss + (f" (gamma {args.focal_gamma:g})" if args.loss == "focal" else ""),
+            "class weights": args.class_weights or "none",
+            "max length": args.max_length,
+            "truncation keeps": "start" if args.truncation_side == "right" else "end",
+            "pooling": config.pooling,
+            "seed": args.seed,
+        }
+        if isinstance(self.model, PeftModel):
+            lora = self.model.peft_config[self.model.active_adapter]
+            hyperparameters["LoRA r / alpha / dropout"] = f"{lora.r} / {lora.lora_alpha} / {lora.lora_dropout}"
+            hyperparameters["LoRA targets"] = ", ".join(sorted(lora.target_modules))
+        quantization_config = getattr(config, "quantization_config", None)
+        detail = ""
+        if args.quantization == "4bit":
+            detail = f"NF4, double quantization {args.bnb_4bit_use_double_quant}, compute {args.bnb_4bit_compute_dtype}"
+        return CardFacts(
+            model_name=model_name or args.hub_model_id or os.path.basename(os.path.normpath(args.output_dir)),
+            base_model=config.text_config.name_or_path or classifier.name_or_path,
+            label_names=space.names,
+            multi_label=space.multi_label,
+            train_labels=self.train_dataset["labels"],
+            train_texts=self.train_texts,
+            split_lengths=split_lengths,
+            max_length=args.max_length,
+            hyperparameters=hyperparameters,
+            trainable_parameters=trainable,
+            total_parameters=total,
+            quantization=args.quantization if quantization_config is not None else "none",
+            quantization_detail=detail,
+            pooling_suffix=config.pooling_suffix,
+            adaptation="LoRA" if isinstance(self.model, PeftModel) else "full fine-tuning",
+            dataset_name=dataset_name,
+            tags=list(tags or []),
+            evaluation=self._evaluation_facts() if self.eval_dataset is not None else None,
+        )
+
+    def _evaluation_facts(self) -> EvaluationFacts:
+        space = self.label_space
+        config = _unwrap_classifier(self.model).config
+        output = self.predict(self.eval_dataset)
+        # The model already divides its logits by the fitted temperature.
+        probabilities = probabilities_from_logits(output.predictions, space.problem_type)
+        if space.multi_label:
+            thresholds = np.asarray(config.decision_thresholds or [0.5] * len(space.names))
+            predictions = (probabilities >= thresholds).astype(int)
+            references = np.asarray(output.label_ids).astype(int)
+        else:
+            predictions, references = probabilities.argmax(axis=-1), np.asarray(output.label_ids)
+        reliability = load_metric("calibration", "multi_label" if space.multi_label else "single_label").compute(
+            probabilities=probabilities.tolist(), references=references.tolist()
+        )["reliability"]
+        calibration = None
+        if self.calibration_results:
+            results = self.calibration_results
+            calibration = {
+                "temperature": results["temperature"],
+                "decision_thresholds": results["decision_thresholds"],
+                "ece_before": results["before"].get("uncalibrated_ece"),
+                "ece_after": results["after"].get("calibrated_ece"),
+            }
+        metrics = {
+            key.removeprefix("test_"): value
+            for key, value in output.metrics.items()
+            if isinstance(value, (int, float)) and not key.endswith(("runtime", "per_second"))
+        }
+        return EvaluationFacts(
+            metrics=metrics,
+            probabilities=probabilities,
+            references=references,
+            predictions=predictions,
+            reliability=reliability,
+            calibration=calibration,
+        )
+
     # --- saving ------------------------------------------------------------------------------------------------------
 
     def _save(self, output_dir: str | None = None, state_dict=None):
         """Adapter + head (with this model's config and code, so the folder loads through
-        `AutoModelForSequenceClassification`), or the merged model when `merge_adapter` is set."""
+        `AutoModelForSequenceClassification`), or the merged model when `merge_adapter` is set or the backbone came
+        from a GGUF file. Checkpoints always hold the adapter."""
         output_dir = output_dir or self.args.output_dir
         if not isinstance(self.model, PeftModel):
             return super()._save(output_dir, state_dict)
-        if self.args.merge_adapter and not _is_checkpoint_dir(output_dir):
+        if not _is_checkpoint_dir(output_dir) and (self.args.merge_adapter or not self._adapter_base_reloadable):
+            if not self.args.merge_adapter:
+                logger.warning("The backbone was loaded from a GGUF file, which an adapter cannot name as its base: "
+                               "saving the merged model instead.")
             return self.save_merged(output_dir)
         super()._save(output_dir, state_dict)
         classifier = _unwrap_classifier(self.model)

@@ -5,19 +5,35 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from hf_clf_ext import LastTokenClassifierForSequenceClassification
-from hf_clf_ext.bundled import load_bbc_news, smollm2_gguf
+from hf_clf_ext.bundled import load_bbc_news, smollm2_gguf, smollm2_model_dir
 
 
 @pytest.fixture(scope="module")
-def smollm2():
-    directory, gguf_file = smollm2_gguf()
-    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=gguf_file)
+def smollm2_dir(tmp_path_factory):
+    """SmolLM2 converted from its GGUF file to an ordinary folder (what `smollm2_model_dir` caches)."""
+    return smollm2_model_dir(tmp_path_factory.mktemp("smollm2") / "SmolLM2-135M-Instruct")
+
+
+@pytest.fixture(scope="module")
+def smollm2(smollm2_dir):
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
     news = load_bbc_news()
     torch.manual_seed(0)
     model = LastTokenClassifierForSequenceClassification.from_backbone(
-        directory, gguf_file=gguf_file, tokenizer=tokenizer, labels=news.features["label"].names
+        smollm2_dir, tokenizer=tokenizer, labels=news.features["label"].names
     ).eval()
     return model, tokenizer
+
+
+def test_converted_folder_matches_the_gguf_weights(smollm2_dir, smollm2):
+    directory, gguf_file = smollm2_gguf()
+    from_gguf = LastTokenClassifierForSequenceClassification.from_backbone(
+        directory, gguf_file=gguf_file, labels=["a", "b"]
+    )
+    model, _ = smollm2
+    for name, weight in from_gguf.model.state_dict().items():
+        torch.testing.assert_close(model.model.state_dict()[name], weight, atol=0, rtol=0, msg=name)
+    assert smollm2_model_dir(smollm2_dir) == str(smollm2_dir)  # reused, not converted again
 
 
 @pytest.fixture(scope="module")
@@ -54,3 +70,40 @@ def test_real_model_round_trip(smollm2, articles, tmp_path):
     batch = tokenizer(articles, return_tensors="pt", padding=True)
     with torch.no_grad():
         torch.testing.assert_close(loaded(**batch).logits, model(**batch).logits, atol=0, rtol=0)
+
+
+def test_trainer_fine_tunes_smollm2_on_bbc_news(tmp_path):
+    """A few real optimizer steps (LoRA + head) on real articles, then predictions and a reloadable save."""
+    from hf_clf_ext import LastTokenClassifierTrainer, LastTokenClassifierTrainingArguments, predict_texts
+
+    directory, gguf_file = smollm2_gguf()
+    news = load_bbc_news()
+    names = news.features["label"].names
+    by_label = {label: [i for i, y in enumerate(news["label"]) if y == label] for label in range(len(names))}
+    train = news.select([i for rows in by_label.values() for i in rows[:6]])
+    evaluation = news.select([i for rows in by_label.values() for i in rows[6:9]])
+    args = LastTokenClassifierTrainingArguments(
+        output_dir=str(tmp_path / "out"), num_train_epochs=1, per_device_train_batch_size=6,
+        gradient_accumulation_steps=1, per_device_eval_batch_size=15, max_length=96, learning_rate=3e-4,
+        head_learning_rate=3e-3, optim="adamw_torch", logging_steps=1, report_to="none", use_cpu=True,
+    )
+    trainer = LastTokenClassifierTrainer(
+        model=directory, args=args, train_dataset=train, eval_dataset=evaluation,
+        model_init_kwargs={"gguf_file": gguf_file},
+    )
+    assert trainer.model.config.pad_token_id == trainer.processing_class.eos_token_id
+    trainer.train()
+    losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
+    assert len(losses) == 5 and all(loss == loss for loss in losses)
+    assert trainer.model.config.temperature > 0
+    metrics = trainer.evaluate()
+    assert 0.0 <= metrics["eval_f1_macro"] <= 1.0 and metrics["eval_ece"] >= 0
+
+    texts = list(evaluation["text"][:5])
+    predictions = trainer.predict_texts(texts)
+    assert all(p["label"] in names and abs(sum(p["probabilities"].values()) - 1) < 1e-4 for p in predictions)
+    trainer.save_model(str(tmp_path / "saved"))  # merged: an adapter cannot name a GGUF file as its base
+    assert (tmp_path / "saved" / "model.safetensors").exists()
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "saved")
+    again = predict_texts(reloaded, trainer.processing_class, texts)
+    assert [p["label"] for p in again] == [p["label"] for p in predictions]
