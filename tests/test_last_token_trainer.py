@@ -129,20 +129,55 @@ def test_resuming_from_a_checkpoint_ends_with_the_same_weights(llama_dir, tokeni
 
 
 def test_calibration_survives_save_and_load(llama_dir, tokenizer, tmp_path):
-    trainer = make_trainer(llama_dir, tokenizer, tmp_path, num_train_epochs=2)
+    trainer = make_trainer(
+        llama_dir, tokenizer, tmp_path, train=synthetic(96, seed=1, multi_label=True),
+        evaluation=synthetic(48, seed=2, multi_label=True), num_train_epochs=3, metric_for_best_model="f1_micro",
+    )
     trainer.train()
     results = trainer.calibration_results
-    assert results["temperature"] == trainer.model.config.temperature
+    config = trainer.model.config
+    assert results["temperature"] == config.temperature != 1.0
+    assert results["decision_thresholds"] == config.decision_thresholds and len(config.decision_thresholds) == 3
     assert "uncalibrated_ece" in results["before"] and "calibrated_ece" in results["after"]
-    trainer.save_model(str(tmp_path / "adapter"))
-    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "adapter").eval()
-    assert type(loaded).__name__ == "PeftModel" or loaded.config.temperature == results["temperature"]
-    texts = list(synthetic(8, seed=5)["text"])
-    expected = predict_texts(trainer.model, tokenizer, texts)
-    actual = predict_texts(loaded, tokenizer, texts)
-    for e, a in zip(expected, actual):
-        assert e["label"] == a["label"]
-        np.testing.assert_allclose(list(a["probabilities"].values()), list(e["probabilities"].values()), atol=1e-5)
+    for name, folder in (("adapter", tmp_path / "adapter"), ("merged", tmp_path / "merged")):
+        trainer.save_model(str(folder)) if name == "adapter" else trainer.save_merged(str(folder))
+        loaded = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+        assert loaded.config.temperature == results["temperature"], name
+        assert loaded.config.decision_thresholds == results["decision_thresholds"], name
+        texts = list(synthetic(8, seed=5, multi_label=True)["text"])
+        expected = predict_texts(trainer.model, tokenizer, texts)
+        actual = predict_texts(loaded, tokenizer, texts)
+        assert [a["labels"] for a in actual] == [e["labels"] for e in expected], name
+        for e, a in zip(expected, actual):
+            np.testing.assert_allclose(list(a["probabilities"].values()), list(e["probabilities"].values()), atol=1e-5)
+
+
+def test_paper_defaults_train_with_8bit_adamw_checkpointing_and_length_grouping(llama_dir, tokenizer, tmp_path):
+    args = LastTokenClassifierTrainingArguments(
+        output_dir=str(tmp_path / "out"), num_train_epochs=1, max_length=64, report_to="none", use_cpu=True,
+        gradient_checkpointing=True, train_sampling_strategy="group_by_length", logging_steps=1,
+    )
+    assert (args.optim, args.lr_scheduler_type, args.lora_r, args.lora_alpha, args.lora_dropout) == (
+        "adamw_8bit", "linear", 8, 16, 0.05)
+    assert args.per_device_train_batch_size * args.gradient_accumulation_steps == 8
+    trainer = LastTokenClassifierTrainer(
+        model=str(llama_dir), args=args, train_dataset=synthetic(32, seed=1), eval_dataset=synthetic(12, seed=2),
+        processing_class=tokenizer,
+    )
+    head = trainer.model.get_base_model().score.modules_to_save["default"].weight.detach().clone()
+    trainer.train()
+    assert "bitsandbytes" in type(trainer.optimizer.optimizer).__module__
+    assert trainer.model.get_base_model().model.gradient_checkpointing
+    assert trainer.state.global_step == 4
+    assert not torch.equal(trainer.model.get_base_model().score.modules_to_save["default"].weight, head)
+
+
+def test_eight_bit_backbone_trains_on_cpu(llama_dir, tokenizer, tmp_path):
+    trainer = make_trainer(llama_dir, tokenizer, tmp_path, quantization="8bit", num_train_epochs=1, calibrate=False)
+    classifier = trainer.model.get_base_model()
+    assert classifier.is_loaded_in_8bit and classifier.score.modules_to_save["default"].weight.dtype == torch.float32
+    trainer.train()
+    assert all(np.isfinite(log["loss"]) for log in trainer.state.log_history if "loss" in log)
 
 
 def test_adapter_and_merged_saves_load_with_auto_classes(llama_dir, tokenizer, tmp_path):
