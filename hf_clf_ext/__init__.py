@@ -9,9 +9,15 @@ from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from .configuration_last_token import LastTokenClassifierConfig
 from .inference import predict_texts
+from .instruction import InstructionClassifier, InstructionPrompt
+from .instruction_config import InstructionSFTConfig
+from .instruction_trainer import InstructionSFTRecipe
 from .last_token_config import LastTokenClassifierTrainingArguments
 from .last_token_trainer import LastTokenClassifierTrainer
+from .logits_process import VerbalizerLogitsProcessor
 from .modeling_last_token import LastTokenClassifierForSequenceClassification, pool_hidden_states
+from .scoring import score_labels
+from .verbalizer import LabelTokens, Verbalizer
 
 AutoConfig.register(LastTokenClassifierConfig.model_type, LastTokenClassifierConfig, exist_ok=True)
 AutoModelForSequenceClassification.register(
@@ -19,10 +25,18 @@ AutoModelForSequenceClassification.register(
 )
 
 __all__ = [
+    "InstructionClassifier",
+    "InstructionPrompt",
+    "InstructionSFTConfig",
+    "InstructionSFTRecipe",
+    "LabelTokens",
     "LastTokenClassifierConfig",
     "LastTokenClassifierForSequenceClassification",
     "LastTokenClassifierTrainer",
     "LastTokenClassifierTrainingArguments",
+    "Verbalizer",
+    "VerbalizerLogitsProcessor",
     "pool_hidden_states",
     "predict_texts",
+    "score_labels",
 ]

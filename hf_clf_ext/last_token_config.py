@@ -5,33 +5,20 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-QUANTIZATION_CHOICES = ("4bit", "8bit", "none")
+from .arguments import DataArguments, LoraArguments, QuantizationArguments
+
 LOSS_CHOICES = ("cross_entropy", "focal")
 
 
 @dataclass
-class LastTokenClassifierTrainingArguments(TrainingArguments):
+class LastTokenClassifierTrainingArguments(DataArguments, QuantizationArguments, LoraArguments, TrainingArguments):
     r"""
     Arguments of [`LastTokenClassifierTrainer`]. Every `TrainingArguments` field applies; the defaults below follow
     the paper (8-bit AdamW, linear schedule with warmup, effective batch 8 through gradient accumulation, up to 20
     epochs with early stopping on validation macro-F1).
     """
 
-    # --- Data -------------------------------------------------------------------------------------------------------
-    text_columns: list[str] = field(
-        default_factory=lambda: ["text"],
-        metadata={"help": "Column(s) holding the text. Several columns are joined by `text_template`."},
-    )
-    text_template: str | None = field(
-        default=None,
-        metadata={"help": "`str.format` template over columns, e.g. '{title}\\n\\n{abstract}'. Default: the text "
-                  "columns separated by blank lines."},
-    )
-    label_column: str = field(
-        default="label",
-        metadata={"help": "Column of label names, class ids, or (multi-label) lists of names or ids."},
-    )
+    # --- Data (plus text_columns, text_template, label_column, drop_unknown_labels) --------------------------------
     max_length: int = field(default=512, metadata={"help": "Maximum tokens per example, pooling suffix included."})
     truncation_side: str = field(
         default="right", metadata={"help": "'right' keeps the start of long texts, 'left' keeps the end."}
@@ -41,32 +28,13 @@ class LastTokenClassifierTrainingArguments(TrainingArguments):
         metadata={"help": "Text appended after truncation, so the pooled last token is always the same kind of "
                   "position rather than a word cut mid-sentence. '' disables it."},
     )
-    drop_unknown_labels: bool = field(
-        default=False,
-        metadata={"help": "Drop evaluation rows whose labels never occur in training (and report how many), "
-                  "instead of failing."},
-    )
 
-    # --- Model and quantization -------------------------------------------------------------------------------------
-    quantization: str = field(
-        default="none", metadata={"help": "Backbone weights: '4bit' (NF4, QLoRA), '8bit', or 'none'."}
-    )
-    bnb_4bit_compute_dtype: str = field(
-        default="bfloat16", metadata={"help": "Compute dtype of 4-bit layers: 'bfloat16' or 'float32'."}
-    )
-    bnb_4bit_use_double_quant: bool = field(default=True, metadata={"help": "Quantize the 4-bit scales too."})
+    # --- Model (plus quantization, bnb_4bit_compute_dtype, bnb_4bit_use_double_quant) -------------------------------
     pooling: str = field(default="last", metadata={"help": "'last' (last real token) or 'mean'."})
     classifier_dropout: float = field(default=0.0, metadata={"help": "Dropout before the linear head."})
 
-    # --- LoRA -------------------------------------------------------------------------------------------------------
-    use_peft: bool = field(default=True, metadata={"help": "Train LoRA adapters (and the head) instead of all weights."})
+    # --- LoRA (plus use_peft, lora_alpha, lora_dropout, lora_target_modules) ----------------------------------------
     lora_r: int = field(default=8, metadata={"help": "LoRA rank (the paper uses 8 and 16)."})
-    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator."})
-    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
-    lora_target_modules: list[str] = field(
-        default_factory=lambda: list(DEFAULT_LORA_TARGETS),
-        metadata={"help": "Modules given LoRA adapters: all attention and MLP projections by default."},
-    )
     head_learning_rate: float | None = field(
         default=2e-3,
         metadata={"help": "Learning rate of the freshly initialised head (the backbone uses `learning_rate`). "
@@ -116,23 +84,18 @@ class LastTokenClassifierTrainingArguments(TrainingArguments):
     metric_for_best_model: str | None = field(default="f1_macro", metadata={"help": "Validation metric to select."})
 
     def __post_init__(self):
+        self.check_data_arguments()
+        self.check_quantization_arguments()
+        self.check_lora_arguments(self.quantization)
         for name, value, choices in (
-            ("quantization", self.quantization, QUANTIZATION_CHOICES),
             ("loss", self.loss, LOSS_CHOICES),
-            ("bnb_4bit_compute_dtype", self.bnb_4bit_compute_dtype, ("bfloat16", "float32", "float16")),
             ("truncation_side", self.truncation_side, ("right", "left")),
             ("pooling", self.pooling, ("last", "mean")),
         ):
             if value not in choices:
                 raise ValueError(f"{name} must be one of {choices}, got {value!r}.")
-        if isinstance(self.text_columns, str):
-            self.text_columns = [self.text_columns]
-        if not self.text_columns:
-            raise ValueError("text_columns must name at least one column.")
         if self.max_length < 2:
             raise ValueError(f"max_length must be at least 2, got {self.max_length}.")
-        if self.quantization != "none" and not self.use_peft:
-            raise ValueError("A quantized backbone cannot be trained directly: keep use_peft=True (QLoRA).")
         if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
             raise ValueError(f"early_stopping_patience must be >= 1 or None, got {self.early_stopping_patience}.")
         super().__post_init__()

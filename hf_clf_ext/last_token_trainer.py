@@ -16,7 +16,6 @@ from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_t
 from torch.nn import functional as F
 from transformers import (
     AutoTokenizer,
-    BitsAndBytesConfig,
     DataCollatorWithPadding,
     EarlyStoppingCallback,
     PreTrainedModel,
@@ -171,7 +170,7 @@ class LastTokenClassifierTrainer(Trainer):
             if class_weights is not None:
                 classifier.config.class_weights = class_weights
         else:
-            quantization_config = _quantization_config(args)
+            quantization_config = args.bnb_config()
             if quantization_config is not None:
                 model_init_kwargs.setdefault("quantization_config", quantization_config)
             model = LastTokenClassifierForSequenceClassification.from_backbone(
@@ -455,19 +454,6 @@ def default_lora_config(args: LastTokenClassifierTrainingArguments) -> LoraConfi
         target_modules=list(args.lora_target_modules),
         modules_to_save=[HEAD_MODULE],
     )
-
-
-def _quantization_config(args) -> BitsAndBytesConfig | None:
-    if args.quantization == "4bit":
-        return BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=args.bnb_4bit_use_double_quant,
-            bnb_4bit_compute_dtype=getattr(torch, args.bnb_4bit_compute_dtype),
-        )
-    if args.quantization == "8bit":
-        return BitsAndBytesConfig(load_in_8bit=True)
-    return None
 
 
 def _unwrap_classifier(model) -> LastTokenClassifierForSequenceClassification:

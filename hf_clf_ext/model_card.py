@@ -66,6 +66,7 @@ class CardFacts:
     dataset_name: str | None = None
     tags: Sequence[str] = field(default_factory=list)
     evaluation: EvaluationFacts | None = None
+    extra: dict = field(default_factory=dict)  # template-specific variables
 
 
 def template_path(name: str) -> Path:
@@ -161,11 +162,7 @@ def _template_variables(facts: CardFacts, plots: list[dict]) -> dict:
         "labels": [
             {"name": name, "count": int(counts[i]), "example": examples.get(i, "(none)")} for i, name in enumerate(names)
         ],
-        "metrics": [
-            (name, _fmt(evaluation.metrics[key]))
-            for key, name in HEADLINE_METRICS
-            if evaluation is not None and _is_number(evaluation.metrics.get(key))
-        ],
+        "metrics": metric_rows(evaluation.metrics) if evaluation is not None else [],
         "eval_rows": len(evaluation.references) if evaluation is not None else 0,
         "calibration": calibration,
         "plots": plots,
@@ -189,7 +186,13 @@ def _template_variables(facts: CardFacts, plots: list[dict]) -> dict:
         "versions": ", ".join(
             f"{package} {version(package)}" for package in ("hf-clf-ext", "transformers", "peft", "torch", "datasets")
         ),
+        **facts.extra,
     }
+
+
+def metric_rows(metrics: dict) -> list[tuple[str, str]]:
+    """(display name, formatted value) of the headline metrics present in `metrics`, in a fixed order."""
+    return [(name, _fmt(metrics[key])) for key, name in HEADLINE_METRICS if _is_number(metrics.get(key))]
 
 
 def plot_reliability(reliability: dict, path: Path, *, multi_label: bool) -> None:

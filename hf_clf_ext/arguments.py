@@ -1,0 +1,85 @@
+"""Argument groups shared by both approaches' training configs (data, quantization, LoRA), as dataclass mixins."""
+
+from dataclasses import dataclass, field
+
+import torch
+from transformers import BitsAndBytesConfig
+
+DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+QUANTIZATION_CHOICES = ("4bit", "8bit", "none")
+
+
+@dataclass
+class DataArguments:
+    text_columns: list[str] = field(
+        default_factory=lambda: ["text"],
+        metadata={"help": "Column(s) holding the text. Several columns are joined by `text_template`."},
+    )
+    text_template: str | None = field(
+        default=None,
+        metadata={"help": "`str.format` template over columns, e.g. '{title}\\n\\n{abstract}'. Default: the text "
+                  "columns separated by blank lines."},
+    )
+    label_column: str = field(
+        default="label",
+        metadata={"help": "Column of label names, class ids, or (multi-label) lists of names or ids."},
+    )
+    drop_unknown_labels: bool = field(
+        default=False,
+        metadata={"help": "Drop evaluation rows whose labels never occur in training (and report how many), "
+                  "instead of failing."},
+    )
+
+    def check_data_arguments(self) -> None:
+        if isinstance(self.text_columns, str):
+            self.text_columns = [self.text_columns]
+        if not self.text_columns:
+            raise ValueError("text_columns must name at least one column.")
+
+
+@dataclass
+class QuantizationArguments:
+    quantization: str = field(
+        default="none", metadata={"help": "Backbone weights: '4bit' (NF4, QLoRA), '8bit', or 'none'."}
+    )
+    bnb_4bit_compute_dtype: str = field(
+        default="bfloat16", metadata={"help": "Compute dtype of 4-bit layers: 'bfloat16', 'float16' or 'float32'."}
+    )
+    bnb_4bit_use_double_quant: bool = field(default=True, metadata={"help": "Quantize the 4-bit scales too."})
+
+    def check_quantization_arguments(self) -> None:
+        if self.quantization not in QUANTIZATION_CHOICES:
+            raise ValueError(f"quantization must be one of {QUANTIZATION_CHOICES}, got {self.quantization!r}.")
+        if self.bnb_4bit_compute_dtype not in ("bfloat16", "float16", "float32"):
+            raise ValueError(f"bnb_4bit_compute_dtype must be bfloat16, float16 or float32, got {self.bnb_4bit_compute_dtype!r}.")
+
+    def bnb_config(self) -> BitsAndBytesConfig | None:
+        """The bitsandbytes config for `quantization`, or None."""
+        if self.quantization == "4bit":
+            return BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_use_double_quant=self.bnb_4bit_use_double_quant,
+                bnb_4bit_compute_dtype=getattr(torch, self.bnb_4bit_compute_dtype),
+            )
+        if self.quantization == "8bit":
+            return BitsAndBytesConfig(load_in_8bit=True)
+        return None
+
+
+@dataclass
+class LoraArguments:
+    use_peft: bool = field(default=True, metadata={"help": "Train LoRA adapters instead of all weights."})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: list(DEFAULT_LORA_TARGETS),
+        metadata={"help": "Modules given LoRA adapters: all attention and MLP projections by default."},
+    )
+
+    def check_lora_arguments(self, quantization: str) -> None:
+        if quantization != "none" and not self.use_peft:
+            raise ValueError("A quantized backbone cannot be trained directly: keep use_peft=True (QLoRA).")
+        if self.lora_r < 1:
+            raise ValueError(f"lora_r must be at least 1, got {self.lora_r}.")

@@ -1,0 +1,246 @@
+"""The instruction-based approach at inference: prompts built from a template (through the tokenizer's chat
+template when it has one), and a classifier that answers by constrained generation or by label scoring."""
+
+import json
+import os
+import string
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessorList
+
+from .logits_process import VerbalizerLogitsProcessor
+from .scoring import score_labels
+from .verbalizer import LabelTokens, Verbalizer
+
+PROMPT_FILE = "instruction_prompt.json"
+DEFAULT_TEMPLATE = "Classify the text into one of these labels: {labels}.\n\nText: {text}"
+DEFAULT_MULTI_LABEL_TEMPLATE = (
+    "Classify the text with one or more of these labels: {labels}. Separate several labels with '{delimiter}'."
+    "\n\nText: {text}"
+)
+# Plain (non-chat) prompts end with this cue; answers then start with a space, which BPE tokenizers attach to the
+# first word. The prompt never ends with a space, so prompt and answer tokens never merge.
+ANSWER_CUE = "\nLabel:"
+TEMPLATE_FIELDS = {"text", "labels", "delimiter"}
+
+
+@dataclass
+class InstructionPrompt:
+    """How a text becomes a prompt.
+
+    Args:
+        template: `str.format` template with a `{text}` placeholder; `{labels}` (the label texts, comma-separated)
+            and `{delimiter}` are optional.
+        use_chat_template: wrap the prompt as a user message through the tokenizer's chat template.
+        system_prompt: optional system message (chat templates only).
+    """
+
+    template: str = DEFAULT_TEMPLATE
+    use_chat_template: bool = True
+    system_prompt: str | None = None
+
+    def __post_init__(self):
+        fields = {name for _, name, _, _ in string.Formatter().parse(self.template) if name is not None}
+        if "text" not in fields:
+            raise ValueError(f"The prompt template has no {{text}} placeholder: {self.template!r}.")
+        unknown = fields - TEMPLATE_FIELDS
+        if unknown:
+            raise ValueError(f"The prompt template uses unknown placeholders {sorted(unknown)}; known: {sorted(TEMPLATE_FIELDS)}.")
+
+    def render(self, tokenizer, verbalizer: Verbalizer, text: str) -> str:
+        """The full prompt string, ending exactly where the answer starts."""
+        content = self.template.format(text=text, labels=", ".join(verbalizer.texts), delimiter=verbalizer.delimiter)
+        if not self.use_chat_template:
+            return content + ANSWER_CUE
+        return tokenizer.apply_chat_template(self._messages(content), tokenize=False, add_generation_prompt=True)
+
+    @property
+    def lead(self) -> str:
+        """What precedes the first label in an answer."""
+        return "" if self.use_chat_template else " "
+
+    def stop_ids(self, tokenizer) -> list[int]:
+        """Tokens that end an answer: the chat template's end-of-turn token (first: training appends it), and eos."""
+        ids = []
+        if self.use_chat_template:
+            marker = "LABEL_TEXT_MARKER"
+            rendered = tokenizer.apply_chat_template(
+                self._messages("x") + [{"role": "assistant", "content": marker}], tokenize=False
+            )
+            after = rendered[rendered.index(marker) + len(marker):]
+            following = tokenizer(after, add_special_tokens=False)["input_ids"]
+            if following:
+                ids.append(following[0])
+        if tokenizer.eos_token_id is not None:
+            ids.append(tokenizer.eos_token_id)
+        if not ids:
+            raise ValueError("The tokenizer has neither an end-of-turn token nor an eos token to end answers with.")
+        return list(dict.fromkeys(ids))
+
+    def _messages(self, content: str) -> list[dict]:
+        system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        return system + [{"role": "user", "content": content}]
+
+    def encode(self, tokenizer, verbalizer: Verbalizer, text: str, max_length: int | None, answer_length: int) -> list[int]:
+        """Prompt token ids, with `text` cut (never the instructions, never the answer) so that the prompt plus an
+        answer of `answer_length` tokens fit in `max_length`."""
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"Empty text: {text!r}.")
+        ids = self._ids(tokenizer, verbalizer, text)
+        if max_length is None or len(ids) + answer_length <= max_length:
+            return ids
+        overhead = len(self._ids(tokenizer, verbalizer, "")) + answer_length
+        text_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        room = max_length - overhead
+        while room > 0:
+            ids = self._ids(tokenizer, verbalizer, tokenizer.decode(text_ids[:room]))
+            if len(ids) + answer_length <= max_length:
+                return ids
+            room -= len(ids) + answer_length - max_length  # re-tokenizing the cut text can shift a token or two
+        raise ValueError(
+            f"max_length={max_length} leaves no room for the text: the prompt alone takes {overhead - answer_length} "
+            f"tokens and answers up to {answer_length}."
+        )
+
+    def _ids(self, tokenizer, verbalizer: Verbalizer, text: str) -> list[int]:
+        rendered = self.render(tokenizer, verbalizer, text)
+        # A chat template writes its own special tokens; a plain prompt gets the tokenizer's (e.g. BOS).
+        return tokenizer(rendered, add_special_tokens=not self.use_chat_template)["input_ids"]
+
+
+class InstructionClassifier:
+    """A causal LM (plain or PEFT) + tokenizer + prompt + verbalizer that classifies raw texts.
+
+    `classify(texts, method="generate")` decodes greedily under `VerbalizerLogitsProcessor`, so every answer is a
+    valid label (set); `method="score"` returns label probabilities from `score_labels` (one prompt pass each).
+    """
+
+    def __init__(self, model, tokenizer, prompt: InstructionPrompt, verbalizer: Verbalizer, max_length: int | None = None):
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        if prompt.use_chat_template and not getattr(tokenizer, "chat_template", None):
+            raise ValueError("use_chat_template=True, but the tokenizer has no chat template.")
+        self.model, self.tokenizer, self.prompt, self.verbalizer = model, tokenizer, prompt, verbalizer
+        self.max_length = max_length
+        context = prompt.render(tokenizer, verbalizer, "x")
+        self.tokens: LabelTokens = verbalizer.label_tokens(
+            tokenizer, context, lead=prompt.lead, stop_ids=prompt.stop_ids(tokenizer)
+        )
+
+    @property
+    def max_answer_length(self) -> int:
+        """Tokens of the longest valid answer, stop token included."""
+        if not self.tokens.multi_label:
+            return max(len(ids) for ids in self.tokens.first) + 1
+        longest = sorted((len(ids) for ids in self.tokens.after_delimiter), reverse=True)
+        count = self.tokens.max_labels or len(longest)
+        first = max(len(ids) for ids in self.tokens.first)
+        return first + sum(longest[: count - 1]) + (count - 1) * len(self.tokens.delimiter) + 1
+
+    def logits_processor(self) -> VerbalizerLogitsProcessor:
+        """A processor for your own `generate()` calls on prompts built by `prompt_ids`."""
+        return VerbalizerLogitsProcessor(self.tokens)
+
+    def prompt_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        _check_texts(texts)
+        return [
+            self.prompt.encode(self.tokenizer, self.verbalizer, text, self.max_length, self.max_answer_length)
+            for text in texts
+        ]
+
+    @torch.no_grad()
+    def classify(self, texts: Sequence[str], method: str = "generate", batch_size: int = 8) -> list[dict]:
+        """`{"label"}` / `{"labels"}` per text, plus `"probabilities"` when `method="score"`."""
+        if method not in ("generate", "score"):
+            raise ValueError(f"method must be 'generate' or 'score', got {method!r}.")
+        prompts = self.prompt_ids(texts)
+        names = self.verbalizer.labels
+        if method == "score":
+            probabilities = score_labels(
+                self.model, prompts, self.tokens, pad_token_id=self.tokenizer.pad_token_id, batch_size=batch_size
+            )
+            results = []
+            for row in probabilities:
+                scores = dict(zip(names, row.tolist()))
+                if self.tokens.multi_label:
+                    results.append({"labels": [n for n, p in scores.items() if p >= 0.5], "probabilities": scores})
+                else:
+                    results.append({"label": names[int(row.argmax())], "score": float(row.max()), "probabilities": scores})
+            return results
+        return [self._as_result(ids) for ids in self._generate(prompts, batch_size)]
+
+    def _generate(self, prompts: list[list[int]], batch_size: int) -> list[list[int]]:
+        device = next(self.model.parameters()).device
+        processor = self.logits_processor()
+        pad = self.tokenizer.pad_token_id
+        was_training = self.model.training
+        self.model.eval()
+        answers = []
+        try:
+            for start in range(0, len(prompts), batch_size):
+                batch = prompts[start : start + batch_size]
+                width = max(len(ids) for ids in batch)
+                input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in batch], device=device)
+                mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in batch], device=device)
+                out = self.model.generate(
+                    input_ids=input_ids,
+                    attention_mask=mask,
+                    logits_processor=LogitsProcessorList([processor]),
+                    max_new_tokens=self.max_answer_length,
+                    do_sample=False,
+                    num_beams=1,
+                    pad_token_id=pad,
+                    eos_token_id=list(self.tokens.stop),
+                )
+                answers += out[:, width:].tolist()
+        finally:
+            self.model.train(was_training)
+        return answers
+
+    def _as_result(self, generated: list[int]) -> dict:
+        stop = set(self.tokens.stop)
+        end = next((i for i, token in enumerate(generated) if token in stop), len(generated))
+        ids = self.verbalizer.parse(self.tokenizer.decode(generated[:end], skip_special_tokens=True))
+        names = [self.verbalizer.labels[i] for i in ids]
+        return {"labels": names} if self.tokens.multi_label else {"label": names[0]}
+
+    # --- persistence -------------------------------------------------------------------------------------------------
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Model (or adapter), tokenizer, verbalizer and prompt: everything `from_pretrained` needs."""
+        self.model.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+        self.save_settings(directory)
+
+    def save_settings(self, directory: str | os.PathLike) -> None:
+        self.verbalizer.save_pretrained(directory)
+        with open(os.path.join(directory, PROMPT_FILE), "w", encoding="utf-8") as file:
+            json.dump({**asdict(self.prompt), "max_length": self.max_length}, file, indent=2, ensure_ascii=False)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, **model_kwargs) -> "InstructionClassifier":
+        """Load a folder saved by `save_pretrained` or `InstructionSFTRecipe.save_model` (adapter or merged)."""
+        path = os.path.join(directory, PROMPT_FILE)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"No {PROMPT_FILE} in {directory}: not an instruction classifier folder.")
+        with open(path, encoding="utf-8") as file:
+            settings = json.load(file)
+        max_length = settings.pop("max_length", None)
+        if os.path.isfile(os.path.join(directory, "adapter_config.json")):
+            from peft import AutoPeftModelForCausalLM
+
+            model = AutoPeftModelForCausalLM.from_pretrained(directory, **model_kwargs)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(directory, **model_kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+        return cls(model, tokenizer, InstructionPrompt(**settings), Verbalizer.from_pretrained(directory), max_length)
+
+
+def _check_texts(texts) -> None:
+    if isinstance(texts, str):
+        raise TypeError("Pass a list of texts, not a single string.")
+    empty = [i for i, text in enumerate(texts) if not isinstance(text, str) or not text.strip()]
+    if empty:
+        raise ValueError(f"Texts {empty[:20]} are empty or not strings ({len(empty)} in all).")

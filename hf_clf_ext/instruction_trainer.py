@@ -1,0 +1,295 @@
+"""`InstructionSFTRecipe`: classification as prompt -> label text, fine-tuned with TRL's `SFTTrainer`.
+
+The recipe tokenizes examples itself: the prompt (text cut to fit), then the answer as the verbalizer's in-context
+label tokens and a stop token, with `-100` labels over the prompt. Training, constrained decoding and label scoring
+therefore all see the same token ids, whatever the tokenizer merges across the prompt/answer boundary.
+"""
+
+import logging
+import os
+from collections.abc import Sequence
+
+import numpy as np
+from datasets import Dataset
+from peft import LoraConfig
+from transformers import AutoTokenizer, EvalPrediction, PreTrainedModel, set_seed
+from trl import SFTTrainer
+
+from .data import build_label_space, build_texts, check_columns, encode_labels
+from .instruction import DEFAULT_MULTI_LABEL_TEMPLATE, DEFAULT_TEMPLATE, InstructionClassifier, InstructionPrompt
+from .instruction_config import InstructionSFTConfig
+from .metrics import build_compute_metrics, load_metric
+from .model_card import CardFacts, EvaluationFacts, metric_rows, write_model_card
+from .verbalizer import Verbalizer
+
+logger = logging.getLogger(__name__)
+IGNORE_INDEX = -100
+
+
+class InstructionSFTRecipe(SFTTrainer):
+    """Fine-tunes a causal LM to answer a classification prompt with a valid label (or label set).
+
+    Args:
+        model: a causal-LM name/path or object (TRL loads names with `args.model_init_kwargs`, quantized as
+            `args.quantization` says).
+        args: [`InstructionSFTConfig`].
+        train_dataset / eval_dataset: `datasets.Dataset` with `args.text_columns` and `args.label_column`.
+        processing_class: the tokenizer (loaded from `model` when it is a name/path).
+        peft_config: defaults to LoRA from `args` (r=64 on all projections).
+        labels: class names in id order, when the label column holds ids without a `ClassLabel` feature.
+    """
+
+    _tag_names = ["trl", "sft", "hf-clf-ext", "instruction-classifier"]
+
+    def __init__(
+        self,
+        model: str | PreTrainedModel,
+        args: InstructionSFTConfig | None = None,
+        train_dataset: Dataset | None = None,
+        eval_dataset: Dataset | None = None,
+        processing_class=None,
+        peft_config=None,
+        labels: Sequence[str] | None = None,
+        callbacks=None,
+        **kwargs,
+    ):
+        if args is None:
+            args = InstructionSFTConfig(output_dir="instruction-classifier")
+        if train_dataset is None:
+            raise ValueError("InstructionSFTRecipe needs a train_dataset.")
+        set_seed(args.seed)
+        tokenizer = processing_class
+        if tokenizer is None:
+            source = model if isinstance(model, (str, os.PathLike)) else model.name_or_path
+            init = args.model_init_kwargs if isinstance(args.model_init_kwargs, dict) else {}
+            tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=init.get("gguf_file"))
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+
+        self.label_space = build_label_space(train_dataset, args.label_column, labels)
+        multi = self.label_space.multi_label
+        self.verbalizer = Verbalizer(
+            list(self.label_space.names),
+            label_texts=dict(args.label_texts or {}),
+            multi_label=multi,
+            delimiter=args.delimiter,
+            max_labels=args.max_labels,
+        )
+        use_chat = args.use_chat_template if args.use_chat_template is not None else bool(tokenizer.chat_template)
+        self.prompt = InstructionPrompt(
+            template=args.prompt_template or (DEFAULT_MULTI_LABEL_TEMPLATE if multi else DEFAULT_TEMPLATE),
+            use_chat_template=use_chat,
+            system_prompt=args.system_prompt,
+        )
+        # The model is attached once TRL has loaded (and wrapped) it.
+        self.classifier = InstructionClassifier(None, tokenizer, self.prompt, self.verbalizer, args.max_length)
+
+        train, self.train_texts, self.train_label_ids = self._prepare(train_dataset, tokenizer, args, "training")
+        evaluation = None
+        self.eval_texts = self.eval_label_ids = None
+        if eval_dataset is not None:
+            evaluation, self.eval_texts, self.eval_label_ids = self._prepare(eval_dataset, tokenizer, args, "evaluation")
+        if peft_config is None and args.use_peft:
+            peft_config = LoraConfig(
+                task_type="CAUSAL_LM",
+                r=args.lora_r,
+                lora_alpha=args.lora_alpha,
+                lora_dropout=args.lora_dropout,
+                target_modules=list(args.lora_target_modules),
+            )
+        super().__init__(
+            model=model,
+            args=args,
+            train_dataset=train,
+            eval_dataset=evaluation,
+            processing_class=tokenizer,
+            peft_config=peft_config,
+            quantization_config=args.bnb_config(),
+            callbacks=callbacks,
+            **kwargs,
+        )
+        self.classifier.model = self.model
+
+    # --- data --------------------------------------------------------------------------------------------------------
+
+    def _prepare(self, dataset: Dataset, tokenizer, args, split: str):
+        """Token ids of prompt + answer, labels -100 over the prompt; plus the texts and label ids used."""
+        check_columns(dataset, [args.label_column], split)
+        encoded, dropped = encode_labels(
+            dataset[args.label_column],
+            self.label_space,
+            drop_unknown=args.drop_unknown_labels and split != "training",
+            split=split,
+        )
+        if dropped:
+            dataset = dataset.select(sorted(set(range(len(dataset))) - set(dropped)))
+        texts = build_texts(dataset, args.text_columns, args.text_template, split)
+        tokens = self.classifier.tokens
+        rows = {"input_ids": [], "labels": []}
+        label_ids = []
+        for row, (text, target) in enumerate(zip(texts, encoded)):
+            ids = [i for i, hot in enumerate(target) if hot] if self.label_space.multi_label else [target]
+            if not ids:
+                raise ValueError(
+                    f"Row {row} of the {split} data has no label: an instruction answer names at least one label."
+                )
+            answer = self.verbalizer.answer_ids(tokens, ids)
+            prompt = self.prompt.encode(tokenizer, self.verbalizer, text, args.max_length, len(answer))
+            rows["input_ids"].append(prompt + answer)
+            rows["labels"].append([IGNORE_INDEX] * len(prompt) + answer)
+            label_ids.append(ids)
+        return Dataset.from_dict(rows), texts, label_ids
+
+    # --- classification and evaluation -------------------------------------------------------------------------------
+
+    def classify(self, texts: Sequence[str], method: str = "generate", batch_size: int | None = None) -> list[dict]:
+        """Labels for raw texts by constrained decoding (`"generate"`) or label scoring (`"score"`)."""
+        self.classifier.model = self.model
+        return self.classifier.classify(texts, method=method, batch_size=batch_size or self.args.per_device_eval_batch_size)
+
+    def classification_metrics(self, texts, label_ids, methods: Sequence[str] | None = None) -> dict[str, float]:
+        """Metrics of each classification method on `texts` (F1, accuracy, ECE, ...), keyed `<method>_<metric>`."""
+        metrics = {}
+        for method, (probabilities, _) in self._classify_for_metrics(texts, methods).items():
+            compute = build_compute_metrics(self.label_space.problem_type, self.label_space.id2label)
+            references = self._references(label_ids)
+            result = compute(EvalPrediction(predictions=_pseudo_logits(probabilities, self.label_space.multi_label),
+                                            label_ids=references))
+            metrics.update({f"{method}_{key}": value for key, value in result.items()})
+        return metrics
+
+    def _classify_for_metrics(self, texts, methods=None) -> dict[str, tuple[np.ndarray, list[dict]]]:
+        names = list(self.label_space.names)
+        out = {}
+        for method in methods or self.args.eval_methods:
+            results = self.classify(texts, method=method)
+            if method == "score":
+                probabilities = np.array([[r["probabilities"][n] for n in names] for r in results])
+            else:
+                probabilities = np.zeros((len(results), len(names)))
+                for row, result in enumerate(results):
+                    for name in result.get("labels", [result.get("label")]):
+                        probabilities[row, names.index(name)] = 1.0
+            out[method] = (probabilities, results)
+        return out
+
+    def _references(self, label_ids) -> np.ndarray:
+        if not self.label_space.multi_label:
+            return np.array([ids[0] for ids in label_ids])
+        hot = np.zeros((len(label_ids), len(self.label_space.names)))
+        for row, ids in enumerate(label_ids):
+            hot[row, ids] = 1
+        return hot
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"):
+        """The evaluation loss, plus classification metrics on the evaluation texts (so that logging, callbacks and
+        best-model selection all see e.g. `eval_generate_f1_macro`)."""
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        if description == "Evaluation" and self.eval_texts is not None and dataloader.dataset is not None \
+                and len(dataloader.dataset) == len(self.eval_texts):
+            extra = self.classification_metrics(self.eval_texts, self.eval_label_ids)
+            output.metrics.update({f"{metric_key_prefix}_{key}": value for key, value in extra.items()})
+        return output
+
+    # --- saving and the model card ----------------------------------------------------------------------------------
+
+    def _save(self, output_dir: str | None = None, state_dict=None):
+        """The model (or adapter) and tokenizer as usual, plus the verbalizer and prompt settings."""
+        output_dir = output_dir or self.args.output_dir
+        super()._save(output_dir, state_dict)
+        self.classifier.save_settings(output_dir)
+
+    def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None, tags=None, **kwargs):
+        if self.is_world_process_zero():
+            write_model_card(self.card_facts(model_name, dataset_name, tags), self.args.output_dir, template="instruction")
+
+    def card_facts(self, model_name=None, dataset_name=None, tags=None) -> CardFacts:
+        args, space = self.args, self.label_space
+        tokenizer = self.processing_class
+        trainable, total = self.model.get_nb_trainable_parameters() if hasattr(self.model, "get_nb_trainable_parameters") else (
+            sum(p.numel() for p in self.model.parameters() if p.requires_grad),
+            sum(p.numel() for p in self.model.parameters()),
+        )
+        hyperparameters = {
+            "learning rate": args.learning_rate,
+            "epochs (max / trained)": f"{args.num_train_epochs:g} / {self.state.epoch or 0:.2f}",
+            "batch size x accumulation": f"{args.per_device_train_batch_size} x {args.gradient_accumulation_steps}",
+            "optimizer": getattr(args.optim, "value", args.optim),
+            "scheduler (warmup)": f"{getattr(args.lr_scheduler_type, 'value', args.lr_scheduler_type)} ({args.warmup_steps:g})",
+            "max length (prompt + answer)": args.max_length,
+            "loss": "completion only (answer tokens)",
+            "seed": args.seed,
+        }
+        if hasattr(self.model, "peft_config"):
+            lora = self.model.peft_config[self.model.active_adapter]
+            hyperparameters["LoRA r / alpha / dropout"] = f"{lora.r} / {lora.lora_alpha} / {lora.lora_dropout}"
+            hyperparameters["LoRA targets"] = ", ".join(sorted(lora.target_modules))
+        label_texts = self.verbalizer.texts
+        extra = {
+            "prompt_example": self.prompt.render(tokenizer, self.verbalizer, self.train_texts[0][:300]),
+            "use_chat_template": self.prompt.use_chat_template,
+            "verbalizer": [{"name": n, "text": t} for n, t in zip(space.names, label_texts)],
+            "delimiter": self.verbalizer.delimiter if space.multi_label else None,
+            "scoring_metrics": None,
+        }
+        evaluation = None
+        if self.eval_texts is not None:
+            evaluation, extra["scoring_metrics"] = self._evaluation_facts()
+        base_model = getattr(self.model, "name_or_path", None) or ""
+        if hasattr(self.model, "get_base_model"):
+            base_model = self.model.get_base_model().name_or_path
+        return CardFacts(
+            model_name=model_name or args.hub_model_id or os.path.basename(os.path.normpath(args.output_dir)),
+            base_model=base_model,
+            label_names=space.names,
+            multi_label=space.multi_label,
+            train_labels=self._references(self.train_label_ids),
+            train_texts=self.train_texts,
+            split_lengths={"train": [len(ids) for ids in self.train_dataset["input_ids"]],
+                           **({"evaluation": [len(ids) for ids in self.eval_dataset["input_ids"]]}
+                              if self.eval_dataset is not None else {})},
+            max_length=args.max_length,
+            hyperparameters=hyperparameters,
+            trainable_parameters=trainable,
+            total_parameters=total,
+            quantization=args.quantization,
+            adaptation="LoRA" if hasattr(self.model, "peft_config") else "full fine-tuning",
+            dataset_name=dataset_name,
+            tags=list(tags or []),
+            evaluation=evaluation,
+            extra=extra,
+        )
+
+    def _evaluation_facts(self):
+        """Card metrics: constrained decoding is the headline; label scoring adds probabilities (and the reliability
+        diagram) when it is among `eval_methods`."""
+        references = self._references(self.eval_label_ids)
+        runs = self._classify_for_metrics(self.eval_texts)
+        primary = "generate" if "generate" in runs else "score"
+        problem_type = self.label_space.problem_type
+        compute = build_compute_metrics(problem_type, self.label_space.id2label)
+        results = {
+            method: compute(EvalPrediction(predictions=_pseudo_logits(p, self.label_space.multi_label), label_ids=references))
+            for method, (p, _) in runs.items()
+        }
+        probabilities = runs["score" if "score" in runs else primary][0]
+        predictions = runs[primary][0]
+        predictions = (predictions >= 0.5).astype(int) if self.label_space.multi_label else predictions.argmax(-1)
+        reliability = load_metric("calibration", "multi_label" if self.label_space.multi_label else "single_label").compute(
+            probabilities=probabilities.tolist(), references=references.astype(int).tolist()
+        )["reliability"]
+        facts = EvaluationFacts(
+            metrics=results[primary],
+            probabilities=probabilities,
+            references=references.astype(int),
+            predictions=predictions,
+            reliability=reliability,
+        )
+        scoring = metric_rows(results["score"]) if primary != "score" else None
+        return facts, scoring
+
+
+def _pseudo_logits(probabilities: np.ndarray, multi_label: bool) -> np.ndarray:
+    """Logits whose softmax (single-label) or sigmoid (multi-label) gives back `probabilities`."""
+    p = np.clip(probabilities, 1e-7, 1 - 1e-7)
+    return np.log(p / (1 - p)) if multi_label else np.log(p)

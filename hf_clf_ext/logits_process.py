@@ -1,0 +1,153 @@
+"""A `LogitsProcessor` that lets `generate()` write only valid answers: one label (single-label) or a set of labels
+joined by the delimiter in label-id order, each at most once (multi-label), then a stop token.
+
+It works with greedy search, sampling and beam search, left-padded batches and any causal LM: pass it in
+`generate(..., logits_processor=LogitsProcessorList([processor]))`.
+"""
+
+from dataclasses import dataclass, field
+
+import torch
+from transformers import LogitsProcessor
+
+from .verbalizer import LabelTokens
+
+
+@dataclass
+class _Node:
+    children: dict[int, "_Node"] = field(default_factory=dict)
+    ends: int | None = None  # the label whose token sequence ends here
+    below: set[int] = field(default_factory=set)  # labels whose sequences pass through here
+
+
+def _trie(sequences) -> _Node:
+    root = _Node()
+    for label, ids in enumerate(sequences):
+        node = root
+        node.below.add(label)
+        for token in ids:
+            node = node.children.setdefault(token, _Node())
+            node.below.add(label)
+        if node.ends is not None:
+            raise ValueError(f"Labels {node.ends} and {label} have the same token ids {list(ids)}.")
+        node.ends = label
+    return root
+
+
+class VerbalizerLogitsProcessor(LogitsProcessor):
+    """Masks every token that cannot continue a valid answer.
+
+    The answer starts at the length of `input_ids` on the first call of a generation (prompts are left-padded, so
+    they all end there). Allowed-token masks are computed once per answer state and cached, so a step costs one
+    dictionary lookup per row and one `masked_fill`, with no loop over the vocabulary.
+    """
+
+    def __init__(self, tokens: LabelTokens, vocab_size: int | None = None):
+        self.tokens = tokens
+        self.vocab_size = vocab_size
+        self.first = _trie(tokens.first)
+        self.after = _trie(tokens.after_delimiter) if tokens.multi_label else None
+        self.num_labels = len(tokens.first)
+        for root in filter(None, (self.first, self.after)):
+            self._check_unambiguous(root)
+        self._start: int | None = None
+        self._last_length: int | None = None
+        self._prompt: torch.Tensor | None = None
+        self._states: dict[tuple[int, ...], tuple | None] = {}
+        self._masks: dict[tuple, torch.Tensor] = {}
+
+    def _check_unambiguous(self, node: _Node) -> None:
+        enders = set(self.tokens.stop) | ({self.tokens.delimiter[0]} if self.tokens.multi_label else set())
+        if node.ends is not None and enders & set(node.children):
+            raise ValueError(
+                f"Label {node.ends} is a prefix of another label followed by a stop or delimiter token: answers "
+                "would be ambiguous."
+            )
+        for child in node.children.values():
+            self._check_unambiguous(child)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        length = input_ids.shape[1]
+        if not self._continues(input_ids):
+            # A new generation: the answer starts here.
+            self._start, self._states = length, {}
+            self._prompt = input_ids.detach().clone()
+        self._last_length = length
+        vocab = scores.shape[-1]
+        rows = [self._mask(self._state(tuple(row)), vocab, scores.device) for row in input_ids[:, self._start :].tolist()]
+        allowed = torch.stack(rows)
+        return scores.masked_fill(~allowed, float("-inf"))
+
+    def _continues(self, input_ids: torch.LongTensor) -> bool:
+        """Whether this call is the next step of the generation seen last: one token longer, same batch, and the same
+        prompts (beam search reorders rows only among the beams of one prompt, which share it). A length check alone
+        takes a new generation whose prompts are one token longer than the last step for a continuation."""
+        prompt = self._prompt
+        return (
+            prompt is not None
+            and input_ids.shape[1] == self._last_length + 1
+            and input_ids.shape[0] == prompt.shape[0]
+            and input_ids.device == prompt.device
+            and torch.equal(input_ids[:, : self._start], prompt)
+        )
+
+    # A state is ("label", trie node, smallest allowed label, labels named so far) while spelling a label,
+    # ("delimiter", position, smallest allowed label, labels named) inside the delimiter, or None when done.
+    def _state(self, generated: tuple[int, ...]):
+        if generated in self._states:
+            return self._states[generated]
+        if not generated:
+            state = ("label", self.first, 0, 0)
+        else:
+            state = self._advance(self._state(generated[:-1]), generated[-1])
+        self._states[generated] = state
+        return state
+
+    def _advance(self, state, token: int):
+        if state is None:
+            return None
+        kind, where, min_label, named = state
+        if kind == "label":
+            node: _Node = where
+            if node.ends is not None and node.ends >= min_label:
+                if token in self.tokens.stop:
+                    return None
+                if self.tokens.multi_label and token == self.tokens.delimiter[0]:
+                    return self._after_delimiter_token(1, node.ends + 1, named + 1)
+            child = node.children.get(token)
+            return None if child is None else ("label", child, min_label, named)
+        position = where
+        if token != self.tokens.delimiter[position]:
+            return None
+        return self._after_delimiter_token(position + 1, min_label, named)
+
+    def _after_delimiter_token(self, position: int, min_label: int, named: int):
+        if position < len(self.tokens.delimiter):
+            return ("delimiter", position, min_label, named)
+        return ("label", self.after, min_label, named)
+
+    def _allowed_ids(self, state) -> list[int] | None:
+        kind, where, min_label, named = state
+        if kind == "delimiter":
+            return [self.tokens.delimiter[where]]
+        node: _Node = where
+        allowed = [token for token, child in node.children.items() if max(child.below) >= min_label]
+        if node.ends is not None and node.ends >= min_label:
+            allowed += list(self.tokens.stop)
+            more = named + 1 < (self.tokens.max_labels or self.num_labels) and node.ends + 1 < self.num_labels
+            if self.tokens.multi_label and more:
+                allowed.append(self.tokens.delimiter[0])
+        return allowed
+
+    def _mask(self, state, vocab: int, device) -> torch.Tensor:
+        key = (id(state[1]), state[0], state[2], state[3]) if state is not None else None
+        mask = self._masks.get(key)
+        if mask is None or mask.shape[0] != vocab or mask.device != device:
+            mask = torch.zeros(vocab, dtype=torch.bool, device=device)
+            allowed = self._allowed_ids(state) if state is not None else None
+            if allowed is None:
+                mask[:] = True  # the answer is complete (or a finished row is being padded): leave it alone
+            else:
+                mask[torch.tensor(allowed, dtype=torch.long, device=device)] = True
+            self._masks[key] = mask
+        return mask

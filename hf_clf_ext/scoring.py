@@ -1,0 +1,118 @@
+"""Label scoring: probabilities of each label from the log-likelihood of its answer tokens.
+
+Each prompt is encoded once; its KV cache is then repeated for every label, so a label costs only its own few
+tokens. Single-label scores are a softmax over the labels' full answers (label + stop token, so that `pos` and
+`positive` are told apart). Multi-label scores are per-label: the probability that the model names label `i` next,
+after the canonical answer formed by the labels before `i` that greedy constrained decoding chooses.
+"""
+
+import copy
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from .verbalizer import LabelTokens
+
+LABEL_CHUNK = 32  # labels scored per forward pass (bounds the logits tensor for large label sets)
+
+
+@torch.no_grad()
+def score_labels(
+    model, prompt_ids: Sequence[Sequence[int]], tokens: LabelTokens, *, pad_token_id: int, batch_size: int = 8
+) -> np.ndarray:
+    """`(n, num_labels)` label probabilities for tokenized prompts (ending where the answer starts).
+
+    Single-label rows sum to 1. Multi-label entries are independent per-label probabilities in [0, 1].
+    """
+    if not len(prompt_ids):
+        return np.zeros((0, len(tokens.first)))
+    was_training = model.training
+    model.eval()
+    try:
+        if not tokens.multi_label:
+            rows = []
+            for start in range(0, len(prompt_ids), batch_size):
+                batch = prompt_ids[start : start + batch_size]
+                cache, last, mask = _encode(model, batch, pad_token_id)
+                answers = [list(ids) + [tokens.stop[0]] for ids in tokens.first]
+                logp = _answer_logprobs(model, cache, last, mask, answers, pad_token_id)
+                rows.append(torch.softmax(logp, dim=-1))
+            return torch.cat(rows).numpy()
+        return np.stack([_multi_label_scores(model, ids, tokens, pad_token_id) for ids in prompt_ids])
+    finally:
+        model.train(was_training)
+
+
+def _encode(model, prompts: Sequence[Sequence[int]], pad_token_id: int):
+    """Left-padded prompts through the model once: their cache, last-position log-probs and attention mask."""
+    device = next(model.parameters()).device
+    width = max(len(ids) for ids in prompts)
+    input_ids = torch.tensor([[pad_token_id] * (width - len(ids)) + list(ids) for ids in prompts], device=device)
+    mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompts], device=device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True)
+    return out.cache, out.logits[:, -1].float().log_softmax(-1), mask
+
+
+def _answer_logprobs(model, cache, last_logprobs, mask, answers: list[list[int]], pad_token_id: int) -> torch.Tensor:
+    """`(batch, len(answers))` total log-probabilities of each token sequence right after each encoded prompt."""
+    columns = []
+    for start in range(0, len(answers), LABEL_CHUNK):
+        chunk = answers[start : start + LABEL_CHUNK]
+        first = last_logprobs[:, [ids[0] for ids in chunk]]
+        width = max(len(ids) for ids in chunk)
+        if width == 1:
+            columns.append(first)
+            continue
+        device, batch, count = mask.device, mask.shape[0], len(chunk)
+        seq = torch.tensor([ids + [pad_token_id] * (width - len(ids)) for ids in chunk], device=device)
+        seq_mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids in chunk], device=device)
+        repeated = copy.deepcopy(cache)
+        repeated.batch_repeat_interleave(count)
+        inputs = seq[:, :-1].repeat(batch, 1)
+        attention = torch.cat([mask.repeat_interleave(count, 0), seq_mask[:, :-1].repeat(batch, 1)], dim=1)
+        positions = mask.sum(-1).repeat_interleave(count)[:, None] + torch.arange(width - 1, device=device)
+        logits = model(input_ids=inputs, attention_mask=attention, position_ids=positions, cache=repeated).logits
+        logp = logits.float().log_softmax(-1).gather(-1, seq[:, 1:].repeat(batch, 1).unsqueeze(-1)).squeeze(-1)
+        rest = (logp * seq_mask[:, 1:].repeat(batch, 1)).sum(-1).view(batch, count)
+        columns.append(first + rest)
+    return torch.cat(columns, dim=1).cpu()
+
+
+def _multi_label_scores(model, prompt: Sequence[int], tokens: LabelTokens, pad_token_id: int) -> np.ndarray:
+    """Follow greedy constrained decoding label by label, reusing one growing cache: at each step every label that
+    may come next gets P(it is named next), and decoding stops when the stop token beats every label."""
+    num_labels = len(tokens.first)
+    limit = tokens.max_labels or num_labels
+    scores = np.zeros(num_labels)
+    cache, last, mask = _encode(model, [prompt], pad_token_id)
+    chosen: list[int] = []
+    while True:
+        candidates = [i for i in range(num_labels) if not chosen or i > chosen[-1]]
+        lead = list(tokens.delimiter) if chosen else []
+        pieces = tokens.after_delimiter if chosen else tokens.first
+        # A label counts as named when its tokens are followed by the delimiter or the stop token.
+        answers = [lead + list(pieces[i]) + [end] for i in candidates for end in (tokens.delimiter[0], tokens.stop[0])]
+        answers.append([tokens.stop[0]])
+        logp = _answer_logprobs(model, cache, last, mask, answers, pad_token_id)[0]
+        label_logp = torch.logsumexp(logp[:-1].view(len(candidates), 2), dim=-1)
+        scores[candidates] = label_logp.exp().numpy()
+        best = int(label_logp.argmax())
+        if chosen and logp[-1] >= label_logp[best]:
+            break
+        chosen.append(candidates[best])
+        if len(chosen) >= limit or chosen[-1] == num_labels - 1:
+            break
+        last, mask = _extend(model, cache, mask, lead + list(pieces[chosen[-1]]))
+    return scores
+
+
+def _extend(model, cache, mask, new_ids: list[int]):
+    """Feed `new_ids` after the cached sequence (one row), growing the cache in place."""
+    device = mask.device
+    positions = mask.sum(-1, keepdim=True) + torch.arange(len(new_ids), device=device)
+    mask = torch.cat([mask, torch.ones((1, len(new_ids)), dtype=mask.dtype, device=device)], dim=1)
+    out = model(input_ids=torch.tensor([new_ids], device=device), attention_mask=mask, position_ids=positions,
+                cache=cache, use_cache=True)
+    return out.logits[:, -1].float().log_softmax(-1), mask

@@ -1,0 +1,212 @@
+"""InstructionSFTRecipe and InstructionClassifier on tiny models: SFT data, learning, truncation, chat templates,
+saving and loading, model card, bad input."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from huggingface_hub import ModelCard
+from transformers import PreTrainedTokenizerFast
+
+from hf_clf_ext import InstructionClassifier, InstructionPrompt, InstructionSFTConfig, InstructionSFTRecipe, Verbalizer
+from hf_clf_ext.instruction import ANSWER_CUE
+from hf_clf_ext.model_card import CONFUSION_PLOT, RELIABILITY_PLOT
+
+from test_last_token_trainer import synthetic
+
+# A chat template written with the tiny tokenizer's own tokens (<eos> ends every turn).
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }}:\n{{ m['content'] }}<eos>\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant:\n{% endif %}"
+)
+
+
+def config(tmp_path, **overrides):
+    defaults = dict(
+        output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, gradient_accumulation_steps=1,
+        per_device_eval_batch_size=16, optim="adamw_torch", max_length=256, report_to="none", use_cpu=True,
+        eval_strategy="no", logging_steps=4, disable_tqdm=True, seed=0,
+        lora_target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    )
+    defaults.update(overrides)
+    return InstructionSFTConfig(**defaults)
+
+
+@pytest.fixture
+def llama_dir(tiny_lm_dirs):
+    return tiny_lm_dirs["llama", "pad"]
+
+
+def recipe(llama_dir, tokenizer, tmp_path, train=None, evaluation=None, **overrides):
+    return InstructionSFTRecipe(
+        str(llama_dir), args=config(tmp_path, **overrides),
+        train_dataset=train if train is not None else synthetic(96, seed=1),
+        eval_dataset=evaluation if evaluation is not None else synthetic(30, seed=2),
+        processing_class=tokenizer,
+    )
+
+
+def test_sft_labels_cover_the_answer_only(llama_dir, tokenizer, tmp_path):
+    trainer = recipe(llama_dir, tokenizer, tmp_path)
+    assert trainer.model.peft_config["default"].r == 64  # the paper's rank for this approach
+    tokens = trainer.classifier.tokens
+    for row, text, ids in zip(trainer.train_dataset, trainer.train_texts, trainer.train_label_ids):
+        prompt_length = sum(1 for label in row["labels"] if label == -100)
+        assert row["labels"][:prompt_length] == [-100] * prompt_length
+        answer = row["input_ids"][prompt_length:]
+        assert row["labels"][prompt_length:] == answer == trainer.verbalizer.answer_ids(tokens, ids)
+        assert answer[-1] == tokenizer.eos_token_id
+        prompt = tokenizer.decode(row["input_ids"][:prompt_length])
+        assert prompt.endswith(text + ANSWER_CUE) and "business, entertainment, sport" in prompt
+        assert tokenizer.decode(answer, skip_special_tokens=True) == " " + trainer.label_space.names[ids[0]]
+
+
+def test_short_sft_run_learns_a_synthetic_task(llama_dir, tokenizer, tmp_path):
+    # Full fine-tuning: a random tiny model's LM head gives near-uniform logits that LoRA alone cannot sharpen.
+    trainer = recipe(llama_dir, tokenizer, tmp_path, use_peft=False, learning_rate=2e-3, num_train_epochs=8,
+                     prompt_template="Text: {text}")
+    before = trainer.classification_metrics(trainer.eval_texts, trainer.eval_label_ids)
+    trainer.train()
+    after = trainer.classification_metrics(trainer.eval_texts, trainer.eval_label_ids)
+    assert after["generate_f1_macro"] >= 0.9 and after["score_f1_macro"] >= 0.9, after
+    assert after["generate_f1_macro"] > before["generate_f1_macro"] + 0.4, (before, after)
+    assert after["score_ece"] < before["score_ece"]
+    scored = trainer.classify(["the market", "a striker"], method="score")
+    assert [s["label"] for s in scored] == ["business", "sport"]
+    assert all(abs(sum(s["probabilities"].values()) - 1) < 1e-5 for s in scored)
+
+
+def test_lora_training_lowers_the_answer_loss(llama_dir, tokenizer, tmp_path):
+    trainer = recipe(llama_dir, tokenizer, tmp_path, learning_rate=5e-3, lora_alpha=128, num_train_epochs=3,
+                     prompt_template="Text: {text}")
+    trainer.train()
+    losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
+    assert losses[-1] < losses[0] - 0.2, losses
+
+
+def test_evaluation_reports_classification_metrics(llama_dir, tokenizer, tmp_path):
+    trainer = recipe(llama_dir, tokenizer, tmp_path, use_peft=False, num_train_epochs=1)
+    metrics = trainer.evaluate()
+    for key in ("eval_loss", "eval_generate_f1_macro", "eval_generate_accuracy", "eval_score_f1_macro", "eval_score_ece"):
+        assert key in metrics, sorted(metrics)
+
+
+def test_long_texts_are_cut_never_the_answer(llama_dir, tokenizer, tmp_path):
+    long = "alpha " + "the " * 300 + "market"
+    rows = synthetic(6, seed=3).add_item({"text": long, "label": "entertainment"})
+    trainer = recipe(llama_dir, tokenizer, tmp_path, train=rows, evaluation=rows, max_length=128)
+    row = trainer.train_dataset[-1]
+    assert len(row["input_ids"]) <= 128
+    answer = [t for t, label in zip(row["input_ids"], row["labels"]) if label != -100]
+    assert tokenizer.decode(answer, skip_special_tokens=True) == " entertainment"
+    assert "alpha" in tokenizer.decode(row["input_ids"]) and tokenizer.decode(row["input_ids"]).count("market") == 0
+    assert all(len(ids) + trainer.classifier.max_answer_length <= 128 for ids in trainer.classifier.prompt_ids([long]))
+
+
+def test_chat_template_prompts_end_with_the_generation_prompt(llama_dir, tokenizer, tmp_path):
+    tokenizer.chat_template = CHAT_TEMPLATE
+    trainer = recipe(llama_dir, tokenizer, tmp_path, system_prompt="You label news.")
+    assert trainer.prompt.use_chat_template and trainer.prompt.lead == ""
+    row = trainer.train_dataset[0]
+    prompt_length = sum(1 for label in row["labels"] if label == -100)
+    prompt = tokenizer.decode(row["input_ids"][:prompt_length])
+    assert prompt.startswith("system:\nYou label news.<eos>\nuser:\n") and prompt.endswith("assistant:\n")
+    assert trainer.classifier.tokens.stop[0] == tokenizer.eos_token_id
+    results = trainer.classify(list(synthetic(4, seed=9)["text"]))
+    assert all(r["label"] in trainer.label_space.names for r in results)
+
+
+def test_multi_label_answers_and_scores(llama_dir, tokenizer, tmp_path):
+    train = synthetic(60, seed=1, multi_label=True)
+    trainer = recipe(llama_dir, tokenizer, tmp_path, train=train, evaluation=synthetic(12, seed=2, multi_label=True),
+                     use_peft=False, learning_rate=2e-3, num_train_epochs=6, delimiter="; ")
+    row = trainer.train_dataset[0]
+    answer = [t for t, label in zip(row["input_ids"], row["labels"]) if label != -100]
+    names = [trainer.label_space.names[i] for i in trainer.train_label_ids[0]]
+    assert tokenizer.decode(answer, skip_special_tokens=True) == " " + "; ".join(names)
+    trainer.train()
+    for result in trainer.classify(list(synthetic(6, seed=4, multi_label=True)["text"])):
+        assert result["labels"] and set(result["labels"]) <= set(trainer.label_space.names)
+    scored = trainer.classify(["market and film"], method="score")[0]
+    assert all(0 <= p <= 1 for p in scored["probabilities"].values())
+    metrics = trainer.classification_metrics(trainer.eval_texts, trainer.eval_label_ids)
+    assert {"generate_subset_accuracy", "score_hamming_loss"} <= set(metrics)
+
+
+def test_saved_recipe_loads_as_an_instruction_classifier(llama_dir, tokenizer, tmp_path):
+    trainer = recipe(llama_dir, tokenizer, tmp_path, num_train_epochs=1, label_texts={"sport": "sports"})
+    trainer.save_model(str(tmp_path / "saved"))
+    saved = tmp_path / "saved"
+    assert (saved / "adapter_config.json").exists() and (saved / "verbalizer.json").exists()
+    assert json.loads((saved / "verbalizer.json").read_text())["label_texts"] == {"sport": "sports"}
+    loaded = InstructionClassifier.from_pretrained(saved)
+    texts = list(synthetic(5, seed=8)["text"])
+    assert loaded.classify(texts) == trainer.classify(texts)
+    expected = [r["probabilities"] for r in trainer.classify(texts, method="score")]
+    for got, want in zip(loaded.classify(texts, method="score"), expected):
+        np.testing.assert_allclose(list(got["probabilities"].values()), list(want.values()), atol=1e-5)
+
+
+def test_instruction_model_card_records_prompt_and_verbalizer(llama_dir, tokenizer, tmp_path):
+    trainer = recipe(llama_dir, tokenizer, tmp_path, use_peft=False, num_train_epochs=1,
+                     label_texts={"sport": "sports"})
+    trainer.create_model_card(model_name="news-instruct", dataset_name="synthetic-topics")
+    card = ModelCard.load(f"{trainer.args.output_dir}/README.md")
+    assert "Classify the text into one of these labels: business, entertainment, sports." in card.text
+    assert "| sport | `sports` |" in card.text
+    assert "Label scoring" in card.text and "Constrained greedy decoding" in card.text
+    results = {m["type"] for r in card.data.to_dict()["model-index"][0]["results"] for m in r["metrics"]}
+    assert {"f1_macro", "accuracy"} <= results
+    for plot in (RELIABILITY_PLOT, CONFUSION_PLOT):
+        assert (tmp_path / "out" / plot).stat().st_size > 1000
+
+
+def test_user_logits_processor_in_own_generate(llama_dir, tokenizer, tmp_path):
+    trainer = recipe(llama_dir, tokenizer, tmp_path, num_train_epochs=1)
+    classifier = trainer.classifier
+    prompts = classifier.prompt_ids(["the market rose", "a film"])
+    tokenizer.padding_side = "left"
+    batch = tokenizer.pad({"input_ids": prompts}, return_tensors="pt")
+    out = trainer.model.generate(**batch, logits_processor=[classifier.logits_processor()], max_new_tokens=20,
+                                 do_sample=True, temperature=5.0, pad_token_id=tokenizer.pad_token_id)
+    for answer in tokenizer.batch_decode(out[:, batch.input_ids.shape[1]:], skip_special_tokens=True):
+        assert trainer.verbalizer.parse(answer) in ([0], [1], [2])
+
+
+# --- bad input -------------------------------------------------------------------------------------------------
+
+
+def test_bad_prompt_and_verbalizer_settings_are_rejected(llama_dir, tokenizer, tmp_path):
+    with pytest.raises(ValueError, match=r"no \{text\} placeholder"):
+        recipe(llama_dir, tokenizer, tmp_path, prompt_template="Classify: {labels}")
+    with pytest.raises(ValueError, match="unknown placeholders"):
+        InstructionPrompt(template="{text} {topic}")
+    with pytest.raises(ValueError, match="share the label texts"):
+        recipe(llama_dir, tokenizer, tmp_path, label_texts={"sport": "business"})
+    with pytest.raises(ValueError, match="use_chat_template=True, but the tokenizer has no chat template"):
+        recipe(llama_dir, tokenizer, tmp_path, use_chat_template=True)
+    with pytest.raises(ValueError, match="max_length=20 leaves no room for the text"):
+        recipe(llama_dir, tokenizer, tmp_path, max_length=20)
+
+
+def test_multi_label_rows_without_labels_are_rejected(llama_dir, tokenizer, tmp_path):
+    from datasets import Dataset
+
+    rows = Dataset.from_dict({"text": ["market", "film", "striker"], "label": [["business"], [], ["sport"]]})
+    with pytest.raises(ValueError, match="Row 1 of the training data has no label"):
+        recipe(llama_dir, tokenizer, tmp_path, train=rows, evaluation=rows)
+
+
+def test_classifier_rejects_empty_texts(llama_dir, tokenizer, tmp_path):
+    trainer = recipe(llama_dir, tokenizer, tmp_path, num_train_epochs=1)
+    with pytest.raises(ValueError, match=r"Texts \[1\] are empty"):
+        trainer.classify(["market", ""])
+    with pytest.raises(ValueError, match="method must be"):
+        trainer.classify(["market"], method="vote")
+
+
+def test_verbalizer_needs_labels():
+    with pytest.raises(ValueError, match="label set is empty"):
+        Verbalizer([])
+    assert torch.cuda.is_available() or InstructionSFTConfig(output_dir="x", use_cpu=True).bf16 is False
