@@ -17,10 +17,15 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class LabelSpace:
-    """The ordered class names of a task and whether an example may carry several of them."""
+    """The ordered class names of a task and whether an example may carry several of them.
+
+    `from_ids`: the training labels were bare class ids (named by `labels=`), so other splits may use ids too.
+    Otherwise every split is read by name (`ClassLabel` ids through their own feature's names).
+    """
 
     names: tuple[str, ...]
     multi_label: bool
+    from_ids: bool = False
 
     @property
     def id2label(self) -> dict[int, str]:
@@ -64,11 +69,21 @@ def check_columns(dataset: Dataset, columns: Sequence[str], split: str = "traini
         )
 
 
+def label_values(dataset: Dataset, column: str, split: str = "training") -> list:
+    """The label column, with `ClassLabel` ids replaced by their names: each split is decoded with its own
+    feature, so splits whose `ClassLabel`s list the names in different orders still agree."""
+    check_columns(dataset, [column], split)
+    values = list(dataset[column])
+    names = _class_label_names(dataset, column)
+    if names is None:
+        return values
+    return [[names[i] for i in value] if isinstance(value, (list, tuple)) else names[value] for value in values]
+
+
 def build_label_space(dataset: Dataset, label_column: str, labels: Sequence[str] | None = None) -> LabelSpace:
-    """Infer the label space from the training data: names (sorted) from string labels, the names of a
-    `ClassLabel` feature, or `labels` (id order) for integer ids; lists of names or ids mean multi-label."""
-    check_columns(dataset, [label_column])
-    values = dataset[label_column]
+    """Infer the label space from the training data: names from string labels (sorted) or a `ClassLabel` feature
+    (its order), or `labels` (id order) for bare integer ids; lists of labels mean multi-label."""
+    values = label_values(dataset, label_column)
     kinds = Counter(_kind(value) for value in values)
     if len(kinds) != 1 or next(iter(kinds)) not in ("str", "int", "list"):
         raise ValueError(
@@ -80,26 +95,25 @@ def build_label_space(dataset: Dataset, label_column: str, labels: Sequence[str]
     item_kinds = {_kind(item) for item in flat}
     if len(item_kinds) > 1 or not item_kinds <= {"str", "int"}:
         raise ValueError(f"The label lists in {label_column!r} mix types {sorted(item_kinds)}: use names or ids.")
-    names = list(labels) if labels is not None else _class_label_names(dataset, label_column)
-    if names is None:
-        if item_kinds == {"int"}:
-            raise ValueError(
-                f"The label column {label_column!r} holds class ids: give their names with `labels=[...]` (id order)."
-            )
-        names = sorted(set(flat))
+    from_ids = item_kinds == {"int"}
+    if from_ids and labels is None:
+        raise ValueError(
+            f"The label column {label_column!r} holds class ids: give their names with `labels=[...]` (id order)."
+        )
+    names = list(labels) if labels is not None else _class_label_names(dataset, label_column) or sorted(set(flat))
     names = [str(name) for name in names]
     if len(set(names)) != len(names):
         raise ValueError(f"Duplicate label names: {names}.")
     if len(names) < 2:
         raise ValueError(f"A classifier needs at least two classes; the label column {label_column!r} has {names}.")
-    if item_kinds == {"int"} and flat and (min(flat) < 0 or max(flat) >= len(names)):
+    if from_ids and flat and (min(flat) < 0 or max(flat) >= len(names)):
         raise ValueError(f"Class ids in {label_column!r} must be in 0..{len(names) - 1} for labels {names}.")
-    unused = set(names) - ({names[i] for i in flat} if item_kinds == {"int"} else set(flat))
-    if item_kinds == {"str"} and set(flat) - set(names):
-        raise ValueError(f"Labels {sorted(set(flat) - set(names))} in the training data are not among {names}.")
-    if unused and labels is None:
-        logger.warning("Labels %s never occur in the training data.", sorted(unused))
-    return LabelSpace(names=tuple(names), multi_label=multi_label)
+    seen = {names[i] for i in flat} if from_ids else set(flat)
+    if seen - set(names):
+        raise ValueError(f"Labels {sorted(seen - set(names))} in the training data are not among {names}.")
+    if set(names) - seen:
+        logger.warning("Labels %s never occur in the training data.", sorted(set(names) - seen))
+    return LabelSpace(names=tuple(names), multi_label=multi_label, from_ids=from_ids)
 
 
 def encode_labels(
@@ -114,6 +128,11 @@ def encode_labels(
         if isinstance(item, bool) or not isinstance(item, (int, str)):
             raise ValueError(f"Label {item!r} in the {split} data is neither a name nor a class id.")
         if isinstance(item, int):
+            if not space.from_ids:
+                raise ValueError(
+                    f"Label {item} in the {split} data is a class id, but the training labels are names: use names "
+                    "(or a ClassLabel feature) so that ids cannot be read in the wrong order."
+                )
             return item if 0 <= item < len(space.names) else None
         return label2id.get(item)
 
@@ -145,6 +164,18 @@ def encode_labels(
             raise ValueError(message + ". Fix the data, or pass drop_unknown_labels=True to drop those rows.")
         logger.warning("%s: dropped them.", message)
     return encoded, dropped
+
+
+def encode_split(
+    dataset: Dataset, label_column: str, space: LabelSpace, *, drop_unknown: bool = False, split: str = "evaluation"
+) -> tuple[Dataset, list]:
+    """The rows kept (all, unless `drop_unknown` drops rows with labels unseen in training) and their encoded labels."""
+    encoded, dropped = encode_labels(
+        label_values(dataset, label_column, split), space, drop_unknown=drop_unknown and split != "training", split=split
+    )
+    if dropped:
+        dataset = dataset.select(sorted(set(range(len(dataset))) - set(dropped)))
+    return dataset, encoded
 
 
 def template_fields(template: str) -> list[str]:
@@ -182,8 +213,8 @@ def tokenize_texts(
     *,
     truncation_side: str = "right",
     reserve: int = 0,
-) -> dict[str, list[list[int]]]:
-    """Token ids of `texts`, each at most `max_length - reserve` tokens (`reserve` leaves room for the pooling
+) -> tuple[dict[str, list[list[int]]], int]:
+    """Token ids of `texts` (and how many were cut), each at most `max_length - reserve` tokens (`reserve` leaves room for the pooling
     suffix the model appends). `truncation_side="right"` keeps the start of a long text, `"left"` its end; the
     tokenizer's own leading special tokens (e.g. BOS) are kept either way."""
     if truncation_side not in ("right", "left"):
@@ -199,4 +230,4 @@ def tokenize_texts(
     if truncated:
         logger.info("%d of %d texts are longer than %d tokens and were truncated.", truncated, len(encoded), room)
     input_ids = [prefix + (ids[:room] if truncation_side == "right" else ids[-room:]) for ids in encoded]
-    return {"input_ids": input_ids, "attention_mask": [[1] * len(ids) for ids in input_ids]}
+    return {"input_ids": input_ids, "attention_mask": [[1] * len(ids) for ids in input_ids]}, truncated

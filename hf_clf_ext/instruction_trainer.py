@@ -15,7 +15,7 @@ from peft import LoraConfig
 from transformers import AutoTokenizer, EvalPrediction, PreTrainedModel, set_seed
 from trl import SFTTrainer
 
-from .data import build_label_space, build_texts, check_columns, encode_labels
+from .data import build_label_space, build_texts, encode_split
 from .instruction import DEFAULT_MULTI_LABEL_TEMPLATE, DEFAULT_TEMPLATE, InstructionClassifier, InstructionPrompt
 from .instruction_config import InstructionSFTConfig
 from .metrics import build_compute_metrics, load_metric
@@ -114,15 +114,9 @@ class InstructionSFTRecipe(SFTTrainer):
 
     def _prepare(self, dataset: Dataset, tokenizer, args, split: str):
         """Token ids of prompt + answer, labels -100 over the prompt; plus the texts and label ids used."""
-        check_columns(dataset, [args.label_column], split)
-        encoded, dropped = encode_labels(
-            dataset[args.label_column],
-            self.label_space,
-            drop_unknown=args.drop_unknown_labels and split != "training",
-            split=split,
+        dataset, encoded = encode_split(
+            dataset, args.label_column, self.label_space, drop_unknown=args.drop_unknown_labels, split=split
         )
-        if dropped:
-            dataset = dataset.select(sorted(set(range(len(dataset))) - set(dropped)))
         texts = build_texts(dataset, args.text_columns, args.text_template, split)
         tokens = self.classifier.tokens
         rows = {"input_ids": [], "labels": []}

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from datasets import Dataset
-from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+from peft import LoraConfig, PeftModel, TaskType, get_peft_model, prepare_model_for_kbit_training
 from torch.nn import functional as F
 from transformers import (
     AutoTokenizer,
@@ -23,9 +23,10 @@ from transformers import (
     set_seed,
 )
 from transformers.dynamic_module_utils import custom_object_save
+from transformers.utils.quantization_config import QuantizationMethod
 
 from .calibration import fit_temperature, tune_thresholds
-from .data import LabelSpace, build_label_space, build_texts, check_columns, encode_labels, tokenize_texts
+from .data import LabelSpace, build_label_space, build_texts, encode_split, tokenize_texts
 from .inference import predict_texts
 from .last_token_config import LastTokenClassifierTrainingArguments
 from .metrics import build_compute_metrics, load_metric, probabilities_from_logits
@@ -39,12 +40,12 @@ HEAD_MODULE = "score"
 
 def balanced_class_weights(labels: Sequence, space: LabelSpace) -> list[float]:
     """Single-label: n / (C * count_c) (scikit-learn's "balanced"); multi-label: negatives / positives per class
-    (BCE `pos_weight`). A class absent from training gets weight 1."""
+    (BCE `pos_weight`). A class absent from training (or, multi-label, present in every row) gets weight 1."""
     targets = np.asarray(labels)
     if space.multi_label:
         positives = targets.sum(axis=0)
         negatives = len(targets) - positives
-        weights = np.where(positives > 0, negatives / np.maximum(positives, 1), 1.0)
+        weights = np.where((positives > 0) & (negatives > 0), negatives / np.maximum(positives, 1), 1.0)
     else:
         counts = np.bincount(targets, minlength=len(space.names))
         weights = np.where(counts > 0, len(targets) / (len(space.names) * np.maximum(counts, 1)), 1.0)
@@ -103,20 +104,23 @@ class LastTokenClassifierTrainer(Trainer):
             raise ValueError("LastTokenClassifierTrainer needs a train_dataset.")
         model_init_kwargs = dict(model_init_kwargs or {})
         # An adapter names its base by path; a GGUF base only loads with `gguf_file=`, so such runs save merged.
-        self._adapter_base_reloadable = not model_init_kwargs.get("gguf_file")
+        from_gguf = getattr(model, "quantization_method", None) == QuantizationMethod.GGUF
+        self._adapter_base_reloadable = not (model_init_kwargs.get("gguf_file") or from_gguf)
         if eval_dataset is None and args.eval_strategy != "no":
             logger.warning("No eval_dataset: evaluation, early stopping, best-model selection and calibration are off.")
             args = dataclasses.replace(args, eval_strategy="no", load_best_model_at_end=False, calibrate=False)
         tokenizer = processing_class
         if tokenizer is None:
+            if from_gguf:
+                raise ValueError("Pass the tokenizer as processing_class: a model loaded from a GGUF file does not say "
+                                 "which file its tokenizer is in.")
             source = model if isinstance(model, (str, os.PathLike)) else model.name_or_path
             tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=model_init_kwargs.get("gguf_file"))
 
         # Seed before the head is initialised, so that runs (and resumed runs) start from the same weights.
         set_seed(args.seed)
         self.label_space = build_label_space(train_dataset, args.label_column, labels)
-        check_columns(train_dataset, [args.label_column], "training")
-        train_labels, _ = encode_labels(train_dataset[args.label_column], self.label_space, split="training")
+        _, train_labels = encode_split(train_dataset, args.label_column, self.label_space, split="training")
         model = self._build_model(model, args, tokenizer, train_labels, model_init_kwargs, peft_config)
         classifier = _unwrap_classifier(model)
         self._check_context(classifier, args)
@@ -125,15 +129,22 @@ class LastTokenClassifierTrainer(Trainer):
         tokenizer.model_max_length = args.max_length - reserve
         tokenizer.truncation_side = args.truncation_side
 
+        self.truncated: dict[str, int] = {}  # rows cut to max_length, per split (for the model card)
         train, self.train_texts = self._prepare_dataset(train_dataset, tokenizer, args, reserve, "training")
         evaluation = None
-        if eval_dataset is not None:
+        if isinstance(eval_dataset, dict):
+            evaluation = {
+                name: self._prepare_dataset(split, tokenizer, args, reserve, f"evaluation ({name})")[0]
+                for name, split in eval_dataset.items()
+            }
+        elif eval_dataset is not None:
             evaluation, _ = self._prepare_dataset(eval_dataset, tokenizer, args, reserve, "evaluation")
 
+        self._default_metrics = compute_metrics is None
         if compute_metrics is None:
             compute_metrics = build_compute_metrics(self.label_space.problem_type, self.label_space.id2label)
         callbacks = list(callbacks or [])
-        if evaluation is not None and args.early_stopping_patience and args.load_best_model_at_end:
+        if evaluation is not None and args.early_stopping_patience:
             callbacks.append(EarlyStoppingCallback(early_stopping_patience=args.early_stopping_patience))
         super().__init__(
             model=model,
@@ -149,6 +160,7 @@ class LastTokenClassifierTrainer(Trainer):
         # Label smoothing lives in the model's loss (it must not reach multi-label targets through Trainer's smoother).
         self.label_smoother = None
         self.calibration_results: dict | None = None
+        self._adaptation: dict | None = None  # facts about the trained adapters, kept across a merged save
 
     # --- model -------------------------------------------------------------------------------------------------------
 
@@ -165,10 +177,12 @@ class LastTokenClassifierTrainer(Trainer):
             if list(classifier.config.id2label.values()) != list(space.names):
                 raise ValueError(
                     f"The model's labels {list(classifier.config.id2label.values())} differ from the training "
-                    f"data's {list(space.names)}."
+                    f"data's {list(space.names)}: pass labels=[...] in the model's order."
                 )
             if class_weights is not None:
                 classifier.config.class_weights = class_weights
+            if label_smoothing:
+                classifier.config.label_smoothing = label_smoothing
         else:
             quantization_config = args.bnb_config()
             if quantization_config is not None:
@@ -191,7 +205,7 @@ class LastTokenClassifierTrainer(Trainer):
             return model
         if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=args.gradient_checkpointing)
-        return get_peft_model(model, peft_config or default_lora_config(args))
+        return get_peft_model(model, _classification_peft_config(peft_config) if peft_config else default_lora_config(args))
 
     @staticmethod
     def _check_context(classifier, args):
@@ -203,17 +217,13 @@ class LastTokenClassifierTrainer(Trainer):
 
     def _prepare_dataset(self, dataset: Dataset, tokenizer, args, reserve: int, split: str) -> tuple[Dataset, list]:
         """Tokenized rows with encoded `labels`, and the texts they were built from."""
-        check_columns(dataset, [args.label_column], split)
-        labels, dropped = encode_labels(
-            dataset[args.label_column],
-            self.label_space,
-            drop_unknown=args.drop_unknown_labels and split != "training",
-            split=split,
+        dataset, labels = encode_split(
+            dataset, args.label_column, self.label_space, drop_unknown=args.drop_unknown_labels, split=split
         )
-        if dropped:
-            dataset = dataset.select(sorted(set(range(len(dataset))) - set(dropped)))
         texts = build_texts(dataset, args.text_columns, args.text_template, split)
-        encoded = tokenize_texts(texts, tokenizer, args.max_length, truncation_side=args.truncation_side, reserve=reserve)
+        encoded, self.truncated[split] = tokenize_texts(
+            texts, tokenizer, args.max_length, truncation_side=args.truncation_side, reserve=reserve
+        )
         return Dataset.from_dict({**encoded, "labels": labels}), texts
 
     # --- optimisation ------------------------------------------------------------------------------------------------
@@ -261,12 +271,16 @@ class LastTokenClassifierTrainer(Trainer):
         return output
 
     def calibrate(self, eval_dataset: Dataset | None = None) -> dict:
-        """Fit temperature scaling (and multi-label decision thresholds) on the evaluation set, store them in the
-        model config, and return the metrics before and after (ECE included)."""
-        dataset = self.eval_dataset if eval_dataset is None else eval_dataset
+        """Fit temperature scaling (and multi-label decision thresholds) on the evaluation set (the first one when
+        there are several; or `eval_dataset`, raw or prepared), store them in the model config, and return the
+        metrics before and after (ECE included)."""
+        dataset = self._first_split(self.eval_dataset if eval_dataset is None else eval_dataset)
         if dataset is None:
             raise ValueError("calibrate() needs an evaluation dataset.")
         config = _unwrap_classifier(self.model).config
+        if "input_ids" not in dataset.column_names:  # raw rows: prepare them like the evaluation data
+            reserve = len(config.suffix_token_ids or [])
+            dataset, _ = self._prepare_dataset(dataset, self.processing_class, self.args, reserve, "calibration")
         config.temperature, config.decision_thresholds = 1.0, None
         output = self.predict(dataset, metric_key_prefix="uncalibrated")
         logits, labels = output.predictions, output.label_ids
@@ -280,9 +294,10 @@ class LastTokenClassifierTrainer(Trainer):
                 self.label_space.names
             )
             config.decision_thresholds = [float(t) for t in thresholds]
-            self.compute_metrics = build_compute_metrics(
-                self.label_space.problem_type, self.label_space.id2label, threshold=config.decision_thresholds
-            )
+            if self._default_metrics:
+                self.compute_metrics = build_compute_metrics(
+                    self.label_space.problem_type, self.label_space.id2label, threshold=config.decision_thresholds
+                )
         after = self.predict(dataset, metric_key_prefix="calibrated").metrics
         self.calibration_results = {
             "temperature": temperature,
@@ -319,14 +334,11 @@ class LastTokenClassifierTrainer(Trainer):
         classifier = _unwrap_classifier(self.model)
         config, args, space = classifier.config, self.args, self.label_space
         reserve = len(config.suffix_token_ids or [])
+        evaluation = self._first_split(self.eval_dataset)
         split_lengths = {"train": [len(ids) + reserve for ids in self.train_dataset["input_ids"]]}
-        if self.eval_dataset is not None:
-            split_lengths["evaluation"] = [len(ids) + reserve for ids in self.eval_dataset["input_ids"]]
-        if isinstance(self.model, PeftModel):
-            trainable, total = self.model.get_nb_trainable_parameters()
-        else:
-            trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-            total = sum(p.numel() for p in self.model.parameters())
+        if evaluation is not None:
+            split_lengths["evaluation"] = [len(ids) + reserve for ids in evaluation["input_ids"]]
+        adaptation = self._adaptation_facts()
         hyperparameters = {
             "learning rate (adapters)": args.learning_rate,
             "learning rate (head)": args.head_learning_rate,
@@ -341,13 +353,9 @@ class LastTokenClassifierTrainer(Trainer):
             "pooling": config.pooling,
             "seed": args.seed,
         }
-        if isinstance(self.model, PeftModel):
-            lora = self.model.peft_config[self.model.active_adapter]
-            hyperparameters["LoRA r / alpha / dropout"] = f"{lora.r} / {lora.lora_alpha} / {lora.lora_dropout}"
-            hyperparameters["LoRA targets"] = ", ".join(sorted(lora.target_modules))
-        quantization_config = getattr(config, "quantization_config", None)
+        hyperparameters.update(adaptation["hyperparameters"])
         detail = ""
-        if args.quantization == "4bit":
+        if adaptation["quantization"] == "4bit" and args.quantization == "4bit":
             detail = f"NF4, double quantization {args.bnb_4bit_use_double_quant}, compute {args.bnb_4bit_compute_dtype}"
         return CardFacts(
             model_name=model_name or args.hub_model_id or os.path.basename(os.path.normpath(args.output_dir)),
@@ -357,23 +365,59 @@ class LastTokenClassifierTrainer(Trainer):
             train_labels=self.train_dataset["labels"],
             train_texts=self.train_texts,
             split_lengths=split_lengths,
+            split_truncated={"train": self.truncated["training"], "evaluation": self.truncated.get("evaluation", 0)},
             max_length=args.max_length,
             hyperparameters=hyperparameters,
-            trainable_parameters=trainable,
-            total_parameters=total,
-            quantization=args.quantization if quantization_config is not None else "none",
+            trainable_parameters=adaptation["trainable"],
+            total_parameters=adaptation["total"],
+            quantization=adaptation["quantization"],
             quantization_detail=detail,
             pooling_suffix=config.pooling_suffix,
-            adaptation="LoRA" if isinstance(self.model, PeftModel) else "full fine-tuning",
+            adaptation=adaptation["method"],
             dataset_name=dataset_name,
             tags=list(tags or []),
-            evaluation=self._evaluation_facts() if self.eval_dataset is not None else None,
+            evaluation=self._evaluation_facts(evaluation) if evaluation is not None else None,
         )
 
-    def _evaluation_facts(self) -> EvaluationFacts:
+    def _adaptation_facts(self) -> dict:
+        """How the model was adapted (method, parameter counts, LoRA settings, quantization), as trained: a merged
+        save replaces the model, so these are kept from before it."""
+        if self._adaptation is not None:
+            return self._adaptation
+        classifier = _unwrap_classifier(self.model)
+        quantization = "4bit" if getattr(classifier, "is_loaded_in_4bit", False) else (
+            "8bit" if getattr(classifier, "is_loaded_in_8bit", False) else "none")
+        if not isinstance(self.model, PeftModel):
+            return {
+                "method": "full fine-tuning",
+                "trainable": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
+                "total": sum(p.numel() for p in self.model.parameters()),
+                "quantization": quantization,
+                "hyperparameters": {},
+            }
+        trainable, total = self.model.get_nb_trainable_parameters()
+        lora = self.model.peft_config[self.model.active_adapter]
+        targets = lora.target_modules
+        return {
+            "method": "LoRA",
+            "trainable": trainable,
+            "total": total,
+            "quantization": quantization,
+            "hyperparameters": {
+                "LoRA r / alpha / dropout": f"{lora.r} / {lora.lora_alpha} / {lora.lora_dropout}",
+                "LoRA targets": targets if isinstance(targets, str) else ", ".join(sorted(targets)),
+            },
+        }
+
+    @staticmethod
+    def _first_split(dataset):
+        """The evaluation set used for calibration and the card: the first one when several are given."""
+        return next(iter(dataset.values())) if isinstance(dataset, dict) else dataset
+
+    def _evaluation_facts(self, dataset: Dataset) -> EvaluationFacts:
         space = self.label_space
         config = _unwrap_classifier(self.model).config
-        output = self.predict(self.eval_dataset)
+        output = self.predict(dataset)
         # The model already divides its logits by the fitted temperature.
         probabilities = probabilities_from_logits(output.predictions, space.problem_type)
         if space.multi_label:
@@ -436,6 +480,12 @@ class LastTokenClassifierTrainer(Trainer):
     def save_merged(self, output_dir: str) -> None:
         """Merge the LoRA adapters into the backbone (de-quantizing a 4-bit/8-bit one) and save a plain classifier.
         The trainer's model is the merged model afterwards."""
+        self._adaptation = self._adaptation_facts()
+        if self._adaptation["quantization"] != "none":
+            logger.warning(
+                "Merging LoRA into %s weights re-quantizes them: the merged model's predictions can differ from the "
+                "trained one's. Keep the adapter (the default save) for exact results.", self._adaptation["quantization"]
+            )
         merged = self.model.merge_and_unload() if isinstance(self.model, PeftModel) else self.model
         if getattr(merged, "hf_quantizer", None) is not None:
             merged = merged.dequantize()
@@ -456,12 +506,25 @@ def default_lora_config(args: LastTokenClassifierTrainingArguments) -> LoraConfi
     )
 
 
+def _classification_peft_config(config):
+    """A user's PEFT config made to train and save the head: task SEQ_CLS, `score` among `modules_to_save`."""
+    task_type = getattr(config, "task_type", None)
+    if task_type not in (None, "SEQ_CLS", TaskType.SEQ_CLS):
+        raise ValueError(f"peft_config.task_type must be 'SEQ_CLS' (or unset) for a classifier, got {task_type!r}.")
+    modules = list(getattr(config, "modules_to_save", None) or [])
+    return dataclasses.replace(
+        config, task_type=TaskType.SEQ_CLS, modules_to_save=modules + [HEAD_MODULE] * (HEAD_MODULE not in modules)
+    )
+
+
 def _unwrap_classifier(model) -> LastTokenClassifierForSequenceClassification:
     while not isinstance(model, LastTokenClassifierForSequenceClassification):
         if isinstance(model, PeftModel):
             model = model.get_base_model()
         elif hasattr(model, "module"):  # DDP / accelerate wrappers
             model = model.module
+        elif hasattr(model, "_orig_mod"):  # torch.compile
+            model = model._orig_mod
         else:
             raise TypeError(f"Expected a last-token classifier, got {type(model).__name__}.")
     return model

@@ -67,6 +67,7 @@ class CardFacts:
     tags: Sequence[str] = field(default_factory=list)
     evaluation: EvaluationFacts | None = None
     extra: dict = field(default_factory=dict)  # template-specific variables
+    split_truncated: dict[str, int] | None = None  # rows cut to max_length; default: rows that reach it
 
 
 def template_path(name: str) -> Path:
@@ -172,7 +173,7 @@ def _template_variables(facts: CardFacts, plots: list[dict]) -> dict:
                 "name": split,
                 "rows": len(lengths),
                 "lengths": f"{min(lengths)} / {int(np.median(lengths))} / {max(lengths)}" if lengths else "-",
-                "truncated": sum(length >= facts.max_length for length in lengths),
+                "truncated": (facts.split_truncated or {}).get(split, sum(length >= facts.max_length for length in lengths)),
             }
             for split, lengths in facts.split_lengths.items()
         ],

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from datasets import ClassLabel, Dataset
-from transformers import AutoModelForSequenceClassification, PreTrainedTokenizerFast
+from transformers import AutoModelForSequenceClassification, PreTrainedTokenizerFast, TrainerCallback
 
 from hf_clf_ext import (
     LastTokenClassifierForSequenceClassification,
@@ -112,6 +112,14 @@ def test_early_stopping_stops(llama_dir, tokenizer, tmp_path):
     assert trainer.state.epoch == 3
 
 
+class StepCounter(TrainerCallback):
+    def __init__(self):
+        self.steps = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps.append(state.global_step)
+
+
 def test_resuming_from_a_checkpoint_ends_with_the_same_weights(llama_dir, tokenizer, tmp_path):
     kwargs = dict(num_train_epochs=2, calibrate=False, load_best_model_at_end=False, early_stopping_patience=None,
                   save_total_limit=None)
@@ -119,7 +127,10 @@ def test_resuming_from_a_checkpoint_ends_with_the_same_weights(llama_dir, tokeni
     full.train()
     steps_per_epoch = full.state.global_step // 2
     resumed = make_trainer(llama_dir, tokenizer, tmp_path / "b", **kwargs)
+    counter = StepCounter()
+    resumed.add_callback(counter)
     resumed.train(resume_from_checkpoint=str(tmp_path / "a" / "out" / f"checkpoint-{steps_per_epoch}"))
+    assert counter.steps == list(range(steps_per_epoch + 1, 2 * steps_per_epoch + 1)), "only the second epoch runs"
     expected = {k: v for k, v in full.model.state_dict().items()}
     actual = resumed.model.state_dict()
     trained = [k for k in expected if "lora_" in k or "score" in k]
@@ -349,3 +360,65 @@ def test_class_ids_need_names_unless_the_feature_has_them(llama_dir, tokenizer, 
     named = rows.cast_column("label", ClassLabel(names=["business", "sport", "entertainment"]))
     trainer = make_trainer(llama_dir, tokenizer, tmp_path, train=named, evaluation=named)
     assert trainer.model.config.id2label == {0: "business", 1: "sport", 2: "entertainment"}
+
+
+def test_evaluation_class_ids_are_read_by_name(llama_dir, tokenizer, tmp_path):
+    """A ClassLabel split listing the names in another order than training must still be scored right."""
+    evaluation = Dataset.from_dict({"text": ["market up", "the film", "a striker"], "label": [0, 1, 2]}).cast_column(
+        "label", ClassLabel(names=["business", "sport", "entertainment"])
+    )
+    trainer = make_trainer(llama_dir, tokenizer, tmp_path, evaluation=evaluation)
+    names = trainer.label_space.names
+    assert [names[i] for i in trainer.eval_dataset["labels"]] == ["business", "sport", "entertainment"]
+    ids = Dataset.from_dict({"text": ["market up"], "label": [1]})
+    with pytest.raises(ValueError, match="is a class id, but the training labels are names"):
+        make_trainer(llama_dir, tokenizer, tmp_path, evaluation=ids)
+
+
+def test_a_user_peft_config_still_trains_and_saves_the_head(llama_dir, tokenizer, tmp_path):
+    from peft import LoraConfig
+
+    user_config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"])
+    trainer = LastTokenClassifierTrainer(
+        model=str(llama_dir), args=arguments(tmp_path, num_train_epochs=1, calibrate=False),
+        train_dataset=synthetic(24, seed=1), eval_dataset=synthetic(12, seed=2), processing_class=tokenizer,
+        peft_config=user_config,
+    )
+    assert user_config.task_type is None, "the user's config is not modified"
+    assert any("score" in name for name, p in trainer.model.named_parameters() if p.requires_grad)
+    trainer.train()
+    trainer.save_model(str(tmp_path / "adapter"))
+    from safetensors import safe_open
+
+    with safe_open(tmp_path / "adapter" / "adapter_model.safetensors", "pt") as adapter:
+        assert any(".score." in key for key in adapter.keys())
+    with pytest.raises(ValueError, match="task_type must be 'SEQ_CLS'"):
+        LastTokenClassifierTrainer(
+            model=str(llama_dir), args=arguments(tmp_path), train_dataset=synthetic(12, seed=1),
+            processing_class=tokenizer, peft_config=LoraConfig(task_type="CAUSAL_LM", target_modules=["q_proj"]),
+        )
+
+
+def test_early_stopping_works_without_loading_the_best_model(llama_dir, tokenizer, tmp_path):
+    trainer = make_trainer(llama_dir, tokenizer, tmp_path, learning_rate=0.0, head_learning_rate=0.0,
+                           num_train_epochs=6, early_stopping_patience=1, load_best_model_at_end=False, calibrate=False)
+    trainer.train()
+    assert trainer.state.epoch == 2
+
+
+def test_calibration_keeps_a_user_compute_metrics(llama_dir, tokenizer, tmp_path):
+    def mine(prediction):
+        return {"rows": float(len(prediction.label_ids))}
+
+    trainer = LastTokenClassifierTrainer(
+        model=str(llama_dir), args=arguments(tmp_path, num_train_epochs=1, metric_for_best_model="rows"),
+        train_dataset=synthetic(24, seed=1, multi_label=True), eval_dataset=synthetic(12, seed=2, multi_label=True),
+        processing_class=tokenizer, compute_metrics=mine,
+    )
+    trainer.train()
+    assert trainer.compute_metrics is mine and trainer.evaluate()["eval_rows"] == 12.0
+
+
+def test_balanced_weights_when_a_class_is_in_every_row():
+    multi = LabelSpace(names=("a", "b"), multi_label=True)
+    assert balanced_class_weights([[1, 0], [1, 1], [1, 0]], multi) == pytest.approx([1.0, 2.0])

@@ -100,3 +100,13 @@ def test_push_to_hub_uploads_model_card_plots_and_metrics(trained, monkeypatch):
                 "modeling_last_token.py", "configuration_last_token.py", "tokenizer.json", RELIABILITY_PLOT,
                 CONFUSION_PLOT, RESULTS_FILE}
     assert expected <= set(files), set(files) ^ expected
+
+
+def test_card_after_a_merged_save_still_describes_the_lora_training(trained, tmp_path):
+    trainer = trained["single"]
+    before = trainer.card_facts()
+    trainer.save_merged(str(tmp_path / "merged"))
+    after = trainer.card_facts()
+    assert after.adaptation == before.adaptation == "LoRA"
+    assert after.trainable_parameters == before.trainable_parameters
+    assert after.hyperparameters["LoRA r / alpha / dropout"] == "8 / 16 / 0.05"
