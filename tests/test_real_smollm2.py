@@ -107,3 +107,25 @@ def test_trainer_fine_tunes_smollm2_on_bbc_news(tmp_path):
     reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "saved")
     again = predict_texts(reloaded, trainer.processing_class, texts)
     assert [p["label"] for p in again] == [p["label"] for p in predictions]
+
+
+def test_zero_shot_instruction_classification_on_bbc_news(smollm2_dir):
+    """Constrained decoding gives valid labels; label scoring sums to 1 and agrees with the greedy choice."""
+    from transformers import AutoModelForCausalLM
+
+    from hf_clf_ext import InstructionClassifier, InstructionPrompt, Verbalizer
+
+    news = load_bbc_news()
+    names = news.features["label"].names
+    texts = [news[i]["text"][:600] for i in (0, 600, 1000, 1500, 2000)]
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
+    model = AutoModelForCausalLM.from_pretrained(smollm2_dir).eval()
+    classifier = InstructionClassifier(model, tokenizer, InstructionPrompt(), Verbalizer(names), max_length=256)
+    assert classifier.prompt.use_chat_template and classifier.tokens.stop[0] == tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert any(len(ids) > 1 for ids in classifier.tokens.first), "some BBC labels span several tokens"
+    generated = classifier.classify(texts)
+    scored = classifier.classify(texts, method="score")
+    assert all(result["label"] in names for result in generated)
+    for greedy, score in zip(generated, scored):
+        assert abs(sum(score["probabilities"].values()) - 1) < 1e-5
+        assert score["label"] == greedy["label"]
