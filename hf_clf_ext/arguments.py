@@ -46,6 +46,10 @@ class QuantizationArguments:
         default="bfloat16", metadata={"help": "Compute dtype of 4-bit layers: 'bfloat16', 'float16' or 'float32'."}
     )
     bnb_4bit_use_double_quant: bool = field(default=True, metadata={"help": "Quantize the 4-bit scales too."})
+    bnb_4bit_quant_storage: str | None = field(
+        default=None,
+        metadata={"help": "dtype that stores the packed 4-bit weights; 'bfloat16' lets FSDP shard them (QLoRA + FSDP)."},
+    )
 
     def check_quantization_arguments(self) -> None:
         if self.quantization not in QUANTIZATION_CHOICES:
@@ -61,6 +65,7 @@ class QuantizationArguments:
                 bnb_4bit_quant_type="nf4",
                 bnb_4bit_use_double_quant=self.bnb_4bit_use_double_quant,
                 bnb_4bit_compute_dtype=getattr(torch, self.bnb_4bit_compute_dtype),
+                bnb_4bit_quant_storage=getattr(torch, self.bnb_4bit_quant_storage or "uint8"),
             )
         if self.quantization == "8bit":
             return BitsAndBytesConfig(load_in_8bit=True)

@@ -10,6 +10,7 @@ CLI, which is not a dependency).
 """
 
 import importlib.util
+import random
 import os
 import shutil
 from pathlib import Path
@@ -84,3 +85,26 @@ def load_bbc_news() -> Dataset:
             labels.append(label)
     features = Features({"text": Value("string"), "label": ClassLabel(names=topics)})
     return Dataset.from_dict({"text": texts, "label": labels}, features=features)
+
+
+def bbc_news_splits(train_per_class: int = 20, validation_per_class: int = 20, test_size: int = 445, seed: int = 0):
+    """A fixed stratified split of BBC News: `test_size` articles held out (20% by default, 445), then
+    `train_per_class` and `validation_per_class` articles of each topic from the rest."""
+    from datasets import DatasetDict
+    from sklearn.model_selection import train_test_split
+
+    news = load_bbc_news()
+    labels = news["label"]
+    rest, test = train_test_split(list(range(len(news))), test_size=test_size, stratify=labels, random_state=seed)
+    rng = random.Random(seed)
+    train, validation = [], []
+    for label in range(len(news.features["label"].names)):
+        rows = [i for i in rest if labels[i] == label]
+        rng.shuffle(rows)
+        if len(rows) < train_per_class + validation_per_class:
+            raise ValueError(f"Only {len(rows)} articles of class {label} remain for train and validation.")
+        train += rows[:train_per_class]
+        validation += rows[train_per_class : train_per_class + validation_per_class]
+    return DatasetDict(
+        train=news.select(sorted(train)), validation=news.select(sorted(validation)), test=news.select(sorted(test))
+    )

@@ -225,7 +225,7 @@ def tokenize_texts(
         raise ValueError(
             f"max_length={max_length} leaves no room for text after {len(prefix)} special and {reserve} suffix tokens."
         )
-    encoded = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    encoded = tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]  # cut below
     truncated = sum(len(ids) > room for ids in encoded)
     if truncated:
         logger.info("%d of %d texts are longer than %d tokens and were truncated.", truncated, len(encoded), room)

@@ -18,7 +18,7 @@ from trl import SFTTrainer
 from .data import build_label_space, build_texts, encode_split
 from .instruction import DEFAULT_MULTI_LABEL_TEMPLATE, DEFAULT_TEMPLATE, InstructionClassifier, InstructionPrompt
 from .instruction_config import InstructionSFTConfig
-from .metrics import build_compute_metrics, load_metric
+from .metrics import build_compute_metrics, load_metric, logits_from_probabilities, probabilities_from_results
 from .model_card import CardFacts, EvaluationFacts, metric_rows, write_model_card
 from .verbalizer import Verbalizer
 
@@ -147,25 +147,28 @@ class InstructionSFTRecipe(SFTTrainer):
         for method, (probabilities, _) in self._classify_for_metrics(texts, methods).items():
             compute = build_compute_metrics(self.label_space.problem_type, self.label_space.id2label)
             references = self._references(label_ids)
-            result = compute(EvalPrediction(predictions=_pseudo_logits(probabilities, self.label_space.multi_label),
-                                            label_ids=references))
+            logits = logits_from_probabilities(probabilities, self.label_space.problem_type)
+            result = compute(EvalPrediction(predictions=logits, label_ids=references))
             metrics.update({f"{method}_{key}": value for key, value in result.items()})
         return metrics
 
+    def evaluate_dataset(self, dataset: Dataset, metric_key_prefix: str = "test") -> dict[str, float]:
+        """Classification metrics of every `eval_methods` method on raw rows (text and label columns)."""
+        args = self.args
+        dataset, encoded = encode_split(
+            dataset, args.label_column, self.label_space, drop_unknown=args.drop_unknown_labels, split=metric_key_prefix
+        )
+        texts = build_texts(dataset, args.text_columns, args.text_template, metric_key_prefix)
+        label_ids = [[i for i, hot in enumerate(t) if hot] if self.label_space.multi_label else [t] for t in encoded]
+        metrics = self.classification_metrics(texts, label_ids)
+        return {f"{metric_key_prefix}_{key}": value for key, value in metrics.items()}
+
     def _classify_for_metrics(self, texts, methods=None) -> dict[str, tuple[np.ndarray, list[dict]]]:
-        names = list(self.label_space.names)
-        out = {}
+        runs = {}
         for method in methods or self.args.eval_methods:
             results = self.classify(texts, method=method)
-            if method == "score":
-                probabilities = np.array([[r["probabilities"][n] for n in names] for r in results])
-            else:
-                probabilities = np.zeros((len(results), len(names)))
-                for row, result in enumerate(results):
-                    for name in result.get("labels", [result.get("label")]):
-                        probabilities[row, names.index(name)] = 1.0
-            out[method] = (probabilities, results)
-        return out
+            runs[method] = (probabilities_from_results(results, self.label_space.names), results)
+        return runs
 
     def _references(self, label_ids) -> np.ndarray:
         if not self.label_space.multi_label:
@@ -263,7 +266,7 @@ class InstructionSFTRecipe(SFTTrainer):
         problem_type = self.label_space.problem_type
         compute = build_compute_metrics(problem_type, self.label_space.id2label)
         results = {
-            method: compute(EvalPrediction(predictions=_pseudo_logits(p, self.label_space.multi_label), label_ids=references))
+            method: compute(EvalPrediction(predictions=logits_from_probabilities(p, problem_type), label_ids=references))
             for method, (p, _) in runs.items()
         }
         probabilities = runs["score" if "score" in runs else primary][0]
@@ -282,8 +285,3 @@ class InstructionSFTRecipe(SFTTrainer):
         scoring = metric_rows(results["score"]) if primary != "score" else None
         return facts, scoring
 
-
-def _pseudo_logits(probabilities: np.ndarray, multi_label: bool) -> np.ndarray:
-    """Logits whose softmax (single-label) or sigmoid (multi-label) gives back `probabilities`."""
-    p = np.clip(probabilities, 1e-7, 1 - 1e-7)
-    return np.log(p / (1 - p)) if multi_label else np.log(p)

@@ -161,6 +161,7 @@ class LastTokenClassifierTrainer(Trainer):
         self.label_smoother = None
         self.calibration_results: dict | None = None
         self._adaptation: dict | None = None  # facts about the trained adapters, kept across a merged save
+        self._card_evaluation: EvaluationFacts | None = None  # evaluation for the card, computed after training
 
     # --- model -------------------------------------------------------------------------------------------------------
 
@@ -268,7 +269,15 @@ class LastTokenClassifierTrainer(Trainer):
         output = super().train(*args, **kwargs)
         if self.args.calibrate and self.eval_dataset is not None:
             self.calibrate()
+        else:
+            self._refresh_card_evaluation()
         return output
+
+    def _refresh_card_evaluation(self) -> None:
+        """Evaluate for the model card now, on every process (prediction is collective under DDP); the card itself
+        is written by the main process alone, e.g. inside `push_to_hub`."""
+        evaluation = self._first_split(self.eval_dataset)
+        self._card_evaluation = self._evaluation_facts(evaluation) if evaluation is not None else None
 
     def calibrate(self, eval_dataset: Dataset | None = None) -> dict:
         """Fit temperature scaling (and multi-label decision thresholds) on the evaluation set (the first one when
@@ -305,6 +314,7 @@ class LastTokenClassifierTrainer(Trainer):
             "before": output.metrics,
             "after": after,
         }
+        self._refresh_card_evaluation()
         logger.info(
             "Calibration: temperature %.3f, ECE %.4f -> %.4f",
             temperature,
@@ -312,6 +322,12 @@ class LastTokenClassifierTrainer(Trainer):
             after.get("calibrated_ece", float("nan")),
         )
         return self.calibration_results
+
+    def evaluate_dataset(self, dataset: Dataset, metric_key_prefix: str = "test") -> dict[str, float]:
+        """Metrics on raw rows (text and label columns), prepared like the evaluation data."""
+        reserve = len(_unwrap_classifier(self.model).config.suffix_token_ids or [])
+        prepared, _ = self._prepare_dataset(dataset, self.processing_class, self.args, reserve, metric_key_prefix)
+        return self.evaluate(prepared, metric_key_prefix=metric_key_prefix)
 
     def predict_texts(self, texts: Sequence[str], batch_size: int | None = None) -> list[dict]:
         """Labels and probabilities for raw texts (see `hf_clf_ext.predict_texts`)."""
@@ -376,7 +392,8 @@ class LastTokenClassifierTrainer(Trainer):
             adaptation=adaptation["method"],
             dataset_name=dataset_name,
             tags=list(tags or []),
-            evaluation=self._evaluation_facts(evaluation) if evaluation is not None else None,
+            evaluation=self._card_evaluation if self._card_evaluation is not None or evaluation is None
+            else self._evaluation_facts(evaluation),
         )
 
     def _adaptation_facts(self) -> dict:

@@ -18,9 +18,14 @@ class _Node:
     children: dict[int, "_Node"] = field(default_factory=dict)
     ends: int | None = None  # the label whose token sequence ends here
     below: set[int] = field(default_factory=set)  # labels whose sequences pass through here
+    delimited: int | None = None  # multi-label: label + the whole delimiter ends here; the next label follows
+    delimited_below: set[int] = field(default_factory=set)  # labels whose label + delimiter sequences pass through
 
 
-def _trie(sequences) -> _Node:
+def _trie(sequences, delimiter: tuple[int, ...] = ()) -> _Node:
+    """The label sequences, and with a delimiter also each label followed by it: a multi-token delimiter may share
+    its first tokens with a label's continuation (" |" is " " + "|" where " 日本" is " " + ...), so the delimiter is
+    walked in the same trie rather than decided on its first token."""
     root = _Node()
     for label, ids in enumerate(sequences):
         node = root
@@ -31,6 +36,14 @@ def _trie(sequences) -> _Node:
         if node.ends is not None:
             raise ValueError(f"Labels {node.ends} and {label} have the same token ids {list(ids)}.")
         node.ends = label
+    if delimiter:
+        for label, ids in enumerate(sequences):
+            node = root
+            for token in (*ids, *delimiter):
+                node.delimited_below.add(label)
+                node = node.children.setdefault(token, _Node())
+            node.delimited_below.add(label)
+            node.delimited = label
     return root
 
 
@@ -42,11 +55,11 @@ class VerbalizerLogitsProcessor(LogitsProcessor):
     dictionary lookup per row and one `masked_fill`, with no loop over the vocabulary.
     """
 
-    def __init__(self, tokens: LabelTokens, vocab_size: int | None = None):
+    def __init__(self, tokens: LabelTokens):
         self.tokens = tokens
-        self.vocab_size = vocab_size
-        self.first = _trie(tokens.first)
-        self.after = _trie(tokens.after_delimiter) if tokens.multi_label else None
+        delimiter = tuple(tokens.delimiter) if tokens.multi_label else ()
+        self.first = _trie(tokens.first, delimiter)
+        self.after = _trie(tokens.after_delimiter, delimiter) if tokens.multi_label else None
         self.num_labels = len(tokens.first)
         for root in filter(None, (self.first, self.after)):
             self._check_unambiguous(root)
@@ -55,13 +68,19 @@ class VerbalizerLogitsProcessor(LogitsProcessor):
         self._prompt: torch.Tensor | None = None
         self._states: dict[tuple[int, ...], tuple | None] = {}
         self._masks: dict[tuple, torch.Tensor] = {}
+        self._allowed: dict[tuple, frozenset[int]] = {}
 
     def _check_unambiguous(self, node: _Node) -> None:
-        enders = set(self.tokens.stop) | ({self.tokens.delimiter[0]} if self.tokens.multi_label else set())
-        if node.ends is not None and enders & set(node.children):
+        stops = set(self.tokens.stop) & set(node.children)
+        if node.ends is not None and stops:
             raise ValueError(
-                f"Label {node.ends} is a prefix of another label followed by a stop or delimiter token: answers "
-                "would be ambiguous."
+                f"Label {node.ends} is a prefix of another label followed by the stop token {min(stops)}: answers "
+                "would be ambiguous. Choose stop tokens that do not occur in label texts."
+            )
+        if node.delimited is not None and (node.children or node.ends is not None):
+            raise ValueError(
+                f"Label {node.delimited} followed by the delimiter {list(self.tokens.delimiter)} is the start of "
+                "another label's tokens: answers would be ambiguous. Choose another delimiter."
             )
         for child in node.children.values():
             self._check_unambiguous(child)
@@ -91,8 +110,8 @@ class VerbalizerLogitsProcessor(LogitsProcessor):
             and torch.equal(input_ids[:, : self._start], prompt)
         )
 
-    # A state is ("label", trie node, smallest allowed label, labels named so far) while spelling a label,
-    # ("delimiter", position, smallest allowed label, labels named) inside the delimiter, or None when done.
+    # A state is ("label", trie node, smallest allowed label, labels named before this one) while spelling a label or
+    # the delimiter after it, or None when the answer is done (or off track).
     def _state(self, generated: tuple[int, ...]):
         if generated in self._states:
             return self._states[generated]
@@ -106,48 +125,48 @@ class VerbalizerLogitsProcessor(LogitsProcessor):
     def _advance(self, state, token: int):
         if state is None:
             return None
-        kind, where, min_label, named = state
-        if kind == "label":
-            node: _Node = where
-            if node.ends is not None and node.ends >= min_label:
-                if token in self.tokens.stop:
-                    return None
-                if self.tokens.multi_label and token == self.tokens.delimiter[0]:
-                    return self._after_delimiter_token(1, node.ends + 1, named + 1)
-            child = node.children.get(token)
-            return None if child is None else ("label", child, min_label, named)
-        position = where
-        if token != self.tokens.delimiter[position]:
+        if token not in self._allowed_set(state):
+            return None  # off track: a token the mask forbade (beam search takes some when too few are allowed)
+        _, node, min_label, named = state
+        if token in self.tokens.stop:
             return None
-        return self._after_delimiter_token(position + 1, min_label, named)
+        child = node.children[token]
+        if child.delimited is not None:
+            return ("label", self.after, child.delimited + 1, named + 1)
+        return ("label", child, min_label, named)
 
-    def _after_delimiter_token(self, position: int, min_label: int, named: int):
-        if position < len(self.tokens.delimiter):
-            return ("delimiter", position, min_label, named)
-        return ("label", self.after, min_label, named)
-
-    def _allowed_ids(self, state) -> list[int] | None:
-        kind, where, min_label, named = state
-        if kind == "delimiter":
-            return [self.tokens.delimiter[where]]
-        node: _Node = where
-        allowed = [token for token, child in node.children.items() if max(child.below) >= min_label]
+    def _allowed_ids(self, state) -> list[int]:
+        _, node, min_label, named = state
+        more = named + 1 < (self.tokens.max_labels or self.num_labels)
+        allowed = [
+            token
+            for token, child in node.children.items()
+            if max(child.below, default=-1) >= min_label
+            or (more and any(min_label <= label < self.num_labels - 1 for label in child.delimited_below))
+        ]
         if node.ends is not None and node.ends >= min_label:
             allowed += list(self.tokens.stop)
-            more = named + 1 < (self.tokens.max_labels or self.num_labels) and node.ends + 1 < self.num_labels
-            if self.tokens.multi_label and more:
-                allowed.append(self.tokens.delimiter[0])
+        return allowed
+
+    @staticmethod
+    def _key(state):
+        return (id(state[1]), state[0], state[2], state[3]) if state is not None else None
+
+    def _allowed_set(self, state) -> frozenset[int]:
+        key = self._key(state)
+        allowed = self._allowed.get(key)
+        if allowed is None:
+            allowed = self._allowed[key] = frozenset(self._allowed_ids(state))
         return allowed
 
     def _mask(self, state, vocab: int, device) -> torch.Tensor:
-        key = (id(state[1]), state[0], state[2], state[3]) if state is not None else None
+        key = self._key(state)
         mask = self._masks.get(key)
         if mask is None or mask.shape[0] != vocab or mask.device != device:
             mask = torch.zeros(vocab, dtype=torch.bool, device=device)
-            allowed = self._allowed_ids(state) if state is not None else None
-            if allowed is None:
+            if state is None:
                 mask[:] = True  # the answer is complete (or a finished row is being padded): leave it alone
             else:
-                mask[torch.tensor(allowed, dtype=torch.long, device=device)] = True
+                mask[torch.tensor(sorted(self._allowed_set(state)), dtype=torch.long, device=device)] = True
             self._masks[key] = mask
         return mask

@@ -61,8 +61,8 @@ class Verbalizer:
         if padded:
             raise ValueError(
                 f"Label texts {padded} start or end with whitespace: answers are stripped when parsed, so they could "
-                "not be read back. Put the spacing before the first label in `lead` (and between labels at the end "
-                "of the delimiter) instead."
+                "not be read back. Give these labels stripped texts in `label_texts`; spacing before the first label "
+                "belongs in `lead`, spacing between labels at the end of the delimiter."
             )
         duplicated = sorted({text for text in texts if texts.count(text) > 1})
         if duplicated:

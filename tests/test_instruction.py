@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 from huggingface_hub import ModelCard
-from transformers import PreTrainedTokenizerFast
 
 from hf_clf_ext import InstructionClassifier, InstructionPrompt, InstructionSFTConfig, InstructionSFTRecipe, Verbalizer
 from hf_clf_ext.instruction import ANSWER_CUE

@@ -118,3 +118,22 @@ def _thresholds(threshold: float | Sequence[float], num_labels: int) -> np.ndarr
     if not ((thresholds >= 0) & (thresholds <= 1)).all():
         raise ValueError(f"Thresholds must lie in [0, 1], got {threshold}.")
     return thresholds
+
+
+def probabilities_from_results(results: Sequence[dict], names: Sequence[str]) -> np.ndarray:
+    """`(n, num_labels)` from classifier results: their `probabilities`, or 0/1 for the labels they name."""
+    names = list(names)
+    if results and "probabilities" in results[0]:
+        return np.array([[result["probabilities"][name] for name in names] for result in results])
+    hot = np.zeros((len(results), len(names)))
+    for row, result in enumerate(results):
+        for name in result.get("labels", [result.get("label")]):
+            hot[row, names.index(name)] = 1.0
+    return hot
+
+
+def logits_from_probabilities(probabilities: Any, problem_type: str) -> np.ndarray:
+    """Logits whose softmax (single-label) or sigmoid (multi-label) gives back `probabilities`, so that scores from
+    other classifiers go through `build_compute_metrics` too."""
+    p = np.clip(np.asarray(probabilities, dtype=np.float64), 1e-7, 1 - 1e-7)
+    return np.log(p / (1 - p)) if _check_problem_type(problem_type) == "multi_label_classification" else np.log(p)

@@ -1,0 +1,159 @@
+"""`hf-clf`: train, evaluate and predict from the command line, over the same YAML configs as the recipes.
+
+    hf-clf train --approach last_token --config recipes/configs/smollm2_135m_bbc_last_token.yaml [--key value ...]
+    hf-clf evaluate --model outputs/smollm2-bbc --dataset bundled:bbc_news --split test
+    hf-clf predict --model outputs/smollm2-bbc "Shares rose after the results." < more_texts.txt
+"""
+
+import argparse
+import json
+import os
+import sys
+
+APPROACHES = ("last_token", "instruction")
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command == "train":
+        return train(rest)
+    if command == "evaluate":
+        return evaluate(rest)
+    if command == "predict":
+        return predict(rest)
+    print(f"hf-clf: unknown command {command!r}; use train, evaluate or predict.", file=sys.stderr)
+    return 2
+
+
+def train(argv) -> int:
+    from . import jobs
+
+    parser = argparse.ArgumentParser(prog="hf-clf train", add_help=False)
+    parser.add_argument("--approach", choices=APPROACHES, default="last_token")
+    known, rest = parser.parse_known_args(argv)
+    if known.approach == "last_token":
+        from .last_token_config import LastTokenClassifierTrainingArguments as arguments
+
+        run = jobs.train_last_token
+    else:
+        from .instruction_config import InstructionSFTConfig as arguments
+
+        run = jobs.train_instruction
+    script_args, training_args, splits = jobs.prepare(arguments, rest)
+    results = run(script_args, training_args, splits)
+    if training_args.process_index == 0:
+        jobs.print_results(results, training_args.output_dir, known.approach)
+    return 0
+
+
+def _data_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="A folder saved by either approach.")
+    parser.add_argument("--dataset", help="Hub id, saved folder or 'bundled:bbc_news'.")
+    parser.add_argument("--file", help="A CSV / JSON(L) / Parquet file.")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--text_columns", nargs="+", default=["text"])
+    parser.add_argument("--text_template", default=None)
+    parser.add_argument("--label_column", default="label")
+    parser.add_argument("--method", choices=("generate", "score"), default="generate",
+                        help="Instruction models: constrained decoding or label scoring.")
+    parser.add_argument("--batch_size", type=int, default=16)
+
+
+def evaluate(argv) -> int:
+    """Metrics of a saved model on a labelled split, as JSON."""
+    from . import jobs
+    from .data import LabelSpace, build_texts, encode_split
+    import numpy as np
+    from transformers import EvalPrediction
+
+    from .metrics import build_compute_metrics, logits_from_probabilities, probabilities_from_results
+
+    parser = argparse.ArgumentParser(prog="hf-clf evaluate")
+    _data_arguments(parser)
+    args = parser.parse_args(argv)
+    script = jobs.ScriptArguments(model_name_or_path=args.model, dataset=args.dataset, test_file=args.file,
+                                  train_file=args.file, test_split=args.split, train_split=args.split)
+    if not args.dataset and not args.file:
+        raise SystemExit("hf-clf: give --dataset or --file.")
+    splits = jobs.load_splits(script)
+    dataset = splits["test"] if "test" in splits else splits["train"]
+    classifier = SavedClassifier(args.model)
+    space = LabelSpace(names=tuple(classifier.labels), multi_label=classifier.multi_label)
+    try:
+        dataset, encoded = encode_split(dataset, args.label_column, space, split=args.split)
+        texts = build_texts(dataset, args.text_columns, args.text_template, args.split)
+    except ValueError as error:
+        raise SystemExit(f"hf-clf: {error}") from error
+    probabilities = probabilities_from_results(classifier.classify(texts, args.method, args.batch_size), space.names)
+    logits = logits_from_probabilities(probabilities, space.problem_type)
+
+    compute = build_compute_metrics(space.problem_type, space.id2label, threshold=classifier.thresholds)
+    metrics = compute(EvalPrediction(predictions=logits, label_ids=np.asarray(encoded)))
+    print(json.dumps({"examples": len(texts), **metrics}, indent=2))
+    return 0
+
+
+def predict(argv) -> int:
+    """One JSON line per text: from arguments, `--input` (one text per line), or standard input."""
+    parser = argparse.ArgumentParser(prog="hf-clf predict")
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--input", help="A file with one text per line.")
+    parser.add_argument("--method", choices=("generate", "score"), default="generate")
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("texts", nargs="*")
+    args = parser.parse_args(argv)
+    if args.texts:
+        texts = args.texts
+    else:
+        stream = open(args.input, encoding="utf-8") if args.input else sys.stdin
+        with stream:
+            texts = [line.rstrip("\n") for line in stream if line.strip()]
+    if not texts:
+        raise SystemExit("hf-clf: no texts to classify (give them as arguments, with --input, or on stdin).")
+    for text, result in zip(texts, SavedClassifier(args.model).classify(texts, args.method, args.batch_size)):
+        print(json.dumps({"text": text, **result}, ensure_ascii=False))
+    return 0
+
+
+class SavedClassifier:
+    """A folder saved by either approach, behind one `classify` / `probabilities` interface."""
+
+    def __init__(self, folder: str):
+        from .instruction import PROMPT_FILE
+
+        if not os.path.isdir(folder):
+            raise SystemExit(f"hf-clf: {folder} is not a folder.")
+        self.instruction = os.path.isfile(os.path.join(folder, PROMPT_FILE))
+        if self.instruction:
+            from .instruction import InstructionClassifier
+
+            self.model = InstructionClassifier.from_pretrained(folder)
+            self.labels = self.model.verbalizer.labels
+            self.multi_label = self.model.verbalizer.multi_label
+            self.thresholds = 0.5
+        else:
+            from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+            from . import LastTokenClassifierConfig  # noqa: F401 - registers the Auto classes
+
+            self.model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+            self.tokenizer = AutoTokenizer.from_pretrained(folder)
+            config = self.model.config
+            self.labels = [config.id2label[i] for i in range(len(config.id2label))]
+            self.multi_label = config.problem_type == "multi_label_classification"
+            self.thresholds = getattr(config, "decision_thresholds", None) or 0.5
+
+    def classify(self, texts, method: str, batch_size: int) -> list[dict]:
+        if self.instruction:
+            return self.model.classify(texts, method=method, batch_size=batch_size)
+        from .inference import predict_texts
+
+        return predict_texts(self.model, self.tokenizer, texts, batch_size=batch_size)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

