@@ -176,3 +176,15 @@ def test_two_cpu_processes_through_accelerate_launch(tmp_path, data_files, tiny_
     single = json.loads(capsys.readouterr().out)
     for metric in ("accuracy", "f1_macro", "f1_micro"):
         assert single[metric] == pytest.approx(results[prefix + metric], abs=1e-6), metric
+
+
+def test_compare_prints_both_approaches_side_by_side(tmp_path, data_files, tiny_lm_dirs, capsys):
+    model = tiny_lm_dirs["llama", "pad"]
+    last_token = write_config(tmp_path, model, data_files, num_train_epochs=1)
+    instruction = write_config(tmp_path, model, data_files, approach="instruction", num_train_epochs=1)
+    rows = recipe("compare").main(["--last_token_config", str(last_token), "--instruction_config", str(instruction)])
+    table = capsys.readouterr().out
+    assert [row[0] for row in rows] == ["last-token (embedding)", "instruction (SFT)"]
+    assert "| last-token (embedding)" in table and "| instruction (SFT)" in table and "F1 macro" in table
+    for _, f1_micro, f1_macro, ece, trainable, seconds, speed in rows:
+        assert 0 <= f1_micro <= 1 and 0 <= f1_macro <= 1 and ece >= 0 and trainable > 0 and seconds > 0 and speed > 0
