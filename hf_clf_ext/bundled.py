@@ -87,15 +87,18 @@ def load_bbc_news() -> Dataset:
     return Dataset.from_dict({"text": texts, "label": labels}, features=features)
 
 
-def bbc_news_splits(train_per_class: int = 20, validation_per_class: int = 20, test_size: int = 445, seed: int = 0):
-    """A fixed stratified split of BBC News: `test_size` articles held out (20% by default, 445), then
-    `train_per_class` and `validation_per_class` articles of each topic from the rest."""
+def bbc_news_splits(
+    train_per_class: int = 20, validation_per_class: int = 20, test_size: int = 445, seed: int = 0, test_seed: int = 0
+):
+    """A stratified split of BBC News: `test_size` articles held out (20% by default, 445; fixed by `test_seed`, so
+    runs with different `seed`s share one test set), then `train_per_class` and `validation_per_class` articles of
+    each topic drawn from the rest with `seed`."""
     from datasets import DatasetDict
     from sklearn.model_selection import train_test_split
 
     news = load_bbc_news()
     labels = news["label"]
-    rest, test = train_test_split(list(range(len(news))), test_size=test_size, stratify=labels, random_state=seed)
+    rest, test = train_test_split(list(range(len(news))), test_size=test_size, stratify=labels, random_state=test_seed)
     rng = random.Random(seed)
     train, validation = [], []
     for label in range(len(news.features["label"].names)):

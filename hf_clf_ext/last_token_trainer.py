@@ -323,11 +323,14 @@ class LastTokenClassifierTrainer(Trainer):
         )
         return self.calibration_results
 
+    def prepare_dataset(self, dataset: Dataset, split: str = "test") -> Dataset:
+        """Raw rows (text and label columns) tokenized and encoded like the evaluation data, for `predict`."""
+        reserve = len(_unwrap_classifier(self.model).config.suffix_token_ids or [])
+        return self._prepare_dataset(dataset, self.processing_class, self.args, reserve, split)[0]
+
     def evaluate_dataset(self, dataset: Dataset, metric_key_prefix: str = "test") -> dict[str, float]:
         """Metrics on raw rows (text and label columns), prepared like the evaluation data."""
-        reserve = len(_unwrap_classifier(self.model).config.suffix_token_ids or [])
-        prepared, _ = self._prepare_dataset(dataset, self.processing_class, self.args, reserve, metric_key_prefix)
-        return self.evaluate(prepared, metric_key_prefix=metric_key_prefix)
+        return self.evaluate(self.prepare_dataset(dataset, metric_key_prefix), metric_key_prefix=metric_key_prefix)
 
     def predict_texts(self, texts: Sequence[str], batch_size: int | None = None) -> list[dict]:
         """Labels and probabilities for raw texts (see `hf_clf_ext.predict_texts`)."""
