@@ -61,6 +61,8 @@ def _data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", choices=("generate", "score"), default="generate",
                         help="Instruction models: constrained decoding or label scoring.")
     parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--drop_unknown_labels", action="store_true",
+                        help="Drop rows whose labels the model does not know (and report how many).")
 
 
 def evaluate(argv) -> int:
@@ -80,14 +82,16 @@ def evaluate(argv) -> int:
     if not args.dataset and not args.file:
         raise SystemExit("hf-clf: give --dataset or --file.")
     splits = jobs.load_splits(script)
-    dataset = splits["test"] if "test" in splits else splits["train"]
-    classifier = SavedClassifier(args.model)
+    dataset = splits[args.split] if args.split in splits else splits["test"] if "test" in splits else splits["train"]
+    classifier = SavedClassifier(args.model)  # reads the labels; the model loads on first use
     space = LabelSpace(names=tuple(classifier.labels), multi_label=classifier.multi_label)
     try:
-        dataset, encoded = encode_split(dataset, args.label_column, space, split=args.split)
+        dataset, encoded = encode_split(
+            dataset, args.label_column, space, drop_unknown=args.drop_unknown_labels, split=args.split
+        )
         texts = build_texts(dataset, args.text_columns, args.text_template, args.split)
     except ValueError as error:
-        raise SystemExit(f"hf-clf: {error}") from error
+        raise SystemExit(f"hf-clf: {error}".replace("drop_unknown_labels=True", "--drop_unknown_labels")) from error
     probabilities = probabilities_from_results(classifier.classify(texts, args.method, args.batch_size), space.names)
     logits = logits_from_probabilities(probabilities, space.problem_type)
 
@@ -120,39 +124,45 @@ def predict(argv) -> int:
 
 
 class SavedClassifier:
-    """A folder saved by either approach, behind one `classify` / `probabilities` interface."""
+    """A folder saved by either approach, behind one `classify` interface. The labels are read from the folder's
+    files at once; the model loads on the first `classify`."""
 
     def __init__(self, folder: str):
         from .instruction import PROMPT_FILE
+        from .verbalizer import VERBALIZER_FILE
 
         if not os.path.isdir(folder):
             raise SystemExit(f"hf-clf: {folder} is not a folder.")
+        self.folder = folder
         self.instruction = os.path.isfile(os.path.join(folder, PROMPT_FILE))
+        self._model = None
         if self.instruction:
-            from .instruction import InstructionClassifier
-
-            self.model = InstructionClassifier.from_pretrained(folder)
-            self.labels = self.model.verbalizer.labels
-            self.multi_label = self.model.verbalizer.multi_label
-            self.thresholds = 0.5
+            with open(os.path.join(folder, VERBALIZER_FILE), encoding="utf-8") as file:
+                verbalizer = json.load(file)
+            self.labels, self.multi_label, self.thresholds = verbalizer["labels"], verbalizer["multi_label"], 0.5
         else:
-            from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-            from . import LastTokenClassifierConfig  # noqa: F401 - registers the Auto classes
-
-            self.model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
-            self.tokenizer = AutoTokenizer.from_pretrained(folder)
-            config = self.model.config
-            self.labels = [config.id2label[i] for i in range(len(config.id2label))]
-            self.multi_label = config.problem_type == "multi_label_classification"
-            self.thresholds = getattr(config, "decision_thresholds", None) or 0.5
+            with open(os.path.join(folder, "config.json"), encoding="utf-8") as file:
+                config = json.load(file)
+            id2label = {int(i): name for i, name in config["id2label"].items()}
+            self.labels = [id2label[i] for i in range(len(id2label))]
+            self.multi_label = config.get("problem_type") == "multi_label_classification"
+            self.thresholds = config.get("decision_thresholds") or 0.5
 
     def classify(self, texts, method: str, batch_size: int) -> list[dict]:
         if self.instruction:
-            return self.model.classify(texts, method=method, batch_size=batch_size)
+            from .instruction import InstructionClassifier
+
+            self._model = self._model or InstructionClassifier.from_pretrained(self.folder)
+            return self._model.classify(texts, method=method, batch_size=batch_size)
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        from . import LastTokenClassifierConfig  # noqa: F401 - registers the Auto classes
         from .inference import predict_texts
 
-        return predict_texts(self.model, self.tokenizer, texts, batch_size=batch_size)
+        if self._model is None:
+            self._model = AutoModelForSequenceClassification.from_pretrained(self.folder).eval()
+            self.tokenizer = AutoTokenizer.from_pretrained(self.folder)
+        return predict_texts(self._model, self.tokenizer, texts, batch_size=batch_size)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ therefore all see the same token ids, whatever the tokenizer merges across the p
 
 import logging
 import os
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -128,7 +129,8 @@ class InstructionSFTRecipe(SFTTrainer):
                     f"Row {row} of the {split} data has no label: an instruction answer names at least one label."
                 )
             answer = self.verbalizer.answer_ids(tokens, ids)
-            prompt = self.prompt.encode(tokenizer, self.verbalizer, text, args.max_length, len(answer))
+            # Room for the longest answer, as at inference, so texts are cut the same way in both.
+            prompt = self.prompt.encode(tokenizer, self.verbalizer, text, args.max_length, self.classifier.max_answer_length)
             rows["input_ids"].append(prompt + answer)
             rows["labels"].append([IGNORE_INDEX] * len(prompt) + answer)
             label_ids.append(ids)
@@ -144,12 +146,13 @@ class InstructionSFTRecipe(SFTTrainer):
     def classification_metrics(self, texts, label_ids, methods: Sequence[str] | None = None) -> dict[str, float]:
         """Metrics of each classification method on `texts` (F1, accuracy, ECE, ...), keyed `<method>_<metric>`."""
         metrics = {}
-        for method, (probabilities, _) in self._classify_for_metrics(texts, methods).items():
+        for method, (probabilities, speed) in self._classify_for_metrics(texts, methods).items():
             compute = build_compute_metrics(self.label_space.problem_type, self.label_space.id2label)
             references = self._references(label_ids)
             logits = logits_from_probabilities(probabilities, self.label_space.problem_type)
             result = compute(EvalPrediction(predictions=logits, label_ids=references))
             metrics.update({f"{method}_{key}": value for key, value in result.items()})
+            metrics[f"{method}_examples_per_second"] = speed
         return metrics
 
     def evaluate_dataset(self, dataset: Dataset, metric_key_prefix: str = "test") -> dict[str, float]:
@@ -163,11 +166,14 @@ class InstructionSFTRecipe(SFTTrainer):
         metrics = self.classification_metrics(texts, label_ids)
         return {f"{metric_key_prefix}_{key}": value for key, value in metrics.items()}
 
-    def _classify_for_metrics(self, texts, methods=None) -> dict[str, tuple[np.ndarray, list[dict]]]:
+    def _classify_for_metrics(self, texts, methods=None) -> dict[str, tuple[np.ndarray, float]]:
+        """Per method: the `(n, num_labels)` probabilities (0/1 for constrained decoding) and examples per second."""
         runs = {}
         for method in methods or self.args.eval_methods:
+            started = time.perf_counter()
             results = self.classify(texts, method=method)
-            runs[method] = (probabilities_from_results(results, self.label_space.names), results)
+            speed = len(texts) / (time.perf_counter() - started)
+            runs[method] = (probabilities_from_results(results, self.label_space.names), speed)
         return runs
 
     def _references(self, label_ids) -> np.ndarray:
@@ -194,7 +200,8 @@ class InstructionSFTRecipe(SFTTrainer):
         """The model (or adapter) and tokenizer as usual, plus the verbalizer and prompt settings."""
         output_dir = output_dir or self.args.output_dir
         super()._save(output_dir, state_dict)
-        self.classifier.save_settings(output_dir)
+        if self.args.should_save:
+            self.classifier.save_settings(output_dir)
 
     def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None, tags=None, **kwargs):
         if self.is_world_process_zero():
@@ -282,6 +289,6 @@ class InstructionSFTRecipe(SFTTrainer):
             predictions=predictions,
             reliability=reliability,
         )
-        scoring = metric_rows(results["score"]) if primary != "score" else None
+        scoring = metric_rows(results["score"]) if primary != "score" and "score" in results else None
         return facts, scoring
 

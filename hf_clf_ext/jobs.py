@@ -95,6 +95,22 @@ def _describe_saved_model(folder: str) -> str:
     return "model files"
 
 
+def _resume_value(value, output_dir: str):
+    """`resume_from_checkpoint` from a config: a checkpoint path, `true` (the last checkpoint in output_dir, which
+    must exist), or off."""
+    if value is None or str(value).lower() in ("false", "no", "none", ""):
+        return None
+    if str(value).lower() in ("true", "yes"):
+        from transformers.trainer_utils import get_last_checkpoint
+
+        if not os.path.isdir(output_dir) or get_last_checkpoint(output_dir) is None:
+            raise SystemExit(f"hf-clf: resume_from_checkpoint is true, but {output_dir} holds no checkpoint.")
+        return True
+    if not os.path.isdir(value):
+        raise SystemExit(f"hf-clf: resume_from_checkpoint {value} is not a checkpoint folder.")
+    return value
+
+
 def load_splits(script_args: ScriptArguments) -> DatasetDict:
     """train / validation / test splits from local files, a saved folder, a Hub dataset or the bundled BBC News."""
     if script_args.dataset in BUNDLED_DATASETS:
@@ -164,6 +180,7 @@ def resolve_model(script_args: ScriptArguments) -> tuple[str, dict]:
 def prepare(training_arguments_class, argv=None):
     """Everything before a model loads: config, output folder, data and columns."""
     script_args, training_args = parse_config(training_arguments_class, argv)
+    training_args.resume_from_checkpoint = _resume_value(training_args.resume_from_checkpoint, training_args.output_dir)
     check_output_dir(training_args.output_dir, script_args.overwrite_output_dir, bool(training_args.resume_from_checkpoint))
     splits = load_splits(script_args)
     check_data(splits, training_args)
@@ -196,7 +213,7 @@ def train_instruction(script_args: ScriptArguments, training_args, splits: Datas
 
 def _train_evaluate_save(trainer, splits: DatasetDict) -> dict:
     started = time.perf_counter()
-    trainer.train()
+    trainer.train(resume_from_checkpoint=trainer.args.resume_from_checkpoint)
     results = {"train_seconds": time.perf_counter() - started, "world_size": trainer.args.world_size}
     model = trainer.model
     results["trainable_parameters"] = (
@@ -209,6 +226,8 @@ def _train_evaluate_save(trainer, splits: DatasetDict) -> dict:
         started = time.perf_counter()
         results.update(trainer.evaluate_dataset(splits["test"], metric_key_prefix="test"))
         results["test_examples_per_second"] = len(splits["test"]) / (time.perf_counter() - started)
+    if trainer.is_fsdp_enabled:  # checkpoints may be sharded; the final model must be whole
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     trainer.save_model()
     trainer.create_model_card()  # writes on the main process only
     if trainer.is_world_process_zero():

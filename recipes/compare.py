@@ -36,7 +36,7 @@ def main(argv=None) -> list[tuple]:
     results = jobs.train_instruction(*instruction)
     rows.append(("instruction (SFT)", results.get("test_generate_f1_micro"), results.get("test_generate_f1_macro"),
                  results.get("test_score_ece"), results["trainable_parameters"], results["train_seconds"],
-                 results.get("test_examples_per_second")))
+                 results.get("test_generate_examples_per_second")))
     if last_token[1].process_index == 0:
         print_table(rows)
     return rows

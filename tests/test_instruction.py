@@ -14,9 +14,10 @@ from hf_clf_ext.model_card import CONFUSION_PLOT, RELIABILITY_PLOT
 
 from test_last_token_trainer import synthetic
 
-# A chat template written with the tiny tokenizer's own tokens (<eos> ends every turn).
+# A chat template written with the tiny tokenizer's own tokens: <unk> ends every turn (an end-of-turn token that
+# is not eos, as ChatML's <|im_end|> is not eos in every tokenizer).
 CHAT_TEMPLATE = (
-    "{% for m in messages %}{{ m['role'] }}:\n{{ m['content'] }}<eos>\n{% endfor %}"
+    "{% for m in messages %}{{ m['role'] }}:\n{{ m['content'] }}<unk>\n{% endfor %}"
     "{% if add_generation_prompt %}assistant:\n{% endif %}"
 )
 
@@ -110,8 +111,9 @@ def test_chat_template_prompts_end_with_the_generation_prompt(llama_dir, tokeniz
     row = trainer.train_dataset[0]
     prompt_length = sum(1 for label in row["labels"] if label == -100)
     prompt = tokenizer.decode(row["input_ids"][:prompt_length])
-    assert prompt.startswith("system:\nYou label news.<eos>\nuser:\n") and prompt.endswith("assistant:\n")
-    assert trainer.classifier.tokens.stop[0] == tokenizer.eos_token_id
+    assert prompt.startswith("system:\nYou label news.<unk>\nuser:\n") and prompt.endswith("assistant:\n")
+    assert trainer.classifier.tokens.stop == (tokenizer.unk_token_id, tokenizer.eos_token_id)
+    assert row["input_ids"][-1] == tokenizer.unk_token_id, "training answers end with the end-of-turn token"
     results = trainer.classify(list(synthetic(4, seed=9)["text"]))
     assert all(r["label"] in trainer.label_space.names for r in results)
 
@@ -128,7 +130,7 @@ def test_multi_label_answers_and_scores(llama_dir, tokenizer, tmp_path):
     for result in trainer.classify(list(synthetic(6, seed=4, multi_label=True)["text"])):
         assert result["labels"] and set(result["labels"]) <= set(trainer.label_space.names)
     scored = trainer.classify(["market and film"], method="score")[0]
-    assert all(0 <= p <= 1 for p in scored["probabilities"].values())
+    assert scored["labels"] == [name for name, p in scored["probabilities"].items() if p >= 0.5]
     metrics = trainer.classification_metrics(trainer.eval_texts, trainer.eval_label_ids)
     assert {"generate_subset_accuracy", "score_hamming_loss"} <= set(metrics)
 
@@ -208,4 +210,65 @@ def test_classifier_rejects_empty_texts(llama_dir, tokenizer, tmp_path):
 def test_verbalizer_needs_labels():
     with pytest.raises(ValueError, match="label set is empty"):
         Verbalizer([])
-    assert torch.cuda.is_available() or InstructionSFTConfig(output_dir="x", use_cpu=True).bf16 is False
+
+
+def _brute_force_scores(model, prompt, tokens):
+    """The definition of `score_labels`, with a full forward pass for every sequence (no cache, no batching)."""
+    def logp(answer, seq):
+        ids = torch.tensor([list(prompt) + answer + seq])
+        with torch.no_grad():
+            logprobs = model(ids).logits[0].float().log_softmax(-1)
+        start = len(prompt) + len(answer)
+        return sum(logprobs[start + k - 1, token].item() for k, token in enumerate(seq))
+
+    n = len(tokens.first)
+    if not tokens.multi_label:
+        return torch.tensor([logp([], list(ids) + [tokens.stop[0]]) for ids in tokens.first]).softmax(-1).numpy()
+    scores, chosen, answer = np.zeros(n), [], []
+    while True:
+        candidates = [i for i in range(n) if not chosen or i > chosen[-1]]
+        lead = list(tokens.delimiter) if chosen else []
+        pieces = tokens.after_delimiter if chosen else tokens.first
+        label_logp = [np.logaddexp(logp(answer, lead + list(pieces[i]) + [tokens.delimiter[0]]),
+                                   logp(answer, lead + list(pieces[i]) + [tokens.stop[0]])) for i in candidates]
+        scores[candidates] = np.exp(label_logp)
+        best = int(np.argmax(label_logp))
+        if chosen and logp(answer, [tokens.stop[0]]) >= label_logp[best]:
+            return scores
+        chosen.append(candidates[best])
+        if chosen[-1] == n - 1:
+            return scores
+        answer += lead + list(pieces[chosen[-1]])
+
+
+@pytest.mark.parametrize("multi_label", [False, True])
+def test_score_labels_matches_a_brute_force_forward(tiny_lm_dirs, tokenizer, multi_label, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    from hf_clf_ext import scoring
+
+    monkeypatch.setattr(scoring, "LABEL_CHUNK", 2)  # several chunks, one of them partial
+    model = AutoModelForCausalLM.from_pretrained(tiny_lm_dirs["llama", "pad"]).eval()
+    verbalizer = Verbalizer(["pos", "positive", "positive-ish", "négatif", "film award"], multi_label=multi_label)
+    tokens = verbalizer.label_tokens(tokenizer, "Label:", lead=" ")
+    assert max(len(ids) for ids in tokens.first) > 3
+    prompts = [tokenizer("Text: good film\nLabel:").input_ids, tokenizer("Text: the striker scored twice in the final match\nLabel:").input_ids]
+    got = scoring.score_labels(model, prompts, tokens, pad_token_id=tokenizer.pad_token_id, batch_size=2)
+    for prompt, row in zip(prompts, got):
+        np.testing.assert_allclose(np.log(row), np.log(_brute_force_scores(model, prompt, tokens)), atol=1e-4)
+
+
+def test_card_with_constrained_decoding_only(llama_dir, tokenizer, tmp_path):
+    trainer = recipe(llama_dir, tokenizer, tmp_path, use_peft=False, num_train_epochs=1, eval_methods=["generate"])
+    trainer.create_model_card()
+    text = ModelCard.load(f"{trainer.args.output_dir}/README.md").text
+    assert "Constrained greedy decoding" in text and "Label scoring (" not in text
+
+
+def test_fully_fine_tuned_model_saves_and_loads(llama_dir, tokenizer, tmp_path):
+    trainer = recipe(llama_dir, tokenizer, tmp_path, use_peft=False, num_train_epochs=1)
+    trainer.save_model(str(tmp_path / "full"))
+    assert (tmp_path / "full" / "model.safetensors").exists() and not (tmp_path / "full" / "adapter_config.json").exists()
+    loaded = InstructionClassifier.from_pretrained(tmp_path / "full")
+    texts = list(synthetic(5, seed=8)["text"])
+    assert loaded.classify(texts) == trainer.classify(texts)

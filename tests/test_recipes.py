@@ -188,3 +188,35 @@ def test_compare_prints_both_approaches_side_by_side(tmp_path, data_files, tiny_
     assert "| last-token (embedding)" in table and "| instruction (SFT)" in table and "F1 macro" in table
     for _, f1_micro, f1_macro, ece, trainable, seconds, speed in rows:
         assert 0 <= f1_micro <= 1 and 0 <= f1_macro <= 1 and ece >= 0 and trainable > 0 and seconds > 0 and speed > 0
+
+
+def test_resume_from_checkpoint_reaches_the_trainer(tmp_path, data_files, tiny_lm_dirs, monkeypatch):
+    from hf_clf_ext import LastTokenClassifierTrainer
+
+    config = write_config(tmp_path, tiny_lm_dirs["llama", "pad"], data_files, num_train_epochs=1)
+    with pytest.raises(SystemExit, match="resume_from_checkpoint is true, but .* holds no checkpoint"):
+        jobs.prepare(LastTokenClassifierTrainingArguments, ["--config", str(config), "--resume_from_checkpoint", "true"])
+    _, off, _ = jobs.prepare(LastTokenClassifierTrainingArguments, ["--config", str(config), "--resume_from_checkpoint", "false"])
+    assert off.resume_from_checkpoint is None
+    recipe("train_last_token").main(["--config", str(config)])
+    seen = []
+    original = LastTokenClassifierTrainer.train
+    monkeypatch.setattr(LastTokenClassifierTrainer, "train",
+                        lambda self, *a, **k: seen.append(k.get("resume_from_checkpoint")) or original(self, *a, **k))
+    recipe("train_last_token").main(["--config", str(config), "--num_train_epochs", "2", "--resume_from_checkpoint", "true"])
+    assert seen == [True]
+
+
+def test_cli_evaluate_reads_the_requested_split_and_can_drop_unknown_labels(tmp_path, data_files, tiny_lm_dirs, capsys):
+    config = write_config(tmp_path, tiny_lm_dirs["llama", "pad"], data_files, num_train_epochs=1)
+    recipe("train_last_token").main(["--config", str(config)])
+    output = yaml.safe_load(config.read_text())["output_dir"]
+    extra = tmp_path / "with_unknown.csv"
+    from datasets import Dataset
+
+    Dataset.from_dict({"text": ["market", "gadget", "film"], "label": ["business", "tech", "entertainment"]}).to_csv(extra)
+    capsys.readouterr()
+    with pytest.raises(SystemExit, match="labels never seen in training .*--drop_unknown_labels"):
+        cli.main(["evaluate", "--model", output, "--file", str(extra)])
+    assert cli.main(["evaluate", "--model", output, "--file", str(extra), "--drop_unknown_labels"]) == 0
+    assert json.loads(capsys.readouterr().out)["examples"] == 2
