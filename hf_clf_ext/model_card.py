@@ -191,6 +191,25 @@ def _template_variables(facts: CardFacts, plots: list[dict]) -> dict:
     }
 
 
+def parameter_counts(model) -> tuple[int, int]:
+    """(trainable, total) parameters, counting a PEFT model's base weights the way PEFT reports them."""
+    if hasattr(model, "get_nb_trainable_parameters"):
+        return model.get_nb_trainable_parameters()
+    return (sum(p.numel() for p in model.parameters() if p.requires_grad), sum(p.numel() for p in model.parameters()))
+
+
+def lora_rows(model) -> dict[str, str]:
+    """Card hyperparameter rows describing a PEFT model's active LoRA adapter (none for other models)."""
+    if not hasattr(model, "peft_config"):
+        return {}
+    lora = model.peft_config[model.active_adapter]
+    targets = lora.target_modules
+    return {
+        "LoRA r / alpha / dropout": f"{lora.r} / {lora.lora_alpha} / {lora.lora_dropout}",
+        "LoRA targets": targets if isinstance(targets, str) else ", ".join(sorted(targets)),
+    }
+
+
 def metric_rows(metrics: dict) -> list[tuple[str, str]]:
     """(display name, formatted value) of the headline metrics present in `metrics`, in a fixed order."""
     return [(name, _fmt(metrics[key])) for key, name in HEADLINE_METRICS if _is_number(metrics.get(key))]
