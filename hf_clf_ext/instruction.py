@@ -156,6 +156,9 @@ class InstructionClassifier:
         if method not in ("generate", "score"):
             raise ValueError(f"method must be 'generate' or 'score', got {method!r}.")
         prompts = self.prompt_ids(texts)
+        # Longest first, so that batches hold prompts of similar length and little compute goes to padding.
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
+        prompts = [prompts[i] for i in order]
         names = self.verbalizer.labels
         if method == "score":
             probabilities = score_labels(
@@ -168,8 +171,12 @@ class InstructionClassifier:
                     results.append({"labels": [n for n, p in scores.items() if p >= 0.5], "probabilities": scores})
                 else:
                     results.append({"label": names[int(row.argmax())], "score": float(row.max()), "probabilities": scores})
-            return results
-        return [self._as_result(ids) for ids in self._generate(prompts, batch_size)]
+        else:
+            results = [self._as_result(ids) for ids in self._generate(prompts, batch_size)]
+        in_input_order: list[dict] = [{}] * len(results)
+        for position, index in enumerate(order):
+            in_input_order[index] = results[position]
+        return in_input_order
 
     def _generate(self, prompts: list[list[int]], batch_size: int) -> list[list[int]]:
         device = next(self.model.parameters()).device

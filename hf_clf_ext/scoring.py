@@ -7,6 +7,7 @@ after the canonical answer formed by the labels before `i` that greedy constrain
 """
 
 import copy
+import inspect
 from collections.abc import Sequence
 
 import numpy as np
@@ -36,7 +37,7 @@ def score_labels(
                 batch = prompt_ids[start : start + batch_size]
                 cache, last, mask = _encode(model, batch, pad_token_id)
                 answers = [list(ids) + [tokens.stop[0]] for ids in tokens.first]
-                logp = _answer_logprobs(model, cache, last, mask, answers, pad_token_id)
+                logp = _answer_logprobs(model, cache, last, mask, answers, pad_token_id, keep_cache=False)
                 rows.append(torch.softmax(logp, dim=-1))
             return torch.cat(rows).numpy()
         return np.stack([_multi_label_scores(model, ids, tokens, pad_token_id) for ids in prompt_ids])
@@ -51,12 +52,24 @@ def _encode(model, prompts: Sequence[Sequence[int]], pad_token_id: int):
     input_ids = torch.tensor([[pad_token_id] * (width - len(ids)) + list(ids) for ids in prompts], device=device)
     mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompts], device=device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True)
+    # Only the last position's logits are needed: over a 50k vocabulary the LM head on every position would add a
+    # quarter to a small model's compute and a (batch, length, vocab) tensor to its memory.
+    keep = {"logits_to_keep": 1} if _supports_logits_to_keep(model) else {}
+    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, **keep)
     return out.cache, out.logits[:, -1].float().log_softmax(-1), mask
 
 
-def _answer_logprobs(model, cache, last_logprobs, mask, answers: list[list[int]], pad_token_id: int) -> torch.Tensor:
-    """`(batch, len(answers))` total log-probabilities of each token sequence right after each encoded prompt."""
+def _supports_logits_to_keep(model) -> bool:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
+def _answer_logprobs(
+    model, cache, last_logprobs, mask, answers: list[list[int]], pad_token_id: int, keep_cache: bool
+) -> torch.Tensor:
+    """`(batch, len(answers))` total log-probabilities of each token sequence right after each encoded prompt.
+
+    With `keep_cache=False` the cache is consumed (repeated in place, not copied) by the last chunk of answers."""
     columns = []
     for start in range(0, len(answers), LABEL_CHUNK):
         chunk = answers[start : start + LABEL_CHUNK]
@@ -68,7 +81,8 @@ def _answer_logprobs(model, cache, last_logprobs, mask, answers: list[list[int]]
         device, batch, count = mask.device, mask.shape[0], len(chunk)
         seq = torch.tensor([ids + [pad_token_id] * (width - len(ids)) for ids in chunk], device=device)
         seq_mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids in chunk], device=device)
-        repeated = copy.deepcopy(cache)
+        # The cache is repeated in place: copy it first unless this is the last use.
+        repeated = cache if start + LABEL_CHUNK >= len(answers) and not keep_cache else copy.deepcopy(cache)
         repeated.batch_repeat_interleave(count)
         inputs = seq[:, :-1].repeat(batch, 1)
         attention = torch.cat([mask.repeat_interleave(count, 0), seq_mask[:, :-1].repeat(batch, 1)], dim=1)
@@ -95,7 +109,7 @@ def _multi_label_scores(model, prompt: Sequence[int], tokens: LabelTokens, pad_t
         # A label counts as named when its tokens are followed by the delimiter or the stop token.
         answers = [lead + list(pieces[i]) + [end] for i in candidates for end in (tokens.delimiter[0], tokens.stop[0])]
         answers.append([tokens.stop[0]])
-        logp = _answer_logprobs(model, cache, last, mask, answers, pad_token_id)[0]
+        logp = _answer_logprobs(model, cache, last, mask, answers, pad_token_id, keep_cache=True)[0]
         label_logp = torch.logsumexp(logp[:-1].view(len(candidates), 2), dim=-1)
         scores[candidates] = label_logp.exp().numpy()
         best = int(label_logp.argmax())

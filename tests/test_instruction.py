@@ -272,3 +272,23 @@ def test_fully_fine_tuned_model_saves_and_loads(llama_dir, tokenizer, tmp_path):
     loaded = InstructionClassifier.from_pretrained(tmp_path / "full")
     texts = list(synthetic(5, seed=8)["text"])
     assert loaded.classify(texts) == trainer.classify(texts)
+
+
+def test_classify_sorts_by_length_and_answers_in_input_order(llama_dir, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(llama_dir)
+    classifier = InstructionClassifier(
+        model, tokenizer, InstructionPrompt(use_chat_template=False), Verbalizer(["sports", "politics", "science"])
+    )
+    texts = ["short one", "a much longer text about the market " * 6, "mid length text here", "token " * 20]
+    for method in ("score", "generate"):
+        together = classifier.classify(texts, method=method, batch_size=2)
+        alone = [classifier.classify([text], method=method)[0] for text in texts]
+        assert [r["label"] for r in together] == [r["label"] for r in alone]
+        if method == "score":
+            for batched, single in zip(together, alone):
+                np.testing.assert_allclose(list(batched["probabilities"].values()),
+                                           list(single["probabilities"].values()), atol=1e-5)
+            # Random weights give every text its own probabilities, so a mixed-up order could not pass.
+            assert len({round(r["probabilities"]["sports"], 6) for r in together}) == len(texts)
