@@ -1,0 +1,50 @@
+"""What a transformers user writes without this project, shared by the quality and speed benchmarks: the stock
+`AutoModelForSequenceClassification` with PEFT LoRA r=8 on every projection, trained by the stock `Trainer` with one
+learning rate and no pooling suffix."""
+
+import platform
+
+import torch
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def machine() -> str:
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
+    cpu = platform.processor() or platform.machine()
+    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def stock_classifier(path: str, names: list[str], tokenizer, *, lora: bool = True, **from_pretrained_kwargs):
+    """The stock sequence-classification model (LoRA r=8 when `lora`), labelled like ours."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path, num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)},
+        pad_token_id=tokenizer.pad_token_id, **from_pretrained_kwargs,
+    )
+    if not lora:
+        return model
+    return get_peft_model(model, LoraConfig(task_type="SEQ_CLS", r=8, lora_alpha=16, lora_dropout=0.05,
+                                            target_modules=LORA_TARGETS))
+
+
+def stock_encode(split, tokenizer, max_length: int):
+    return split.map(lambda rows: tokenizer(rows["text"], truncation=True, max_length=max_length), batched=True,
+                     remove_columns=["text"])
+
+
+def stock_training_arguments(output_dir: str, seed: int, **overrides):
+    """The embedded default's schedule (5 epochs, batch 8, lr 3e-4, linear warmup 10%, bf16 autocast)."""
+    from transformers import TrainingArguments
+
+    settings = dict(
+        output_dir=output_dir, num_train_epochs=5, per_device_train_batch_size=8, per_device_eval_batch_size=16,
+        learning_rate=3e-4, lr_scheduler_type="linear", warmup_steps=0.1, optim="adamw_torch", eval_strategy="epoch",
+        save_strategy="epoch", save_total_limit=1, load_best_model_at_end=True, metric_for_best_model="f1_macro",
+        bf16=True, use_cpu=not torch.cuda.is_available(), seed=seed, report_to="none", disable_tqdm=True,
+        logging_steps=5,
+    )
+    return TrainingArguments(**{**settings, **overrides})

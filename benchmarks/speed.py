@@ -1,0 +1,350 @@
+"""Speed and peak memory, in one run on one machine, as ratios (SmolLM2-135M-Instruct, BBC News test articles).
+
+    python benchmarks/speed.py                                   # everything (about 40 minutes on 2 CPU cores)
+    python benchmarks/speed.py --examples 64 --subjects head_predict backbone_forward   # a quick look
+
+Each subject runs in a fresh process (same threads, no state shared), after one warm-up batch; its peak memory is
+the process's peak resident memory during the timed part (peak allocated GPU memory on CUDA), weights included.
+
+Inference (the same articles, batch 16, bf16 weights, max 256 tokens unless `_long` = 1024 tokens):
+  head_predict            our classifier through `predict_texts` (tokenize, sort by length, suffix, pool, head)
+  backbone_forward        the backbone alone on the very token batches the classifier's backbone sees: the limit
+  stock_forward           transformers' `AutoModelForSequenceClassification` on the same batches
+  head_predict_unsorted   `predict_texts` fed in input order, one batch at a time (what unsorted batching costs)
+  instruction_generate    the instruction approach: constrained greedy `generate()` (prompt capped at 320 tokens)
+  instruction_score       the instruction approach: label scoring
+Training (one epoch of the 100 training articles, batch 8, LoRA r=8, AdamW, bf16 autocast, no evaluation):
+  train_ours / train_stock, `_grouped` with `train_sampling_strategy="group_by_length"`, `_long` at 1024 tokens.
+
+Writes `benchmarks/results/speed.json` and `benchmarks/results/speed.md`.
+"""
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+from baselines import machine, stock_classifier, stock_encode, stock_training_arguments
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+LAST_TOKEN_CONFIG = ROOT / "recipes" / "configs" / "smollm2_135m_bbc_last_token.yaml"
+INSTRUCTION_CONFIG = ROOT / "recipes" / "configs" / "smollm2_135m_bbc_instruction.yaml"
+SHORT, LONG = 256, 1024
+BATCH = 16
+
+INFERENCE = ["head_predict", "backbone_forward", "stock_forward", "head_predict_unsorted", "instruction_generate",
+             "instruction_score", "head_predict_long", "head_predict_unsorted_long"]
+TRAINING = ["train_ours", "train_stock", "train_ours_grouped", "train_stock_grouped", "train_ours_long",
+            "train_stock_long", "train_ours_grouped_long", "train_stock_grouped_long"]
+
+# (name, numerator, denominator, how the ratio is read, target): ratio = speed(numerator) / speed(denominator).
+RATIOS = [
+    ("predict / raw backbone forward", "head_predict", "backbone_forward", ">=", 0.97),
+    ("predict / stock ForSequenceClassification", "head_predict", "stock_forward", None, None),
+    ("length-sorted / unsorted, 256 tokens", "head_predict", "head_predict_unsorted", ">=", 1.5),
+    ("length-sorted / unsorted, 1024 tokens", "head_predict_long", "head_predict_unsorted_long", ">=", 1.5),
+    ("label scoring cost / head cost", "head_predict", "instruction_score", "<=", 1.3),
+    ("constrained generate cost / head cost", "head_predict", "instruction_generate", "<=", 2.0),
+    ("training: ours / stock, 256 tokens", "train_ours", "train_stock", ">=", 1.0),
+    ("training: ours grouped / stock, 256 tokens", "train_ours_grouped", "train_stock", ">=", 1.3),
+    ("training: ours grouped / stock grouped, 256 tokens", "train_ours_grouped", "train_stock_grouped", None, None),
+    ("training: ours / stock, 1024 tokens", "train_ours_long", "train_stock_long", ">=", 1.0),
+    ("training: ours grouped / stock, 1024 tokens", "train_ours_grouped_long", "train_stock_long", ">=", 1.3),
+    ("training: ours grouped / stock grouped, 1024 tokens", "train_ours_grouped_long", "train_stock_grouped_long",
+     None, None),
+]
+
+
+# --- measuring -------------------------------------------------------------------------------------------------------
+
+
+class PeakMemory:
+    """Peak memory of the block: CUDA peak allocation, or the process's peak resident set (Linux VmHWM, reset at
+    entry through /proc/self/clear_refs)."""
+
+    def __enter__(self):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            Path("/proc/self/clear_refs").write_text("5")
+        return self
+
+    def __exit__(self, *exc):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+            self.gib = torch.cuda.max_memory_allocated() / 2**30
+        else:
+            status = Path("/proc/self/status").read_text()
+            self.gib = int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 2**20
+
+
+def timed(function, warmup) -> dict:
+    warmup()
+    with PeakMemory() as memory:
+        started = time.perf_counter()
+        count = function()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - started
+    return {"examples": count, "seconds": seconds, "examples_per_second": count / seconds, "peak_memory_gib": memory.gib}
+
+
+# --- inference subjects ----------------------------------------------------------------------------------------------
+
+
+def _device():
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _test_texts(examples: int) -> tuple[list[str], list[str]]:
+    from hf_clf_ext.bundled import bbc_news_splits
+
+    test = bbc_news_splits(train_per_class=20, validation_per_class=20)["test"]
+    return list(test["text"][:examples]), test.features["label"].names
+
+
+def _classifier(max_length: int):
+    """Our classifier as users deploy it (merged weights, bf16), with the embedded default's pooling suffix."""
+    from transformers import AutoTokenizer
+
+    from hf_clf_ext import LastTokenClassifierForSequenceClassification
+    from hf_clf_ext.bundled import smollm2_model_dir
+
+    path = smollm2_model_dir()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    _, names = _test_texts(0)
+    model = LastTokenClassifierForSequenceClassification.from_backbone(path, labels=names, tokenizer=tokenizer,
+                                                                       dtype=torch.bfloat16).to(_device())
+    model.config.suffix_token_ids = tokenizer("\nTopic:", add_special_tokens=False)["input_ids"]
+    tokenizer.model_max_length = max_length - len(model.config.suffix_token_ids)
+    return model.eval(), tokenizer
+
+
+def _predict(max_length: int, sort: bool):
+    from hf_clf_ext import predict_texts
+
+    def subject(texts):
+        model, tokenizer = _classifier(max_length)
+        if sort:
+            return lambda batch: len(predict_texts(model, tokenizer, batch, batch_size=BATCH))
+        return lambda batch: sum(len(predict_texts(model, tokenizer, batch[i : i + BATCH], batch_size=BATCH))
+                                 for i in range(0, len(batch), BATCH))
+    return subject
+
+
+def _backbone_batches(tokenizer, suffix: list[int], texts: list[str], device) -> list[dict]:
+    """The batches `predict_texts` gives the backbone: longest first, suffix after the real tokens, right padded."""
+    encoded = [ids + suffix for ids in tokenizer(texts, truncation=True)["input_ids"]]
+    encoded.sort(key=len, reverse=True)
+    batches = []
+    for start in range(0, len(encoded), BATCH):
+        padded = tokenizer.pad({"input_ids": encoded[start : start + BATCH]}, return_tensors="pt")
+        batches.append({key: value.to(device) for key, value in padded.items()})
+    return batches
+
+
+def _forward(model, batches) -> int:
+    with torch.no_grad():
+        for batch in batches:
+            model(**batch)
+    return sum(len(batch["input_ids"]) for batch in batches)
+
+
+def backbone_forward(texts):
+    model, tokenizer = _classifier(SHORT)
+    backbone = model.model
+    return lambda batch: _forward(backbone, _backbone_batches(tokenizer, model.config.suffix_token_ids, batch,
+                                                              _device()))
+
+
+def stock_forward(texts):
+    from hf_clf_ext.bundled import smollm2_model_dir
+
+    classifier, tokenizer = _classifier(SHORT)
+    suffix = classifier.config.suffix_token_ids
+    del classifier
+    _, names = _test_texts(0)
+    model = stock_classifier(smollm2_model_dir(), names, tokenizer, lora=False, dtype=torch.bfloat16)
+    model = model.to(_device()).eval()
+    return lambda batch: _forward(model, _backbone_batches(tokenizer, suffix, batch, _device()))
+
+
+def _instruction(method: str):
+    def subject(texts):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from hf_clf_ext import InstructionClassifier, InstructionPrompt, Verbalizer
+        from hf_clf_ext.bundled import smollm2_model_dir
+        from hf_clf_ext.instruction_config import InstructionSFTConfig
+        from hf_clf_ext.jobs import parse_config
+
+        _, args = parse_config(InstructionSFTConfig, ["--config", str(INSTRUCTION_CONFIG), "--output_dir", "unused"])
+        path = smollm2_model_dir()
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).to(_device())
+        _, names = _test_texts(0)
+        classifier = InstructionClassifier(model, tokenizer, InstructionPrompt(), Verbalizer(names), args.max_length)
+        return lambda batch: len(classifier.classify(batch, method=method, batch_size=BATCH))
+    return subject
+
+
+# --- training subjects -----------------------------------------------------------------------------------------------
+
+
+class StepClock(TrainerCallback):
+    """Wall time from the first step's start to the last step's end (model loading and setup excluded)."""
+
+    started = ended = None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.started is None:
+            self.started = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.ended = time.perf_counter()
+
+
+def _train(ours: bool, grouped: bool, max_length: int):
+    def subject(_texts):
+        from hf_clf_ext.bundled import bbc_news_splits
+
+        train = bbc_news_splits(train_per_class=20, validation_per_class=20)["train"]
+        workdir = tempfile.mkdtemp()
+        clock = StepClock()
+        sampling = "group_by_length" if grouped else "random"
+        trainer = (_our_trainer if ours else _stock_trainer)(train, workdir, max_length, sampling, clock)
+
+        def run(_batch):
+            trainer.train()
+            return len(train)
+
+        return run, clock
+    return subject
+
+
+def _our_trainer(train, workdir, max_length, sampling, clock):
+    from hf_clf_ext import LastTokenClassifierTrainer
+    from hf_clf_ext.jobs import parse_config, resolve_model
+    from hf_clf_ext.last_token_config import LastTokenClassifierTrainingArguments
+
+    script, args = parse_config(LastTokenClassifierTrainingArguments, [
+        "--config", str(LAST_TOKEN_CONFIG), "--output_dir", workdir, "--num_train_epochs", "1", "--max_length",
+        str(max_length), "--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false",
+        "--calibrate", "false", "--train_sampling_strategy", sampling, "--disable_tqdm", "true",
+        "--use_cpu", str(not torch.cuda.is_available()).lower(),
+    ])
+    return LastTokenClassifierTrainer(resolve_model(script)[0], args=args, train_dataset=train, callbacks=[clock])
+
+
+def _stock_trainer(train, workdir, max_length, sampling, clock):
+    from transformers import AutoTokenizer, DataCollatorWithPadding, Trainer
+
+    from hf_clf_ext.bundled import smollm2_model_dir
+
+    path = smollm2_model_dir()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = stock_classifier(path, train.features["label"].names, tokenizer)
+    args = stock_training_arguments(workdir, 0, num_train_epochs=1, eval_strategy="no", save_strategy="no",
+                                    load_best_model_at_end=False, train_sampling_strategy=sampling)
+    return Trainer(model=model, args=args, train_dataset=stock_encode(train, tokenizer, max_length),
+                   data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer, callbacks=[clock])
+
+
+SUBJECTS = {
+    "head_predict": _predict(SHORT, sort=True),
+    "head_predict_unsorted": _predict(SHORT, sort=False),
+    "head_predict_long": _predict(LONG, sort=True),
+    "head_predict_unsorted_long": _predict(LONG, sort=False),
+    "backbone_forward": backbone_forward,
+    "stock_forward": stock_forward,
+    "instruction_generate": _instruction("generate"),
+    "instruction_score": _instruction("score"),
+    **{
+        f"train_{who}{'_grouped' if grouped else ''}{'_long' if length == LONG else ''}":
+            _train(who == "ours", grouped, length)
+        for who in ("ours", "stock") for grouped in (False, True) for length in (SHORT, LONG)
+    },
+}
+
+
+def run_subject(name: str, examples: int) -> dict:
+    texts, _ = _test_texts(examples)
+    built = SUBJECTS[name](texts)
+    if name.startswith("train_"):
+        run, clock = built
+        with PeakMemory() as memory:
+            count = run(None)
+        seconds = clock.ended - clock.started
+        return {"examples": count, "seconds": seconds, "examples_per_second": count / seconds,
+                "peak_memory_gib": memory.gib}
+    return timed(lambda: built(texts), warmup=lambda: built(texts[:BATCH]))
+
+
+# --- the run ---------------------------------------------------------------------------------------------------------
+
+
+def run(subjects: list[str], examples: int) -> dict:
+    results = {}
+    for name in subjects:
+        print(f"== {name}", flush=True)
+        with tempfile.NamedTemporaryFile(suffix=".json") as out:
+            subprocess.run([sys.executable, __file__, "--subject", name, "--examples", str(examples), "--out",
+                            out.name], check=True)
+            results[name] = json.loads(Path(out.name).read_text())
+        print(json.dumps(results[name]), flush=True)
+    return results
+
+
+def report(results: dict, examples: int) -> str:
+    lines = ["# Speed and peak memory (SmolLM2-135M-Instruct, BBC News)", "",
+             f"Machine: {machine()}. One run of `benchmarks/speed.py`; each subject in a fresh process after one "
+             f"warm-up batch. Inference on {examples} test articles, batch {BATCH}, bf16 weights; training one epoch "
+             "of 100 articles, batch 8, LoRA r=8, bf16 autocast. Peak memory is the peak resident set of the process "
+             "during the timed part (CUDA: peak allocated), weights included.", "",
+             "| ratio | value | target | met |", "|---|---|---|---|"]
+    for label, top, bottom, sense, target in RATIOS:
+        if top not in results or bottom not in results:
+            continue
+        # Speed of `top` over speed of `bottom`; with the head on top and an instruction method below, this is the
+        # method's cost per example in head costs.
+        value = results[top]["examples_per_second"] / results[bottom]["examples_per_second"]
+        met = "-" if sense is None else ("yes" if (value >= target if sense == ">=" else value <= target) else "no")
+        lines.append(f"| {label} | {value:.2f} | {'-' if sense is None else f'{sense} {target}'} | {met} |")
+    lines += ["", "| subject | examples/s | seconds | examples | peak memory (GiB) |", "|---|---|---|---|---|"]
+    for name, row in results.items():
+        lines.append(f"| {name} | {row['examples_per_second']:.2f} | {row['seconds']:.1f} | {row['examples']} | "
+                     f"{row['peak_memory_gib']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--subjects", nargs="+", choices=INFERENCE + TRAINING, default=INFERENCE + TRAINING)
+    parser.add_argument("--examples", type=int, default=445, help="Test articles for the inference subjects.")
+    parser.add_argument("--subject", choices=INFERENCE + TRAINING, help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    parser.add_argument("--results", type=Path, default=RESULTS, help="Folder for speed.json and speed.md.")
+    args = parser.parse_args(argv)
+    if args.subject:
+        Path(args.out).write_text(json.dumps(run_subject(args.subject, args.examples)))
+        return
+    results = run(args.subjects, args.examples)
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / "speed.json").write_text(json.dumps({"machine": machine(), "examples": args.examples,
+                                                         "results": results}, indent=2))
+    text = report(results, args.examples)
+    (args.results / "speed.md").write_text(text)
+    sys.stdout.write(text)
+
+
+if __name__ == "__main__":
+    main()
