@@ -1,13 +1,19 @@
-"""Quality on BBC News (SmolLM2-135M-Instruct, 445 fixed test articles) against what users would pick instead.
+"""Quality of SmolLM2-135M-Instruct classifiers against what users would pick instead, on two real data sets.
 
     python benchmarks/quality.py --methods tfidf last_token stock instruction --sizes 100 400 --seeds 0 1 2
+    python benchmarks/quality.py --dataset reuters --methods tfidf last_token stock --sizes 400 --seeds 0 1 2
     python benchmarks/quality.py --report
 
 Methods: `last_token` (our trainer, the embedded default config), `instruction` (our SFT recipe; constrained
 decoding and label scoring), `stock` (transformers `AutoModelForSequenceClassification` + PEFT LoRA r=8 with the
 same epochs, batch, length and learning rate, one learning rate, no suffix), `tfidf` (TF-IDF + logistic
-regression). Each size draws `size / 5` training and 20 validation articles per topic with the seed; the test set
-is the same for every run. ECE is reported before and after a temperature fitted on the validation split.
+regression, one-vs-rest for multi-label). ECE is reported before and after a temperature fitted on the validation
+split.
+
+Data sets: `bbc` (BBC News, single-label, 5 topics): each size draws `size / 5` training and 20 validation articles
+per topic with the seed, and every run shares the 445 test articles. `reuters` (Reuters-21578, multi-label, the 10
+most frequent topics): `size` training and 100 validation stories drawn with the seed from before 7 April 1987, and
+all 2,756 test-period stories.
 
 Each finished run is appended to `benchmarks/results/quality_runs.jsonl` and skipped when asked again, so the grid
 can be filled over several sessions; `--report` writes `benchmarks/results/quality.md` from what has run.
@@ -19,13 +25,14 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from baselines import machine, stock_classifier, stock_encode, stock_training_arguments
 
 from hf_clf_ext import jobs
-from hf_clf_ext.bundled import bbc_news_splits, smollm2_model_dir
+from hf_clf_ext.bundled import REUTERS_R10, bbc_news_splits, reuters_21578_splits, smollm2_model_dir
 from hf_clf_ext.calibration import fit_temperature
 from hf_clf_ext.metrics import build_compute_metrics, logits_from_probabilities, probabilities_from_results
 
@@ -34,15 +41,55 @@ RESULTS = ROOT / "benchmarks" / "results"
 RUNS = RESULTS / "quality_runs.jsonl"
 LAST_TOKEN_CONFIG = ROOT / "recipes" / "configs" / "smollm2_135m_bbc_last_token.yaml"
 INSTRUCTION_CONFIG = ROOT / "recipes" / "configs" / "smollm2_135m_bbc_instruction.yaml"
-PROBLEM = "single_label_classification"
 METHODS = ("tfidf", "last_token", "stock", "instruction")
 
 
-def scores(logits_val, labels_val, logits_test, labels_test, names) -> dict:
+@dataclass(frozen=True)
+class Task:
+    """A data set: how to split it, its labels, and how rows name them."""
+
+    name: str
+    title: str
+    problem: str
+    label_column: str
+    names: tuple[str, ...] | None  # None: the ClassLabel names of the training split
+
+    def splits(self, size: int, seed: int):
+        if self.name == "bbc":
+            return bbc_news_splits(train_per_class=size // 5, validation_per_class=20, seed=seed)
+        return reuters_21578_splits(train_size=size, validation_size=100, seed=seed)
+
+    def label_names(self, splits) -> list[str]:
+        return list(self.names) if self.names else splits["train"].features[self.label_column].names
+
+    @property
+    def multi_label(self) -> bool:
+        return self.problem == "multi_label_classification"
+
+    def targets(self, split, names) -> np.ndarray:
+        """Class ids, or multi-hot rows for multi-label."""
+        if not self.multi_label:
+            return np.asarray(split[self.label_column])
+        index = {name: i for i, name in enumerate(names)}
+        hot = np.zeros((len(split), len(names)), dtype=np.float32)
+        for row, labels in enumerate(split[self.label_column]):
+            hot[row, [index[label] for label in labels]] = 1.0
+        return hot
+
+
+TASKS = {
+    "bbc": Task("bbc", "BBC News (single-label, 5 topics, 445 fixed test articles)", "single_label_classification",
+                "label", None),
+    "reuters": Task("reuters", "Reuters-21578 (multi-label, 10 most frequent topics, 2,756 test-period stories)",
+                    "multi_label_classification", "labels", REUTERS_R10),
+}
+
+
+def scores(task: Task, logits_val, labels_val, logits_test, labels_test, names) -> dict:
     """Test metrics, with ECE before and after a temperature fitted on validation."""
-    compute = build_compute_metrics(PROBLEM, dict(enumerate(names)))
+    compute = build_compute_metrics(task.problem, dict(enumerate(names)))
     before = compute(_prediction(logits_test, labels_test))
-    temperature = fit_temperature(logits_val, labels_val, PROBLEM)
+    temperature = fit_temperature(logits_val, labels_val, task.problem)
     after = compute(_prediction(np.asarray(logits_test) / temperature, labels_test))
     return {
         "accuracy": before["accuracy"], "f1_macro": before["f1_macro"], "f1_micro": before["f1_micro"],
@@ -56,34 +103,51 @@ def _prediction(logits, labels):
     return EvalPrediction(predictions=np.asarray(logits), label_ids=np.asarray(labels))
 
 
-def run_tfidf(splits, seed: int, workdir: str) -> dict:
+def run_tfidf(task: Task, splits, seed: int, workdir: str) -> dict:
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
 
+    names = task.label_names(splits)
+    train_targets = task.targets(splits["train"], names)
     started = time.perf_counter()
     vectorizer = TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2), min_df=1)
     features = vectorizer.fit_transform(splits["train"]["text"])
-    model = LogisticRegression(C=10.0, max_iter=5000, random_state=seed).fit(features, splits["train"]["label"])
+    if task.multi_label:  # rare topics need balanced weights: without them macro-F1 at 400 stories halves
+        model = OneVsRestClassifier(LogisticRegression(C=10.0, max_iter=5000, class_weight="balanced",
+                                                       random_state=seed))
+    else:
+        model = LogisticRegression(C=10.0, max_iter=5000, random_state=seed)
+    model.fit(features, train_targets)
+
+    def logits(texts):  # log-odds per label (multi-label), log-probabilities (single-label)
+        encoded = vectorizer.transform(texts)
+        return model.decision_function(encoded) if task.multi_label else model.predict_log_proba(encoded)
+
     train_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    test_logits = model.predict_log_proba(vectorizer.transform(splits["test"]["text"]))
+    test_logits = logits(splits["test"]["text"])
     infer = time.perf_counter() - started
-    val_logits = model.predict_log_proba(vectorizer.transform(splits["validation"]["text"]))
-    return {**scores(val_logits, splits["validation"]["label"], test_logits, splits["test"]["label"], _names(splits)),
-            "trainable_parameters": int(model.coef_.size + model.intercept_.size), "train_seconds": train_seconds,
-            "test_examples_per_second": len(splits["test"]) / infer}
+    val_logits = logits(splits["validation"]["text"])
+    estimators = model.estimators_ if task.multi_label else [model]
+    return {**scores(task, val_logits, task.targets(splits["validation"], names), test_logits,
+                     task.targets(splits["test"], names), names),
+            "trainable_parameters": int(sum(m.coef_.size + m.intercept_.size for m in estimators)),
+            "train_seconds": train_seconds, "test_examples_per_second": len(splits["test"]) / infer}
 
 
-def run_last_token(splits, seed: int, workdir: str) -> dict:
+def run_last_token(task: Task, splits, seed: int, workdir: str) -> dict:
     from hf_clf_ext import LastTokenClassifierTrainer
     from hf_clf_ext.last_token_config import LastTokenClassifierTrainingArguments
 
     script, args = jobs.parse_config(LastTokenClassifierTrainingArguments, [
         "--config", str(LAST_TOKEN_CONFIG), "--output_dir", workdir, "--seed", str(seed), "--calibrate", "false",
-        "--save_total_limit", "1", "--disable_tqdm", "true",
+        "--save_total_limit", "1", "--disable_tqdm", "true", "--label_column", task.label_column,
+        *(["--class_weights", "balanced"] if task.multi_label else []),
     ])
+    names = task.label_names(splits)
     trainer = LastTokenClassifierTrainer(jobs.resolve_model(script)[0], args=args, train_dataset=splits["train"],
-                                         eval_dataset=splits["validation"])
+                                         eval_dataset=splits["validation"], labels=names)
     started = time.perf_counter()
     trainer.train()
     train_seconds = time.perf_counter() - started
@@ -92,23 +156,28 @@ def run_last_token(splits, seed: int, workdir: str) -> dict:
     started = time.perf_counter()
     test = trainer.predict(test_set)
     infer = time.perf_counter() - started
-    return {**scores(val.predictions, val.label_ids, test.predictions, test.label_ids, _names(splits)),
+    return {**scores(task, val.predictions, val.label_ids, test.predictions, test.label_ids, names),
             "trainable_parameters": trainer.model.get_nb_trainable_parameters()[0], "train_seconds": train_seconds,
             "test_examples_per_second": len(test_set) / infer}
 
 
-def run_stock(splits, seed: int, workdir: str) -> dict:
+def run_stock(task: Task, splits, seed: int, workdir: str) -> dict:
     """What a transformers user writes without this project: the stock head, one learning rate, no suffix."""
     from transformers import AutoTokenizer, DataCollatorWithPadding, Trainer, set_seed
 
     set_seed(seed)
-    path, names = smollm2_model_dir(), _names(splits)
+    path, names = smollm2_model_dir(), task.label_names(splits)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = stock_classifier(path, names, tokenizer)
-    data = {name: stock_encode(split, tokenizer, 256) for name, split in splits.items()}
+    model = stock_classifier(path, names, tokenizer, problem_type=task.problem)
+    data = {}
+    for name, split in splits.items():
+        targets = task.targets(split, names)
+        split = split.select_columns(["text"]).add_column("labels", targets.tolist())
+        data[name] = stock_encode(split, tokenizer, 256)
     trainer = Trainer(model=model, args=stock_training_arguments(workdir, seed), train_dataset=data["train"],
                       eval_dataset=data["validation"], data_collator=DataCollatorWithPadding(tokenizer),
-                      processing_class=tokenizer, compute_metrics=build_compute_metrics(PROBLEM, dict(enumerate(names))))
+                      processing_class=tokenizer,
+                      compute_metrics=build_compute_metrics(task.problem, dict(enumerate(names))))
     started = time.perf_counter()
     trainer.train()
     train_seconds = time.perf_counter() - started
@@ -116,16 +185,18 @@ def run_stock(splits, seed: int, workdir: str) -> dict:
     started = time.perf_counter()
     test = trainer.predict(data["test"])
     infer = time.perf_counter() - started
-    return {**scores(val.predictions, val.label_ids, test.predictions, test.label_ids, names),
+    return {**scores(task, val.predictions, val.label_ids, test.predictions, test.label_ids, names),
             "trainable_parameters": model.get_nb_trainable_parameters()[0], "train_seconds": train_seconds,
             "test_examples_per_second": len(data["test"]) / infer}
 
 
-def run_instruction(splits, seed: int, workdir: str) -> list[dict]:
+def run_instruction(task: Task, splits, seed: int, workdir: str) -> list[dict]:
     """Two rows: constrained decoding (hard labels) and label scoring (probabilities)."""
     from hf_clf_ext import InstructionSFTRecipe
     from hf_clf_ext.instruction_config import InstructionSFTConfig
 
+    if task.multi_label:
+        raise SystemExit("The instruction method is benchmarked on BBC News only (its r=64 SFT is the slowest run).")
     script, args = jobs.parse_config(InstructionSFTConfig, [
         "--config", str(INSTRUCTION_CONFIG), "--output_dir", workdir, "--seed", str(seed), "--disable_tqdm", "true",
     ])
@@ -134,98 +205,104 @@ def run_instruction(splits, seed: int, workdir: str) -> list[dict]:
     started = time.perf_counter()
     recipe.train()
     train_seconds = time.perf_counter() - started
-    names = _names(splits)
-    test_texts, test_labels = list(splits["test"]["text"]), list(splits["test"]["label"])
+    names = task.label_names(splits)
+    test_texts, test_labels = list(splits["test"]["text"]), task.targets(splits["test"], names)
     rows = []
     for method in ("generate", "score"):
         val = recipe.classify(recipe.eval_texts, method=method)
         started = time.perf_counter()
         test = recipe.classify(test_texts, method=method)
         infer = time.perf_counter() - started
-        val_logits = logits_from_probabilities(probabilities_from_results(val, names), PROBLEM)
-        test_logits = logits_from_probabilities(probabilities_from_results(test, names), PROBLEM)
+        val_logits = logits_from_probabilities(probabilities_from_results(val, names), task.problem)
+        test_logits = logits_from_probabilities(probabilities_from_results(test, names), task.problem)
         val_labels = [ids[0] for ids in recipe.eval_label_ids]
-        rows.append({"variant": method, **scores(val_logits, val_labels, test_logits, test_labels, names),
+        rows.append({"variant": method, **scores(task, val_logits, val_labels, test_logits, test_labels, names),
                      "trainable_parameters": recipe.model.get_nb_trainable_parameters()[0],
                      "train_seconds": train_seconds, "test_examples_per_second": len(test_texts) / infer})
     return rows
 
 
-def _names(splits) -> list[str]:
-    return splits["train"].features["label"].names
-
-
 RUNNERS = {"tfidf": run_tfidf, "last_token": run_last_token, "stock": run_stock, "instruction": run_instruction}
 
 
-def done() -> set[tuple]:
-    if not RUNS.exists():
-        return set()
-    return {(r["method"], r["size"], r["seed"]) for r in map(json.loads, RUNS.read_text().splitlines())}
+def _rows() -> list[dict]:
+    rows = [json.loads(line) for line in RUNS.read_text().splitlines()] if RUNS.exists() else []
+    return [{"dataset": "bbc", **row} for row in rows]  # the first runs were on BBC News only
 
 
-def run(methods, sizes, seeds) -> None:
+def run(task: Task, methods, sizes, seeds) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    finished = done()
+    finished = {(row["dataset"], row["method"], row["size"], row["seed"]) for row in _rows()}
     for size in sizes:
         for seed in seeds:
-            splits = bbc_news_splits(train_per_class=size // 5, validation_per_class=20, seed=seed)
+            splits = task.splits(size, seed)
             for method in methods:
-                if (method, size, seed) in finished:
+                if (task.name, method, size, seed) in finished:
                     continue
-                print(f"== {method} size={size} seed={seed}", flush=True)
+                print(f"== {task.name} {method} size={size} seed={seed}", flush=True)
                 with tempfile.TemporaryDirectory() as workdir:
-                    results = RUNNERS[method](splits, seed, workdir)
+                    results = RUNNERS[method](task, splits, seed, workdir)
                 for row in results if isinstance(results, list) else [results]:
-                    row = {"method": method, "size": size, "seed": seed, "machine": machine(), **row}
+                    row = {"dataset": task.name, "method": method, "size": size, "seed": seed, "machine": machine(),
+                           **row}
                     with RUNS.open("a", encoding="utf-8") as file:
                         file.write(json.dumps(row) + "\n")
                     print(json.dumps(row), flush=True)
 
 
+COLUMNS = ("accuracy", "f1_macro", "f1_micro", "ece_before", "ece_after", "trainable_parameters", "train_seconds",
+           "test_examples_per_second")
+
+
 def report() -> str:
-    rows = [json.loads(line) for line in RUNS.read_text().splitlines()] if RUNS.exists() else []
-    groups: dict[tuple, list[dict]] = {}
-    for row in rows:
-        name = row["method"] + (f" ({row['variant']})" if row.get("variant") else "")
-        groups.setdefault((row["size"], name), []).append(row)
-    columns = ("accuracy", "f1_macro", "f1_micro", "ece_before", "ece_after", "trainable_parameters", "train_seconds",
-               "test_examples_per_second")
-    lines = ["# Quality on BBC News (SmolLM2-135M-Instruct, 445 fixed test articles)", "",
-             ("Mean ± standard deviation over seeds (n = number of seeds run). ECE after: temperature fitted on the "
-              "validation split. Generated by `benchmarks/quality.py --report`. Times are wall-clock on the machine "
-              "named, which may have been running other work: they are not speed measurements."), ""]
+    rows = _rows()
+    lines = ["# Quality of SmolLM2-135M-Instruct classifiers", "",
+             ("Mean ± standard deviation over seeds (n = number of seeds run). Accuracy is exact match for "
+              "multi-label. ECE after: temperature fitted on the validation split. Generated by "
+              "`benchmarks/quality.py --report`. Times are wall-clock on the machine named, which may have been "
+              "running other work: they are not speed measurements (see speed.md)."), ""]
     machines = sorted({row["machine"] for row in rows})
     lines += [f"Machine: {'; '.join(machines) or '-'}", ""]
-    lines.append("| train size | method | n | " + " | ".join(columns) + " |")
-    lines.append("|---|---|---|" + "---|" * len(columns))
-    for (size, name), group in sorted(groups.items()):
-        cells = []
-        for column in columns:
-            values = [row[column] for row in group if row.get(column) is not None]
-            if not values:
-                cells.append("-")
-            elif column == "trainable_parameters":
-                cells.append(f"{int(values[0]):,}")
-            else:
-                spread = statistics.stdev(values) if len(values) > 1 else 0.0
-                cells.append(f"{statistics.mean(values):.3f} ± {spread:.3f}" if column != "train_seconds"
-                             and column != "test_examples_per_second" else f"{statistics.mean(values):.1f}")
-        lines.append(f"| {size} | {name} | {len(group)} | " + " | ".join(cells) + " |")
-    text = "\n".join(lines) + "\n"
+    for task in TASKS.values():
+        groups: dict[tuple, list[dict]] = {}
+        for row in rows:
+            if row["dataset"] == task.name:
+                name = row["method"] + (f" ({row['variant']})" if row.get("variant") else "")
+                groups.setdefault((row["size"], name), []).append(row)
+        if not groups:
+            continue
+        lines += [f"## {task.title}", "", "| train size | method | n | " + " | ".join(COLUMNS) + " |",
+                  "|---|---|---|" + "---|" * len(COLUMNS)]
+        for (size, name), group in sorted(groups.items()):
+            lines.append(f"| {size} | {name} | {len(group)} | " + " | ".join(_cell(group, c) for c in COLUMNS) + " |")
+        lines.append("")
+    text = "\n".join(lines)
     (RESULTS / "quality.md").write_text(text)
     return text
 
 
+def _cell(group: list[dict], column: str) -> str:
+    values = [row[column] for row in group if row.get(column) is not None]
+    if not values:
+        return "-"
+    if column == "trainable_parameters":
+        return f"{int(values[0]):,}"
+    if column in ("train_seconds", "test_examples_per_second"):
+        return f"{statistics.mean(values):.1f}"
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.3f} ± {spread:.3f}"
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", choices=sorted(TASKS), default="bbc")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--sizes", nargs="+", type=int, default=[100, 400])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--report", action="store_true", help="Only write the report from the runs so far.")
     args = parser.parse_args(argv)
     if not args.report:
-        run(args.methods, args.sizes, args.seeds)
+        run(TASKS[args.dataset], args.methods, args.sizes, args.seeds)
     sys.stdout.write(report())
 
 

