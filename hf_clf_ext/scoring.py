@@ -1,9 +1,11 @@
-"""Label scoring: probabilities of each label from the log-likelihood of its answer tokens.
+"""Label scoring: probabilities of each label from the model's next-token distributions along its answer.
 
-Each prompt is encoded once; its KV cache is then repeated for every label, so a label costs only its own few
-tokens. Single-label scores are a softmax over the labels' full answers (label + stop token, so that `pos` and
-`positive` are told apart). Multi-label scores are per-label: the probability that the model names label `i` next,
-after the canonical answer formed by the labels before `i` that greedy constrained decoding chooses.
+Each prompt is encoded once. Single-label scores are a softmax over the labels' answer likelihoods: the probability
+of the label's tokens, times that of a stop token after them where the label is the start of a longer one (so that
+`pos` and `positive` are told apart). Labels of one token each, none the start of another, need no pass beyond the
+prompt's; otherwise the prompt's KV cache is repeated for every longer label and one pass reads all its tokens.
+Multi-label scores are per-label: the probability that the model names label `i` next, after the canonical answer
+formed by the labels before `i` that greedy constrained decoding chooses.
 """
 
 import copy
@@ -32,13 +34,12 @@ def score_labels(
     model.eval()
     try:
         if not tokens.multi_label:
+            prefixes = _is_prefix(tokens)
             rows = []
             for start in range(0, len(prompt_ids), batch_size):
                 batch = prompt_ids[start : start + batch_size]
                 cache, last, mask = _encode(model, batch, pad_token_id)
-                answers = [list(ids) + [tokens.stop[0]] for ids in tokens.first]
-                logp = _answer_logprobs(model, cache, last, mask, answers, pad_token_id, keep_cache=False)
-                rows.append(torch.softmax(logp, dim=-1))
+                rows.append(_single_label_logprobs(model, cache, last, mask, tokens, prefixes, pad_token_id).exp())
             return torch.cat(rows).numpy()
         return np.stack([_multi_label_scores(model, ids, tokens, pad_token_id) for ids in prompt_ids])
     finally:
@@ -64,12 +65,50 @@ def _supports_logits_to_keep(model) -> bool:
     return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
-def _answer_logprobs(
-    model, cache, last_logprobs, mask, answers: list[list[int]], pad_token_id: int, keep_cache: bool
-) -> torch.Tensor:
-    """`(batch, len(answers))` total log-probabilities of each token sequence right after each encoded prompt.
+def _is_prefix(tokens: LabelTokens) -> list[bool]:
+    """Per label: whether its tokens are the start of another label's (its answer then needs the stop token)."""
+    sequences = [tuple(ids) for ids in tokens.first]
+    return [any(len(other) > len(ids) and other[: len(ids)] == ids for other in sequences) for ids in sequences]
 
-    With `keep_cache=False` the cache is consumed (repeated in place, not copied) by the last chunk of answers."""
+
+def _single_label_logprobs(model, cache, last_logprobs, mask, tokens: LabelTokens, prefixes, pad_token_id: int):
+    """`(batch, num_labels)` log-probabilities: a log-softmax over the labels' answer log-likelihoods."""
+    stop = sorted(set(tokens.stop))
+    total = last_logprobs[:, [ids[0] for ids in tokens.first]].cpu()
+    longer = [i for i, ids in enumerate(tokens.first) if len(ids) > 1 or prefixes[i]]
+    batch = mask.shape[0]
+    for start in range(0, len(longer), LABEL_CHUNK):
+        chunk = longer[start : start + LABEL_CHUNK]
+        logits = _continue(model, cache, mask, [list(tokens.first[i]) for i in chunk], pad_token_id,
+                           consume=start + LABEL_CHUNK >= len(longer))
+        logprobs = logits.float().log_softmax(-1).view(batch, len(chunk), logits.shape[1], -1).cpu()
+        for column, i in enumerate(chunk):
+            ids = tokens.first[i]
+            for depth in range(1, len(ids)):  # the distribution after `depth` label tokens
+                total[:, i] += logprobs[:, column, depth - 1, ids[depth]]
+            if prefixes[i]:
+                total[:, i] += logprobs[:, column, len(ids) - 1, stop].logsumexp(-1)
+    return total.log_softmax(-1)
+
+
+def _continue(model, cache, mask, sequences: list[list[int]], pad_token_id: int, consume: bool) -> torch.Tensor:
+    """Logits `(batch * len(sequences), width, vocab)` after each token of each sequence, fed right after every
+    encoded prompt (prompt-major rows). The cache is repeated in place: it is copied first unless `consume`."""
+    device, batch, count = mask.device, mask.shape[0], len(sequences)
+    width = max(len(ids) for ids in sequences)
+    seq = torch.tensor([ids + [pad_token_id] * (width - len(ids)) for ids in sequences], device=device)
+    seq_mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids in sequences], device=device)
+    repeated = cache if consume else copy.deepcopy(cache)
+    repeated.batch_repeat_interleave(count)
+    attention = torch.cat([mask.repeat_interleave(count, 0), seq_mask.repeat(batch, 1)], dim=1)
+    positions = mask.sum(-1).repeat_interleave(count)[:, None] + torch.arange(width, device=device)
+    return model(input_ids=seq.repeat(batch, 1), attention_mask=attention, position_ids=positions,
+                 cache=repeated).logits
+
+
+def _answer_logprobs(model, cache, last_logprobs, mask, answers: list[list[int]], pad_token_id: int) -> torch.Tensor:
+    """`(batch, len(answers))` total log-probabilities of each token sequence right after each encoded prompt (the
+    cache is kept)."""
     columns = []
     for start in range(0, len(answers), LABEL_CHUNK):
         chunk = answers[start : start + LABEL_CHUNK]
@@ -78,18 +117,13 @@ def _answer_logprobs(
         if width == 1:
             columns.append(first)
             continue
-        device, batch, count = mask.device, mask.shape[0], len(chunk)
-        seq = torch.tensor([ids + [pad_token_id] * (width - len(ids)) for ids in chunk], device=device)
-        seq_mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids in chunk], device=device)
-        # The cache is repeated in place: copy it first unless this is the last use.
-        repeated = cache if start + LABEL_CHUNK >= len(answers) and not keep_cache else copy.deepcopy(cache)
-        repeated.batch_repeat_interleave(count)
-        inputs = seq[:, :-1].repeat(batch, 1)
-        attention = torch.cat([mask.repeat_interleave(count, 0), seq_mask[:, :-1].repeat(batch, 1)], dim=1)
-        positions = mask.sum(-1).repeat_interleave(count)[:, None] + torch.arange(width - 1, device=device)
-        logits = model(input_ids=inputs, attention_mask=attention, position_ids=positions, cache=repeated).logits
-        logp = logits.float().log_softmax(-1).gather(-1, seq[:, 1:].repeat(batch, 1).unsqueeze(-1)).squeeze(-1)
-        rest = (logp * seq_mask[:, 1:].repeat(batch, 1)).sum(-1).view(batch, count)
+        batch, count = mask.shape[0], len(chunk)
+        logits = _continue(model, cache, mask, [ids[:-1] for ids in chunk], pad_token_id, consume=False)
+        targets = torch.tensor([ids[1:] + [pad_token_id] * (width - len(ids)) for ids in chunk], device=mask.device)
+        target_mask = torch.tensor([[1] * (len(ids) - 1) + [0] * (width - len(ids)) for ids in chunk],
+                                   device=mask.device)
+        logp = logits.float().log_softmax(-1).gather(-1, targets.repeat(batch, 1).unsqueeze(-1)).squeeze(-1)
+        rest = (logp * target_mask.repeat(batch, 1)).sum(-1).view(batch, count)
         columns.append(first + rest)
     return torch.cat(columns, dim=1).cpu()
 
@@ -109,7 +143,7 @@ def _multi_label_scores(model, prompt: Sequence[int], tokens: LabelTokens, pad_t
         # A label counts as named when its tokens are followed by the delimiter or the stop token.
         answers = [lead + list(pieces[i]) + [end] for i in candidates for end in (tokens.delimiter[0], tokens.stop[0])]
         answers.append([tokens.stop[0]])
-        logp = _answer_logprobs(model, cache, last, mask, answers, pad_token_id, keep_cache=True)[0]
+        logp = _answer_logprobs(model, cache, last, mask, answers, pad_token_id)[0]
         label_logp = torch.logsumexp(logp[:-1].view(len(candidates), 2), dim=-1)
         scores[candidates] = label_logp.exp().numpy()
         best = int(label_logp.argmax())

@@ -223,7 +223,14 @@ def _brute_force_scores(model, prompt, tokens):
 
     n = len(tokens.first)
     if not tokens.multi_label:
-        return torch.tensor([logp([], list(ids) + [tokens.stop[0]]) for ids in tokens.first]).softmax(-1).numpy()
+        labels = [list(ids) for ids in tokens.first]
+        scores = []
+        for ids in labels:
+            score = logp([], ids)
+            if any(len(other) > len(ids) and other[: len(ids)] == ids for other in labels):  # `pos` of `positive`
+                score = np.logaddexp.reduce([score + logp(ids, [stop]) for stop in set(tokens.stop)])
+            scores.append(score)
+        return torch.tensor(scores).softmax(-1).numpy()
     scores, chosen, answer = np.zeros(n), [], []
     while True:
         candidates = [i for i in range(n) if not chosen or i > chosen[-1]]
@@ -256,6 +263,27 @@ def test_score_labels_matches_a_brute_force_forward(tiny_lm_dirs, tokenizer, mul
     got = scoring.score_labels(model, prompts, tokens, pad_token_id=tokenizer.pad_token_id, batch_size=2)
     for prompt, row in zip(prompts, got):
         np.testing.assert_allclose(np.log(row), np.log(_brute_force_scores(model, prompt, tokens)), atol=1e-4)
+
+
+def test_labels_with_distinct_first_tokens_cost_one_pass(tiny_lm_dirs, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    from hf_clf_ext import scoring
+    from hf_clf_ext.verbalizer import LabelTokens
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_lm_dirs["llama", "pad"]).eval()
+    tokens = LabelTokens(first=((40,), (41,), (42,)), after_delimiter=(), delimiter=(), stop=(2, 3), multi_label=False,
+                         max_labels=None)
+    prompts = [tokenizer("Text: good film\nLabel:").input_ids, tokenizer("Text: a long match report\nLabel:").input_ids]
+    calls = []
+    hook = model.register_forward_hook(lambda module, args, output: calls.append(1))
+    got = scoring.score_labels(model, prompts, tokens, pad_token_id=tokenizer.pad_token_id, batch_size=2)
+    hook.remove()
+    assert len(calls) == 1  # the prompts' pass only
+    for prompt, row in zip(prompts, got):
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt])).logits[0, -1].float()
+        np.testing.assert_allclose(row, logits[[40, 41, 42]].softmax(-1).numpy(), atol=1e-5)
 
 
 def test_card_with_constrained_decoding_only(llama_dir, tokenizer, tmp_path):
