@@ -1,10 +1,11 @@
 """Speed and peak memory, in one run on one machine, as ratios (SmolLM2-135M-Instruct, BBC News test articles).
 
-    python benchmarks/speed.py                                   # everything (about 40 minutes on 2 CPU cores)
+    python benchmarks/speed.py                                   # everything (about 40 minutes on 2 CPU cores, 21 GiB)
     python benchmarks/speed.py --examples 64 --subjects head_predict backbone_forward   # a quick look
 
-Each subject runs in a fresh process (same threads, no state shared), after one warm-up batch; its peak memory is
-the process's peak resident memory during the timed part (peak allocated GPU memory on CUDA), weights included.
+Each subject runs in a fresh process (same threads, no state shared), after one warm-up batch; an inference speed is
+the median of `--repeats` passes. Peak memory is the process's peak resident memory during the timed part (peak
+allocated GPU memory on CUDA), weights included.
 
 Inference (the same articles, batch 16, bf16 weights, max 256 tokens unless `_long` = 1024 tokens):
   head_predict            our classifier through `predict_texts` (tokenize, sort by length, suffix, pool, head)
@@ -14,7 +15,7 @@ Inference (the same articles, batch 16, bf16 weights, max 256 tokens unless `_lo
   head_predict_unsorted   `predict_texts` fed in input order, one batch at a time (what unsorted batching costs)
   instruction_generate    the instruction approach: constrained greedy `generate()` (prompt capped at 320 tokens)
   instruction_score       the instruction approach: label scoring
-Training (one epoch of 60 training articles, batch 8, LoRA r=8, AdamW, bf16 autocast, no evaluation):
+Training (one epoch of 60 training articles at 256 tokens, 40 at 1024; batch 8, LoRA r=8, AdamW, bf16 autocast):
   train_ours / train_stock, `_grouped` with `train_sampling_strategy="group_by_length"`, `_long` at 1024 tokens.
 
 Writes `benchmarks/results/speed.json` and `benchmarks/results/speed.md`.
@@ -23,6 +24,7 @@ Writes `benchmarks/results/speed.json` and `benchmarks/results/speed.md`.
 import argparse
 import json
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,7 +42,7 @@ LAST_TOKEN_CONFIG = ROOT / "recipes" / "configs" / "smollm2_135m_bbc_last_token.
 INSTRUCTION_CONFIG = ROOT / "recipes" / "configs" / "smollm2_135m_bbc_instruction.yaml"
 SHORT, LONG = 256, 1024
 BATCH = 16
-TRAIN_PER_CLASS = 12  # 60 training articles: 8 steps of batch 8
+TRAIN_PER_CLASS = {SHORT: 12, LONG: 8}  # 60 articles (8 steps of 8) at 256 tokens, 40 (5 steps) at 1024
 
 INFERENCE = ["head_predict", "backbone_forward", "stock_forward", "head_predict_unsorted", "instruction_generate",
              "instruction_score", "head_predict_long", "head_predict_unsorted_long"]
@@ -89,15 +91,23 @@ class PeakMemory:
             self.gib = int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 2**20
 
 
-def timed(function, warmup) -> dict:
+def timed(function, warmup, repeats: int) -> dict:
+    """The median of `repeats` timed passes (and their spread), after one warm-up."""
     warmup()
+    speeds = []
     with PeakMemory() as memory:
-        started = time.perf_counter()
-        count = function()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - started
-    return {"examples": count, "seconds": seconds, "examples_per_second": count / seconds, "peak_memory_gib": memory.gib}
+        for _ in range(repeats):
+            started = time.perf_counter()
+            count = function()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            speeds.append(count / (time.perf_counter() - started))
+    return _summary(count, speeds, memory.gib)
+
+
+def _summary(count: int, speeds: list[float], memory_gib: float) -> dict:
+    return {"examples": count, "examples_per_second": statistics.median(speeds), "passes": speeds,
+            "seconds": count / statistics.median(speeds), "peak_memory_gib": memory_gib}
 
 
 # --- inference subjects ----------------------------------------------------------------------------------------------
@@ -222,7 +232,7 @@ def _train(ours: bool, grouped: bool, max_length: int):
     def subject(_texts):
         from hf_clf_ext.bundled import bbc_news_splits
 
-        train = bbc_news_splits(train_per_class=TRAIN_PER_CLASS, validation_per_class=20)["train"]
+        train = bbc_news_splits(train_per_class=TRAIN_PER_CLASS[max_length], validation_per_class=20)["train"]
         workdir = tempfile.mkdtemp()
         clock = StepClock()
         sampling = "group_by_length" if grouped else "random"
@@ -281,39 +291,41 @@ SUBJECTS = {
 }
 
 
-def run_subject(name: str, examples: int) -> dict:
+def run_subject(name: str, examples: int, repeats: int) -> dict:
     texts, _ = _test_texts(examples)
     built = SUBJECTS[name](texts)
-    if name.startswith("train_"):
+    if name.startswith("train_"):  # one epoch, once: a training run is long enough to average itself
         run, clock = built
         with PeakMemory() as memory:
             count = run(None)
-        seconds = clock.ended - clock.started
-        return {"examples": count, "seconds": seconds, "examples_per_second": count / seconds,
-                "peak_memory_gib": memory.gib}
-    return timed(lambda: built(texts), warmup=lambda: built(texts[:BATCH]))
+        return _summary(count, [count / (clock.ended - clock.started)], memory.gib)
+    # A pass at 1024 tokens takes minutes, long enough to average itself.
+    repeats = 1 if name.endswith("_long") else repeats
+    return timed(lambda: built(texts), warmup=lambda: built(texts[:BATCH]), repeats=repeats)
 
 
 # --- the run ---------------------------------------------------------------------------------------------------------
 
 
-def run(subjects: list[str], examples: int) -> dict:
+def run(subjects: list[str], examples: int, repeats: int) -> dict:
     results = {}
     for name in subjects:
         print(f"== {name}", flush=True)
         with tempfile.NamedTemporaryFile(suffix=".json") as out:
-            subprocess.run([sys.executable, __file__, "--subject", name, "--examples", str(examples), "--out",
-                            out.name], check=True)
+            subprocess.run([sys.executable, __file__, "--subject", name, "--examples", str(examples), "--repeats",
+                            str(repeats), "--out", out.name], check=True)
             results[name] = json.loads(Path(out.name).read_text())
         print(json.dumps(results[name]), flush=True)
     return results
 
 
-def report(results: dict, examples: int) -> str:
+def report(results: dict, examples: int, repeats: int) -> str:
     lines = ["# Speed and peak memory (SmolLM2-135M-Instruct, BBC News)", "",
              f"Machine: {machine()}. One run of `benchmarks/speed.py`; each subject in a fresh process after one "
-             f"warm-up batch. Inference on {examples} test articles, batch {BATCH}, bf16 weights; training one epoch "
-             f"of {5 * TRAIN_PER_CLASS} articles, batch 8, LoRA r=8, bf16 autocast (the first step included). Peak memory is the peak resident set of the process "
+             f"warm-up batch; inference speeds at 256 tokens are the median of {repeats} passes (range in brackets), "
+             f"at 1024 tokens one pass. Inference on {examples} test articles, batch {BATCH}, bf16 weights; training "
+             f"one epoch of {5 * TRAIN_PER_CLASS[SHORT]} articles at 256 tokens and {5 * TRAIN_PER_CLASS[LONG]} at "
+             "1024, batch 8, LoRA r=8, AdamW, bf16 autocast (the first step included). Peak memory is the peak resident set of the process "
              "during the timed part (CUDA: peak allocated), weights included.", "",
              "| ratio | value | target | met |", "|---|---|---|---|"]
     for label, top, bottom, sense, target in RATIOS:
@@ -324,10 +336,11 @@ def report(results: dict, examples: int) -> str:
         value = results[top]["examples_per_second"] / results[bottom]["examples_per_second"]
         met = "-" if sense is None else ("yes" if (value >= target if sense == ">=" else value <= target) else "no")
         lines.append(f"| {label} | {value:.3f} | {'-' if sense is None else f'{sense} {target}'} | {met} |")
-    lines += ["", "| subject | examples/s | seconds | examples | peak memory (GiB) |", "|---|---|---|---|---|"]
+    lines += ["", "| subject | examples/s | seconds per pass | examples | peak memory (GiB) |", "|---|---|---|---|---|"]
     for name, row in results.items():
-        lines.append(f"| {name} | {row['examples_per_second']:.2f} | {row['seconds']:.1f} | {row['examples']} | "
-                     f"{row['peak_memory_gib']:.2f} |")
+        spread = f" [{min(row['passes']):.2f}–{max(row['passes']):.2f}]" if len(row["passes"]) > 1 else ""
+        lines.append(f"| {name} | {row['examples_per_second']:.2f}{spread} | {row['seconds']:.1f} | {row['examples']} "
+                     f"| {row['peak_memory_gib']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -335,18 +348,19 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--subjects", nargs="+", choices=INFERENCE + TRAINING, default=INFERENCE + TRAINING)
     parser.add_argument("--examples", type=int, default=445, help="Test articles for the inference subjects.")
+    parser.add_argument("--repeats", type=int, default=3, help="Timed passes per inference subject (median kept).")
     parser.add_argument("--subject", choices=INFERENCE + TRAINING, help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--results", type=Path, default=RESULTS, help="Folder for speed.json and speed.md.")
     args = parser.parse_args(argv)
     if args.subject:
-        Path(args.out).write_text(json.dumps(run_subject(args.subject, args.examples)))
+        Path(args.out).write_text(json.dumps(run_subject(args.subject, args.examples, args.repeats)))
         return
-    results = run(args.subjects, args.examples)
+    results = run(args.subjects, args.examples, args.repeats)
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "speed.json").write_text(json.dumps({"machine": machine(), "examples": args.examples,
-                                                         "results": results}, indent=2))
-    text = report(results, args.examples)
+                                                         "repeats": args.repeats, "results": results}, indent=2))
+    text = report(results, args.examples, args.repeats)
     (args.results / "speed.md").write_text(text)
     sys.stdout.write(text)
 
