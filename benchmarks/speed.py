@@ -22,6 +22,7 @@ Writes `benchmarks/results/speed.json` and `benchmarks/results/speed.md`.
 """
 
 import argparse
+import functools
 import json
 import re
 import statistics
@@ -117,10 +118,16 @@ def _device():
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _test_texts(examples: int) -> tuple[list[str], list[str]]:
+@functools.cache
+def _bbc_test():
+    """The fixed test split, read once per process (subjects ask for it while setting up and for the label names)."""
     from hf_clf_ext.bundled import bbc_news_splits
 
-    test = bbc_news_splits(train_per_class=20, validation_per_class=20)["test"]
+    return bbc_news_splits(train_per_class=20, validation_per_class=20)["test"]
+
+
+def _test_texts(examples: int) -> tuple[list[str], list[str]]:
+    test = _bbc_test()
     return list(test["text"][:examples]), test.features["label"].names
 
 
