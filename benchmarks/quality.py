@@ -254,6 +254,16 @@ COLUMNS = ("accuracy", "f1_macro", "f1_micro", "ece_before", "ece_after", "train
            "test_examples_per_second")
 
 
+def _groups(rows: list[dict], task: Task) -> dict[tuple[int, str], list[dict]]:
+    """The task's runs by (training size, method and variant)."""
+    groups: dict[tuple[int, str], list[dict]] = {}
+    for row in rows:
+        if row["dataset"] == task.name:
+            name = row["method"] + (f" ({row['variant']})" if row.get("variant") else "")
+            groups.setdefault((row["size"], name), []).append(row)
+    return groups
+
+
 def report() -> str:
     rows = _rows()
     lines = ["# Quality of SmolLM2-135M-Instruct classifiers", "",
@@ -264,21 +274,44 @@ def report() -> str:
     machines = sorted({row["machine"] for row in rows})
     lines += [f"Machine: {'; '.join(machines) or '-'}", ""]
     for task in TASKS.values():
-        groups: dict[tuple, list[dict]] = {}
-        for row in rows:
-            if row["dataset"] == task.name:
-                name = row["method"] + (f" ({row['variant']})" if row.get("variant") else "")
-                groups.setdefault((row["size"], name), []).append(row)
+        groups = _groups(rows, task)
         if not groups:
             continue
-        lines += [f"## {task.title}", "", "| train size | method | n | " + " | ".join(COLUMNS) + " |",
-                  "|---|---|---|" + "---|" * len(COLUMNS)]
+        lines += [f"## {task.title}", "", f"![macro-F1 and calibration by training size](quality_{task.name}.png)", "",
+                  "| train size | method | n | " + " | ".join(COLUMNS) + " |", "|---|---|---|" + "---|" * len(COLUMNS)]
         for (size, name), group in sorted(groups.items()):
             lines.append(f"| {size} | {name} | {len(group)} | " + " | ".join(_cell(group, c) for c in COLUMNS) + " |")
         lines.append("")
+        _plot(task, groups)
     text = "\n".join(lines)
     (RESULTS / "quality.md").write_text(text)
     return text
+
+
+def _plot(task: Task, groups: dict[tuple[int, str], list[dict]]) -> None:
+    """quality_<data set>.png: macro-F1 and ECE after temperature scaling against training size, per method (bars:
+    one standard deviation over seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for name in sorted({name for _, name in groups}):
+        sizes = sorted(size for size, other in groups if other == name)
+        for axis, column in zip(axes, ("f1_macro", "ece_after")):
+            values = [[row[column] for row in groups[size, name]] for size in sizes]
+            axis.errorbar(sizes, [np.mean(v) for v in values], yerr=[np.std(v, ddof=1) if len(v) > 1 else 0.0
+                                                                     for v in values],
+                          marker="o", capsize=3, label=name)
+    axes[0].set(xlabel="training examples", ylabel="macro-F1", title=task.title)
+    axes[1].set(xlabel="training examples", ylabel="ECE after temperature scaling")
+    for axis in axes:
+        axis.set_xticks(sorted({size for size, _ in groups}))
+    axes[0].legend()
+    figure.tight_layout()
+    figure.savefig(RESULTS / f"quality_{task.name}.png", dpi=110)
+    plt.close(figure)
 
 
 def _cell(group: list[dict], column: str) -> str:

@@ -3,9 +3,12 @@
     python benchmarks/speed.py                                   # everything (about 40 minutes on 2 CPU cores, 21 GiB)
     python benchmarks/speed.py --examples 64 --subjects head_predict backbone_forward   # a quick look
 
-Each subject runs in a fresh process (same threads, no state shared), after one warm-up batch; an inference speed is
-the median of `--repeats` passes. Peak memory is the process's peak resident memory during the timed part (peak
-allocated GPU memory on CUDA), weights included.
+Inference subjects that are compared with each other run in one process, in alternating passes (the order rotates
+each round), after one warm-up batch each: on a shared VM the speed of one process differs from the next by 10-20%,
+more than the ratios resolve. An inference speed is the median of `--repeats` passes. Each training subject runs in a
+fresh process. Peak memory is the process's peak resident memory during the subject's passes (peak allocated GPU
+memory on CUDA), the weights of every model in the process included; "extra" is that peak minus what was resident
+when the pass began: the subject's own working memory.
 
 Inference (the same articles, batch 16, bf16 weights, max 256 tokens unless `_long` = 1024 tokens):
   head_predict            our classifier through `predict_texts` (tokenize, sort by length, suffix, pool, head)
@@ -15,14 +18,18 @@ Inference (the same articles, batch 16, bf16 weights, max 256 tokens unless `_lo
   head_predict_unsorted   `predict_texts` fed in input order, one batch at a time (what unsorted batching costs)
   instruction_generate    the instruction approach: constrained greedy `generate()` (prompt capped at 320 tokens)
   instruction_score       the instruction approach: label scoring
-Training (one epoch of 60 training articles at 256 tokens, 40 at 1024; batch 8, LoRA r=8, AdamW, bf16 autocast):
+Training (12 steps of batch 8 drawn from 400 training articles; LoRA r=8, AdamW, bf16 autocast):
   train_ours / train_stock, `_grouped` with `train_sampling_strategy="group_by_length"`, `_long` at 1024 tokens.
+  Length grouping sorts mega-batches of min(50, n / (4 x batch)) batches, 12 batches for 400 articles: the 12 steps
+  are one whole mega-batch (its first batch holds the longest article of the set, as transformers arranges it).
 
 Writes `benchmarks/results/speed.json` and `benchmarks/results/speed.md`.
 """
 
 import argparse
+import ctypes
 import functools
+import gc
 import json
 import re
 import statistics
@@ -43,12 +50,15 @@ LAST_TOKEN_CONFIG = ROOT / "recipes" / "configs" / "smollm2_135m_bbc_last_token.
 INSTRUCTION_CONFIG = ROOT / "recipes" / "configs" / "smollm2_135m_bbc_instruction.yaml"
 SHORT, LONG = 256, 1024
 BATCH = 16
-TRAIN_PER_CLASS = {SHORT: 12, LONG: 8}  # 60 articles (8 steps of 8) at 256 tokens, 40 (5 steps) at 1024
+TRAIN_PER_CLASS = 80  # 400 training articles
+TRAIN_STEPS = 12  # one length-grouping mega-batch at batch 8 (see the docstring)
 
 INFERENCE = ["head_predict", "backbone_forward", "stock_forward", "head_predict_unsorted", "instruction_generate",
              "instruction_score", "head_predict_long", "head_predict_unsorted_long"]
 TRAINING = ["train_ours", "train_stock", "train_ours_grouped", "train_stock_grouped", "train_ours_long",
             "train_stock_long", "train_ours_grouped_long", "train_stock_grouped_long"]
+# Inference subjects measured together, in alternating passes within one process (the ratios below compare them).
+INTERLEAVED = [INFERENCE[:6], INFERENCE[6:]]
 
 # (name, numerator, denominator, how the ratio is read, target): ratio = speed(numerator) / speed(denominator).
 RATIOS = [
@@ -72,15 +82,19 @@ RATIOS = [
 
 
 class PeakMemory:
-    """Peak memory of the block: CUDA peak allocation, or the process's peak resident set (Linux VmHWM, reset at
-    entry through /proc/self/clear_refs)."""
+    """Peak memory of the block (`gib`) and how far it rose above the memory in use at entry (`extra_gib`): CUDA
+    allocations, or the process's resident set (Linux VmHWM, reset at entry through /proc/self/clear_refs)."""
 
     def __enter__(self):
         if torch.cuda.is_available():
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
+            self.start = torch.cuda.memory_allocated() / 2**30
         else:
+            gc.collect()
+            ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed memory back, so that the start is what is in use
             Path("/proc/self/clear_refs").write_text("5")
+            self.start = self._status("VmRSS")
         return self
 
     def __exit__(self, *exc):
@@ -88,27 +102,38 @@ class PeakMemory:
             torch.cuda.synchronize()
             self.gib = torch.cuda.max_memory_allocated() / 2**30
         else:
-            status = Path("/proc/self/status").read_text()
-            self.gib = int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 2**20
+            self.gib = self._status("VmHWM")
+        self.extra_gib = self.gib - self.start
+
+    @staticmethod
+    def _status(field: str) -> float:
+        return int(re.search(rf"{field}:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)) / 2**20
 
 
-def timed(function, warmup, repeats: int) -> dict:
-    """The median of `repeats` timed passes (and their spread), after one warm-up."""
-    warmup()
-    speeds = []
-    with PeakMemory() as memory:
-        for _ in range(repeats):
-            started = time.perf_counter()
-            count = function()
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            speeds.append(count / (time.perf_counter() - started))
-    return _summary(count, speeds, memory.gib)
+def interleaved(functions: dict, warmups: dict, repeats: int) -> dict:
+    """Per function, the median of `repeats` timed passes (and their spread), after one warm-up each. The functions
+    take turns, in an order that rotates every round, so that drifts in the machine's speed reach all of them."""
+    for warmup in warmups.values():
+        warmup()
+    names = list(functions)
+    speeds = {name: [] for name in names}
+    memory = {name: (0.0, 0.0) for name in names}
+    for round_ in range(repeats):
+        for name in names[round_ % len(names):] + names[: round_ % len(names)]:
+            with PeakMemory() as peak:
+                started = time.perf_counter()
+                count = functions[name]()
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                speeds[name].append(count / (time.perf_counter() - started))
+            memory[name] = max(memory[name][0], peak.gib), max(memory[name][1], peak.extra_gib)
+    return {name: _summary(count, speeds[name], *memory[name]) for name in names}
 
 
-def _summary(count: int, speeds: list[float], memory_gib: float) -> dict:
+def _summary(count: int, speeds: list[float], memory_gib: float, extra_gib: float) -> dict:
     return {"examples": count, "examples_per_second": statistics.median(speeds), "passes": speeds,
-            "seconds": count / statistics.median(speeds), "peak_memory_gib": memory_gib}
+            "seconds": count / statistics.median(speeds), "peak_memory_gib": memory_gib,
+            "extra_memory_gib": extra_gib}
 
 
 # --- inference subjects ----------------------------------------------------------------------------------------------
@@ -131,8 +156,10 @@ def _test_texts(examples: int) -> tuple[list[str], list[str]]:
     return list(test["text"][:examples]), test.features["label"].names
 
 
+@functools.cache
 def _classifier(max_length: int):
-    """Our classifier as users deploy it (merged weights, bf16), with the embedded default's pooling suffix."""
+    """Our classifier as users deploy it (merged weights, bf16), with the embedded default's pooling suffix; one per
+    process, shared by the subjects that run in it."""
     from transformers import AutoTokenizer
 
     from hf_clf_ext import LastTokenClassifierForSequenceClassification
@@ -194,7 +221,6 @@ def stock_forward(texts):
 
     classifier, tokenizer = _classifier(SHORT)
     suffix = classifier.config.suffix_token_ids
-    del classifier
     _, names = _test_texts(0)
     model = stock_classifier(smollm2_model_dir(), names, tokenizer, lora=False, dtype=torch.bfloat16)
     return _pretokenized(tokenizer, suffix, texts)(model.to(_device()).eval())
@@ -239,7 +265,7 @@ def _train(ours: bool, grouped: bool, max_length: int):
     def subject(_texts):
         from hf_clf_ext.bundled import bbc_news_splits
 
-        train = bbc_news_splits(train_per_class=TRAIN_PER_CLASS[max_length], validation_per_class=20)["train"]
+        train = bbc_news_splits(train_per_class=TRAIN_PER_CLASS, validation_per_class=20)["train"]
         workdir = tempfile.mkdtemp()
         clock = StepClock()
         sampling = "group_by_length" if grouped else "random"
@@ -247,7 +273,7 @@ def _train(ours: bool, grouped: bool, max_length: int):
 
         def run(_batch):
             trainer.train()
-            return len(train)
+            return trainer.state.global_step * trainer.args.per_device_train_batch_size
 
         return run, clock
     return subject
@@ -259,7 +285,7 @@ def _our_trainer(train, workdir, max_length, sampling, clock):
     from hf_clf_ext.last_token_config import LastTokenClassifierTrainingArguments
 
     script, args = parse_config(LastTokenClassifierTrainingArguments, [
-        "--config", str(LAST_TOKEN_CONFIG), "--output_dir", workdir, "--num_train_epochs", "1", "--max_length",
+        "--config", str(LAST_TOKEN_CONFIG), "--output_dir", workdir, "--max_steps", str(TRAIN_STEPS), "--max_length",
         str(max_length), "--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false",
         "--calibrate", "false", "--train_sampling_strategy", sampling, "--disable_tqdm", "true",
         "--use_cpu", str(not torch.cuda.is_available()).lower(),
@@ -275,7 +301,7 @@ def _stock_trainer(train, workdir, max_length, sampling, clock):
     path = smollm2_model_dir()
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = stock_classifier(path, train.features["label"].names, tokenizer)
-    args = stock_training_arguments(workdir, 0, num_train_epochs=1, eval_strategy="no", save_strategy="no",
+    args = stock_training_arguments(workdir, 0, max_steps=TRAIN_STEPS, eval_strategy="no", save_strategy="no",
                                     load_best_model_at_end=False, train_sampling_strategy=sampling)
     return Trainer(model=model, args=args, train_dataset=stock_encode(train, tokenizer, max_length),
                    data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer, callbacks=[clock])
@@ -298,42 +324,57 @@ SUBJECTS = {
 }
 
 
-def run_subject(name: str, examples: int, repeats: int) -> dict:
+def run_subjects(names: list[str], examples: int, repeats: int) -> dict:
+    """Results by subject name, for subjects that share this process."""
     texts, _ = _test_texts(examples)
-    built = SUBJECTS[name](texts)
-    if name.startswith("train_"):  # one epoch, once: a training run is long enough to average itself
-        run, clock = built
+    if names[0].startswith("train_"):  # once: a training run is long enough to average itself
+        (name,) = names
+        run, clock = SUBJECTS[name](texts)
         with PeakMemory() as memory:
             count = run(None)
-        return _summary(count, [count / (clock.ended - clock.started)], memory.gib)
+        return {name: _summary(count, [count / (clock.ended - clock.started)], memory.gib, memory.extra_gib)}
+    built = {name: SUBJECTS[name](texts) for name in names}
     # A pass at 1024 tokens takes minutes, long enough to average itself.
-    repeats = 1 if name.endswith("_long") else repeats
-    return timed(lambda: built(texts), warmup=lambda: built(texts[:BATCH]), repeats=repeats)
+    repeats = 1 if all(name.endswith("_long") for name in names) else repeats
+    return interleaved({name: functools.partial(subject, texts) for name, subject in built.items()},
+                       {name: functools.partial(subject, texts[:BATCH]) for name, subject in built.items()}, repeats)
 
 
 # --- the run ---------------------------------------------------------------------------------------------------------
 
 
+def _processes(subjects: list[str]) -> list[list[str]]:
+    """The asked-for subjects, grouped by the process they run in."""
+    groups = [[name for name in group if name in subjects] for group in INTERLEAVED]
+    alone = [[name] for name in subjects if not any(name in group for group in INTERLEAVED)]
+    return [group for group in groups if group] + alone
+
+
 def run(subjects: list[str], examples: int, repeats: int) -> dict:
     results = {}
-    for name in subjects:
-        print(f"== {name}", flush=True)
+    for names in _processes(subjects):
+        print(f"== {' '.join(names)}", flush=True)
         with tempfile.NamedTemporaryFile(suffix=".json") as out:
-            subprocess.run([sys.executable, __file__, "--subject", name, "--examples", str(examples), "--repeats",
+            subprocess.run([sys.executable, __file__, "--subject", *names, "--examples", str(examples), "--repeats",
                             str(repeats), "--out", out.name], check=True)
-            results[name] = json.loads(Path(out.name).read_text())
-        print(json.dumps(results[name]), flush=True)
+            measured = json.loads(Path(out.name).read_text())
+        for name in names:
+            results[name] = measured[name]
+            print(name, json.dumps(measured[name]), flush=True)
     return results
 
 
 def report(results: dict, examples: int, repeats: int) -> str:
+    groups = "; ".join(", ".join(group) for group in INTERLEAVED)
     lines = ["# Speed and peak memory (SmolLM2-135M-Instruct, BBC News)", "",
-             f"Machine: {machine()}. One run of `benchmarks/speed.py`; each subject in a fresh process after one "
-             f"warm-up batch; inference speeds at 256 tokens are the median of {repeats} passes (range in brackets), "
-             f"at 1024 tokens one pass. Inference on {examples} test articles, batch {BATCH}, bf16 weights; training "
-             f"one epoch of {5 * TRAIN_PER_CLASS[SHORT]} articles at 256 tokens and {5 * TRAIN_PER_CLASS[LONG]} at "
-             "1024, batch 8, LoRA r=8, AdamW, bf16 autocast (the first step included). Peak memory is the peak resident set of the process "
-             "during the timed part (CUDA: peak allocated), weights included.", "",
+             (f"Machine: {machine()}. One run of `benchmarks/speed.py`. Inference on {examples} test articles, batch "
+             f"{BATCH}, bf16 weights, after one warm-up batch; subjects compared with each other share one process "
+             f"and take turns pass by pass ({groups}); speeds at 256 tokens are the median of {repeats} passes (range "
+             "in brackets), at 1024 tokens one pass. Training: each subject in a fresh process, "
+             f"{TRAIN_STEPS} steps of batch 8 drawn from {5 * TRAIN_PER_CLASS} training articles (one length-grouping "
+             "mega-batch), LoRA r=8, AdamW, bf16 autocast, the first step included. Peak memory is the process's peak "
+             "resident set during the subject's passes (CUDA: peak allocated), the weights of every model in the "
+             "process included; extra is the rise above what was resident when the pass began."), "",
              "| ratio | value | target | met |", "|---|---|---|---|"]
     for label, top, bottom, sense, target in RATIOS:
         if top not in results or bottom not in results:
@@ -343,12 +384,38 @@ def report(results: dict, examples: int, repeats: int) -> str:
         value = results[top]["examples_per_second"] / results[bottom]["examples_per_second"]
         met = "-" if sense is None else ("yes" if (value >= target if sense == ">=" else value <= target) else "no")
         lines.append(f"| {label} | {value:.3f} | {'-' if sense is None else f'{sense} {target}'} | {met} |")
-    lines += ["", "| subject | examples/s | seconds per pass | examples | peak memory (GiB) |", "|---|---|---|---|---|"]
+    lines += ["", "![examples per second and peak memory by subject](speed.png)", "",
+              "| subject | examples/s | seconds per pass | examples | peak memory (GiB) | extra (GiB) |",
+              "|---|---|---|---|---|---|"]
     for name, row in results.items():
         spread = f" [{min(row['passes']):.2f}–{max(row['passes']):.2f}]" if len(row["passes"]) > 1 else ""
         lines.append(f"| {name} | {row['examples_per_second']:.2f}{spread} | {row['seconds']:.1f} | {row['examples']} "
-                     f"| {row['peak_memory_gib']:.2f} |")
+                     f"| {row['peak_memory_gib']:.2f} | {row['extra_memory_gib']:.2f} |")
     return "\n".join(lines) + "\n"
+
+
+def plot(results: dict, path: Path) -> None:
+    """Examples per second and peak memory of every subject, inference and training side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kinds = [[name for name in names if name in results] for names in (INFERENCE, TRAINING)]
+    kinds = [names for names in kinds if names]
+    figure, axes = plt.subplots(len(kinds), 2, figsize=(11, 1.2 + 0.4 * sum(map(len, kinds))), squeeze=False,
+                                gridspec_kw={"height_ratios": [len(names) for names in kinds]})
+    for row, names in zip(axes, kinds):
+        for axis, key, label in zip(row, ("examples_per_second", "peak_memory_gib"), ("examples/s", "peak GiB")):
+            axis.barh(names, [results[name][key] for name in names])
+            axis.invert_yaxis()
+            axis.set_xlabel(label)
+    for axis in axes[:, 1]:
+        axis.set_yticklabels([])
+    figure.suptitle(f"SmolLM2-135M-Instruct on BBC News; {machine()}")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
 
 
 def main(argv=None) -> None:
@@ -356,12 +423,12 @@ def main(argv=None) -> None:
     parser.add_argument("--subjects", nargs="+", choices=INFERENCE + TRAINING, default=INFERENCE + TRAINING)
     parser.add_argument("--examples", type=int, default=445, help="Test articles for the inference subjects.")
     parser.add_argument("--repeats", type=int, default=3, help="Timed passes per inference subject (median kept).")
-    parser.add_argument("--subject", choices=INFERENCE + TRAINING, help=argparse.SUPPRESS)
+    parser.add_argument("--subject", nargs="+", choices=INFERENCE + TRAINING, help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--results", type=Path, default=RESULTS, help="Folder for speed.json and speed.md.")
     args = parser.parse_args(argv)
     if args.subject:
-        Path(args.out).write_text(json.dumps(run_subject(args.subject, args.examples, args.repeats)))
+        Path(args.out).write_text(json.dumps(run_subjects(args.subject, args.examples, args.repeats)))
         return
     results = run(args.subjects, args.examples, args.repeats)
     args.results.mkdir(parents=True, exist_ok=True)
@@ -369,6 +436,7 @@ def main(argv=None) -> None:
                                                          "repeats": args.repeats, "results": results}, indent=2))
     text = report(results, args.examples, args.repeats)
     (args.results / "speed.md").write_text(text)
+    plot(results, args.results / "speed.png")
     sys.stdout.write(text)
 
 
