@@ -5,12 +5,15 @@ label map or on empty texts is worse than no classifier.
 """
 
 import logging
+import os
 import string
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from datasets import ClassLabel, Dataset, Sequence as SequenceFeature
+from transformers import AutoTokenizer
+from transformers.utils.quantization_config import QuantizationMethod
 
 logger = logging.getLogger(__name__)
 
@@ -204,6 +207,15 @@ def build_texts(dataset: Dataset, text_columns: Sequence[str], template: str | N
     if empty:
         raise ValueError(f"Rows {empty[:20]} of the {split} data have empty text ({len(empty)} in all).")
     return texts
+
+
+def load_tokenizer(model, gguf_file: str | None = None):
+    """The tokenizer saved with `model` (a name, a path or a loaded model), for a trainer given none."""
+    if getattr(model, "quantization_method", None) == QuantizationMethod.GGUF:
+        raise ValueError("Pass the tokenizer as processing_class: a model loaded from a GGUF file does not say which "
+                         "file its tokenizer is in.")
+    source = model if isinstance(model, (str, os.PathLike)) else model.name_or_path
+    return AutoTokenizer.from_pretrained(source, gguf_file=gguf_file)
 
 
 def tokenize_texts(

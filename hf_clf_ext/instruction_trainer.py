@@ -13,10 +13,10 @@ from collections.abc import Sequence
 import numpy as np
 from datasets import Dataset
 from peft import LoraConfig
-from transformers import AutoTokenizer, EvalPrediction, PreTrainedModel, set_seed
+from transformers import EvalPrediction, PreTrainedModel, set_seed
 from trl import SFTTrainer
 
-from .data import build_label_space, build_texts, encode_split
+from .data import build_label_space, build_texts, encode_split, load_tokenizer
 from .instruction import DEFAULT_MULTI_LABEL_TEMPLATE, DEFAULT_TEMPLATE, InstructionClassifier, InstructionPrompt
 from .instruction_config import InstructionSFTConfig
 from .metrics import build_compute_metrics, load_metric, logits_from_probabilities, probabilities_from_results
@@ -59,11 +59,8 @@ class InstructionSFTRecipe(SFTTrainer):
         if train_dataset is None:
             raise ValueError("InstructionSFTRecipe needs a train_dataset.")
         set_seed(args.seed)
-        tokenizer = processing_class
-        if tokenizer is None:
-            source = model if isinstance(model, (str, os.PathLike)) else model.name_or_path
-            init = args.model_init_kwargs if isinstance(args.model_init_kwargs, dict) else {}
-            tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=init.get("gguf_file"))
+        init = args.model_init_kwargs if isinstance(args.model_init_kwargs, dict) else {}
+        tokenizer = processing_class or load_tokenizer(model, init.get("gguf_file"))
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
 

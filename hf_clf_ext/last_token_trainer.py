@@ -15,7 +15,6 @@ from datasets import Dataset
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model, prepare_model_for_kbit_training
 from torch.nn import functional as F
 from transformers import (
-    AutoTokenizer,
     DataCollatorWithPadding,
     EarlyStoppingCallback,
     PreTrainedModel,
@@ -26,7 +25,7 @@ from transformers.dynamic_module_utils import custom_object_save
 from transformers.utils.quantization_config import QuantizationMethod
 
 from .calibration import fit_temperature, tune_thresholds
-from .data import LabelSpace, build_label_space, build_texts, encode_split, tokenize_texts
+from .data import LabelSpace, build_label_space, build_texts, encode_split, load_tokenizer, tokenize_texts
 from .inference import predict_texts
 from .last_token_config import LastTokenClassifierTrainingArguments
 from .metrics import build_compute_metrics, load_metric, probabilities_from_logits
@@ -109,13 +108,7 @@ class LastTokenClassifierTrainer(Trainer):
         if eval_dataset is None and args.eval_strategy != "no":
             logger.warning("No eval_dataset: evaluation, early stopping, best-model selection and calibration are off.")
             args = dataclasses.replace(args, eval_strategy="no", load_best_model_at_end=False, calibrate=False)
-        tokenizer = processing_class
-        if tokenizer is None:
-            if from_gguf:
-                raise ValueError("Pass the tokenizer as processing_class: a model loaded from a GGUF file does not say "
-                                 "which file its tokenizer is in.")
-            source = model if isinstance(model, (str, os.PathLike)) else model.name_or_path
-            tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=model_init_kwargs.get("gguf_file"))
+        tokenizer = processing_class or load_tokenizer(model, model_init_kwargs.get("gguf_file"))
 
         # Seed before the head is initialised, so that runs (and resumed runs) start from the same weights.
         set_seed(args.seed)

@@ -320,3 +320,25 @@ def test_classify_sorts_by_length_and_answers_in_input_order(llama_dir, tokenize
                                            list(single["probabilities"].values()), atol=1e-5)
             # Random weights give every text its own probabilities, so a mixed-up order could not pass.
             assert len({round(r["probabilities"]["sports"], 6) for r in together}) == len(texts)
+
+
+@pytest.mark.parametrize("approach", ["instruction", "last_token"])
+def test_both_trainers_load_the_tokenizer_saved_with_the_model(llama_dir, tmp_path, approach):
+    from transformers import AutoModelForCausalLM
+    from transformers.utils.quantization_config import QuantizationMethod
+
+    from test_last_token_trainer import arguments
+
+    def build(model):
+        if approach == "instruction":
+            return InstructionSFTRecipe(model, args=config(tmp_path), train_dataset=synthetic(16, seed=1))
+        from hf_clf_ext import LastTokenClassifierTrainer
+
+        return LastTokenClassifierTrainer(model, args=arguments(tmp_path),
+                                          train_dataset=synthetic(16, seed=1))
+
+    assert build(str(llama_dir)).processing_class.name_or_path == str(llama_dir)
+    model = AutoModelForCausalLM.from_pretrained(llama_dir)
+    model.quantization_method = QuantizationMethod.GGUF  # as transformers marks a model loaded with `gguf_file=`
+    with pytest.raises(ValueError, match="GGUF file does not say which file its tokenizer is in"):
+        build(model)
