@@ -226,23 +226,39 @@ def stock_forward(texts):
     return _pretokenized(tokenizer, suffix, texts)(model.to(_device()).eval())
 
 
+@functools.cache
+def _instruction_classifier():
+    """The instruction approach with the embedded default's prompt and length, bf16; one per process."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from hf_clf_ext import InstructionClassifier, InstructionPrompt, Verbalizer
+    from hf_clf_ext.bundled import smollm2_model_dir
+    from hf_clf_ext.instruction_config import InstructionSFTConfig
+    from hf_clf_ext.jobs import parse_config
+
+    _, args = parse_config(InstructionSFTConfig, ["--config", str(INSTRUCTION_CONFIG), "--output_dir", "unused"])
+    path = smollm2_model_dir()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).to(_device())
+    _, names = _test_texts(0)
+    return InstructionClassifier(model, tokenizer, InstructionPrompt(), Verbalizer(names), args.max_length)
+
+
 def _instruction(method: str):
-    def subject(texts):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from hf_clf_ext import InstructionClassifier, InstructionPrompt, Verbalizer
-        from hf_clf_ext.bundled import smollm2_model_dir
-        from hf_clf_ext.instruction_config import InstructionSFTConfig
-        from hf_clf_ext.jobs import parse_config
-
-        _, args = parse_config(InstructionSFTConfig, ["--config", str(INSTRUCTION_CONFIG), "--output_dir", "unused"])
-        path = smollm2_model_dir()
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).to(_device())
-        _, names = _test_texts(0)
-        classifier = InstructionClassifier(model, tokenizer, InstructionPrompt(), Verbalizer(names), args.max_length)
+    def subject(_texts):
+        classifier = _instruction_classifier()
         return lambda batch: len(classifier.classify(batch, method=method, batch_size=BATCH))
     return subject
+
+
+def input_tokens(name: str, texts: list[str]) -> float:
+    """Tokens the model reads per article for an inference subject: the classifier's input with its suffix, or the
+    instruction prompt (texts cut to the same length in both; the prompt adds its instructions)."""
+    if name.startswith("instruction_"):
+        return statistics.mean(len(ids) for ids in _instruction_classifier().prompt_ids(texts))
+    model, tokenizer = _classifier(LONG if name.endswith("_long") else SHORT)
+    suffix = len(model.config.suffix_token_ids)
+    return statistics.mean(len(ids) + suffix for ids in tokenizer(texts, truncation=True)["input_ids"])
 
 
 # --- training subjects -----------------------------------------------------------------------------------------------
@@ -336,8 +352,9 @@ def run_subjects(names: list[str], examples: int, repeats: int) -> dict:
     built = {name: SUBJECTS[name](texts) for name in names}
     # A pass at 1024 tokens takes minutes, long enough to average itself.
     repeats = 1 if all(name.endswith("_long") for name in names) else repeats
-    return interleaved({name: functools.partial(subject, texts) for name, subject in built.items()},
-                       {name: functools.partial(subject, texts[:BATCH]) for name, subject in built.items()}, repeats)
+    results = interleaved({name: functools.partial(subject, texts) for name, subject in built.items()},
+                          {name: functools.partial(subject, texts[:BATCH]) for name, subject in built.items()}, repeats)
+    return {name: {**row, "input_tokens": input_tokens(name, texts)} for name, row in results.items()}
 
 
 # --- the run ---------------------------------------------------------------------------------------------------------
@@ -385,12 +402,13 @@ def report(results: dict, examples: int, repeats: int) -> str:
         met = "-" if sense is None else ("yes" if (value >= target if sense == ">=" else value <= target) else "no")
         lines.append(f"| {label} | {value:.3f} | {'-' if sense is None else f'{sense} {target}'} | {met} |")
     lines += ["", "![examples per second and peak memory by subject](speed.png)", "",
-              "| subject | examples/s | seconds per pass | examples | peak memory (GiB) | extra (GiB) |",
-              "|---|---|---|---|---|---|"]
+              "| subject | examples/s | seconds per pass | examples | input tokens per example | peak memory (GiB) "
+              "| extra (GiB) |", "|---|---|---|---|---|---|---|"]
     for name, row in results.items():
         spread = f" [{min(row['passes']):.2f}–{max(row['passes']):.2f}]" if len(row["passes"]) > 1 else ""
+        tokens = f"{row['input_tokens']:.0f}" if "input_tokens" in row else "-"
         lines.append(f"| {name} | {row['examples_per_second']:.2f}{spread} | {row['seconds']:.1f} | {row['examples']} "
-                     f"| {row['peak_memory_gib']:.2f} | {row['extra_memory_gib']:.2f} |")
+                     f"| {tokens} | {row['peak_memory_gib']:.2f} | {row['extra_memory_gib']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
