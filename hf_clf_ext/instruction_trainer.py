@@ -11,6 +11,7 @@ import time
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 from datasets import Dataset
 from peft import LoraConfig
 from transformers import EvalPrediction, PreTrainedModel, set_seed
@@ -21,6 +22,7 @@ from .instruction import DEFAULT_MULTI_LABEL_TEMPLATE, DEFAULT_TEMPLATE, Instruc
 from .instruction_config import InstructionSFTConfig
 from .metrics import build_compute_metrics, load_metric, logits_from_probabilities, probabilities_from_results
 from .model_card import CardFacts, EvaluationFacts, lora_rows, metric_rows, parameter_counts, write_model_card
+from .scoring import supports_logits_to_keep
 from .verbalizer import Verbalizer
 
 logger = logging.getLogger(__name__)
@@ -131,6 +133,63 @@ class InstructionSFTRecipe(SFTTrainer):
             rows["labels"].append([IGNORE_INDEX] * len(prompt) + answer)
             label_ids.append(ids)
         return Dataset.from_dict(rows), texts, label_ids
+
+    # --- the loss ----------------------------------------------------------------------------------------------------
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The answer tokens' negative log-likelihood, with the LM head applied at the answer positions only.
+
+        An answer is a few tokens after a prompt of hundreds. Off CUDA/XPU, TRL's fused head projects every position
+        onto the vocabulary (fixed tile shapes for compilers), which doubles a CPU step of a small model. Here the
+        model computes logits only where the next token is an answer token (`logits_to_keep` with their positions);
+        the loss, its normalisation and TRL's logged entropy, token accuracy and token count are the same. Set-ups
+        this path does not cover (custom losses, label smoothing, DFT, MoE auxiliary losses, sequence/context/tensor
+        parallelism, models without `logits_to_keep`) go through TRL's own `compute_loss`.
+        """
+        labels = inputs.get("labels")
+        if (
+            return_outputs
+            or labels is None
+            or "shift_labels" in inputs
+            or self.compute_loss_func is not None
+            or self.label_smoother is not None
+            or self.args.loss_type != "nll"
+            or self.aux_loss_enabled
+            or self.accelerator.parallelism_config is not None
+            or not supports_logits_to_keep(self.model)
+        ):
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        targets = labels[:, 1:]
+        positions = (targets != IGNORE_INDEX).any(dim=0).nonzero().squeeze(-1)
+        if not len(positions):  # nothing to learn in this batch: TRL returns a zero that still has a graph
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        model_inputs = {key: value for key, value in inputs.items() if key != "labels"}
+        logits = model(**model_inputs, use_cache=False, logits_to_keep=positions).logits.float()
+        targets = targets[:, positions]
+        mask = targets != IGNORE_INDEX
+        logprobs = logits[mask].log_softmax(-1)
+        picked = targets[mask]
+        token_logprobs = logprobs.gather(-1, picked[:, None]).squeeze(-1)
+        count = mask.sum()
+        loss = -token_logprobs.sum() / torch.as_tensor(count if num_items_in_batch is None else num_items_in_batch).clamp(min=1)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * self.accelerator.num_processes  # as Trainer: DDP averages the gradients across ranks
+        self._log_token_metrics(inputs, logprobs.detach(), picked, count)
+        return loss
+
+    def _log_token_metrics(self, inputs, logprobs, targets, count):
+        """What TRL logs from its loss: mean entropy and top-1 accuracy over the answer tokens, tokens trained on."""
+        mode = "train" if self.model.training else "eval"
+        gather = self.accelerator.gather_for_metrics
+        valid = gather(count).sum()
+        entropy = gather(-(logprobs.exp() * logprobs).sum()).sum()
+        correct = gather((logprobs.argmax(-1) == targets).sum()).sum()
+        self._metrics[mode]["entropy"].append((entropy / valid).item() if valid > 0 else 0.0)
+        self._metrics[mode]["mean_token_accuracy"].append((correct / valid).item() if valid > 0 else 0.0)
+        if mode == "train":
+            self._total_train_tokens += gather(inputs["attention_mask"].sum()).sum().item() if "attention_mask" in inputs \
+                else gather(torch.tensor(inputs["input_ids"].numel(), device=inputs["input_ids"].device)).sum().item()
+        self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
 
     # --- classification and evaluation -------------------------------------------------------------------------------
 

@@ -55,12 +55,12 @@ def _encode(model, prompts: Sequence[Sequence[int]], pad_token_id: int):
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     # Only the last position's logits are needed: over a 50k vocabulary the LM head on every position would add a
     # quarter to a small model's compute and a (batch, length, vocab) tensor to its memory.
-    keep = {"logits_to_keep": 1} if _supports_logits_to_keep(model) else {}
+    keep = {"logits_to_keep": 1} if supports_logits_to_keep(model) else {}
     out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, **keep)
     return out.cache, out.logits[:, -1].float().log_softmax(-1), mask
 
 
-def _supports_logits_to_keep(model) -> bool:
+def supports_logits_to_keep(model) -> bool:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return "logits_to_keep" in inspect.signature(base.forward).parameters
 

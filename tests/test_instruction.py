@@ -85,6 +85,39 @@ def test_lora_training_lowers_the_answer_loss(llama_dir, tokenizer, tmp_path):
     assert losses[-1] < losses[0] - 0.2, losses
 
 
+def test_answer_only_loss_matches_trl_with_the_lm_head_on_answer_positions_only(llama_dir, tokenizer, tmp_path):
+    from trl import SFTTrainer
+
+    trainer = recipe(llama_dir, tokenizer, tmp_path, lora_dropout=0.0)
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    answer_positions = int((batch["labels"][:, 1:] != -100).any(0).sum())
+    model = trainer.model
+    model.train()
+    head_rows = []
+    hook = model.get_output_embeddings().register_forward_hook(
+        lambda module, args, output: head_rows.append(args[0].shape[:-1].numel()))
+
+    def loss_and_grads(compute):
+        model.zero_grad()
+        loss = compute(trainer, model, dict(batch), num_items_in_batch=None)
+        loss.backward()
+        grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad}
+        logged = {key: values[-1] for key, values in trainer._metrics["train"].items()}
+        return loss.detach(), grads, logged
+
+    ours = loss_and_grads(type(trainer).compute_loss)
+    assert head_rows == [batch["input_ids"].shape[0] * answer_positions]  # not every position of every prompt
+    assert answer_positions < batch["input_ids"].shape[1] / 4
+    trl = loss_and_grads(SFTTrainer.compute_loss)
+    hook.remove()
+    torch.testing.assert_close(ours[0], trl[0], rtol=1e-5, atol=1e-6)
+    for name, grad in ours[1].items():
+        torch.testing.assert_close(grad, trl[1][name], rtol=1e-4, atol=1e-6, msg=name)
+    assert ours[2]["entropy"] == pytest.approx(trl[2]["entropy"], rel=1e-4)
+    assert ours[2]["mean_token_accuracy"] == pytest.approx(trl[2]["mean_token_accuracy"])
+    assert ours[2]["num_tokens"] * 2 == trl[2]["num_tokens"]  # counted once per call, as TRL counts
+
+
 def test_evaluation_reports_classification_metrics(llama_dir, tokenizer, tmp_path):
     trainer = recipe(llama_dir, tokenizer, tmp_path, use_peft=False, num_train_epochs=1)
     metrics = trainer.evaluate()
