@@ -11,6 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessorList
 
 from .logits_process import VerbalizerLogitsProcessor
+from .prompt_cache import SharedPrefix
 from .scoring import score_labels
 from .verbalizer import LabelTokens, Verbalizer
 
@@ -179,21 +180,22 @@ class InstructionClassifier:
         return in_input_order
 
     def _generate(self, prompts: list[list[int]], batch_size: int) -> list[list[int]]:
-        device = next(self.model.parameters()).device
         processor = self.logits_processor()
         pad = self.tokenizer.pad_token_id
         was_training = self.model.training
         self.model.eval()
         answers = []
         try:
+            shared = SharedPrefix.encode(self.model, prompts)
             for start in range(0, len(prompts), batch_size):
-                batch = prompts[start : start + batch_size]
-                width = max(len(ids) for ids in batch)
-                input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in batch], device=device)
-                mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in batch], device=device)
+                inputs = shared.inputs(prompts[start : start + batch_size], pad)
+                # generate() reads the whole sequence; the shared prefix's tokens are in the cache already.
+                prefix = inputs["attention_mask"][:, : len(shared.ids)].new_tensor([shared.ids]).expand(len(inputs["input_ids"]), -1)
+                input_ids = torch.cat([prefix, inputs["input_ids"]], dim=1)
                 out = self.model.generate(
                     input_ids=input_ids,
-                    attention_mask=mask,
+                    attention_mask=inputs["attention_mask"],
+                    cache=inputs.get("cache"),
                     logits_processor=LogitsProcessorList([processor]),
                     max_new_tokens=self.max_answer_length,
                     do_sample=False,
@@ -201,7 +203,7 @@ class InstructionClassifier:
                     pad_token_id=pad,
                     eos_token_id=list(self.tokens.stop),
                 )
-                answers += out[:, width:].tolist()
+                answers += out[:, input_ids.shape[1] :].tolist()
         finally:
             self.model.train(was_training)
         return answers

@@ -22,7 +22,7 @@ from .instruction import DEFAULT_MULTI_LABEL_TEMPLATE, DEFAULT_TEMPLATE, Instruc
 from .instruction_config import InstructionSFTConfig
 from .metrics import build_compute_metrics, load_metric, logits_from_probabilities, probabilities_from_results
 from .model_card import CardFacts, EvaluationFacts, lora_rows, metric_rows, parameter_counts, write_model_card
-from .scoring import supports_logits_to_keep
+from .prompt_cache import supports_logits_to_keep
 from .verbalizer import Verbalizer
 
 logger = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """Label scoring: probabilities of each label from the model's next-token distributions along its answer.
 
-Each prompt is encoded once. Single-label scores are a softmax over the labels' answer likelihoods: the probability
+Each prompt is encoded once, the opening that all prompts share once per call (`SharedPrefix`). Single-label scores are a softmax over the labels' answer likelihoods: the probability
 of the label's tokens, times that of a stop token after them where the label is the start of a longer one (so that
 `pos` and `positive` are told apart). Labels of one token each, none the start of another, need no pass beyond the
 prompt's; otherwise the prompt's KV cache is repeated for every longer label and one pass reads all its tokens.
@@ -9,12 +9,12 @@ formed by the labels before `i` that greedy constrained decoding chooses.
 """
 
 import copy
-import inspect
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
+from .prompt_cache import SharedPrefix, last_logits_only
 from .verbalizer import LabelTokens
 
 LABEL_CHUNK = 32  # labels scored per forward pass (bounds the logits tensor for large label sets)
@@ -33,36 +33,26 @@ def score_labels(
     was_training = model.training
     model.eval()
     try:
+        shared = SharedPrefix.encode(model, prompt_ids)
         if not tokens.multi_label:
             prefixes = _is_prefix(tokens)
             rows = []
             for start in range(0, len(prompt_ids), batch_size):
                 batch = prompt_ids[start : start + batch_size]
-                cache, last, mask = _encode(model, batch, pad_token_id)
+                cache, last, mask = _encode(model, batch, pad_token_id, shared)
                 rows.append(_single_label_logprobs(model, cache, last, mask, tokens, prefixes, pad_token_id).exp())
             return torch.cat(rows).numpy()
-        return np.stack([_multi_label_scores(model, ids, tokens, pad_token_id) for ids in prompt_ids])
+        return np.stack([_multi_label_scores(model, ids, tokens, pad_token_id, shared) for ids in prompt_ids])
     finally:
         model.train(was_training)
 
 
-def _encode(model, prompts: Sequence[Sequence[int]], pad_token_id: int):
-    """Left-padded prompts through the model once: their cache, last-position log-probs and attention mask."""
-    device = next(model.parameters()).device
-    width = max(len(ids) for ids in prompts)
-    input_ids = torch.tensor([[pad_token_id] * (width - len(ids)) + list(ids) for ids in prompts], device=device)
-    mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompts], device=device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    # Only the last position's logits are needed: over a 50k vocabulary the LM head on every position would add a
-    # quarter to a small model's compute and a (batch, length, vocab) tensor to its memory.
-    keep = {"logits_to_keep": 1} if supports_logits_to_keep(model) else {}
-    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, **keep)
-    return out.cache, out.logits[:, -1].float().log_softmax(-1), mask
-
-
-def supports_logits_to_keep(model) -> bool:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
+def _encode(model, prompts: Sequence[Sequence[int]], pad_token_id: int, prefix: SharedPrefix):
+    """Prompts (which start with `prefix`) through the model once: their cache, last-position log-probs and the
+    attention mask over their whole length."""
+    inputs = prefix.inputs(prompts, pad_token_id)
+    out = model(**inputs, use_cache=True, **last_logits_only(model))
+    return out.cache, out.logits[:, -1].float().log_softmax(-1), inputs["attention_mask"]
 
 
 def _is_prefix(tokens: LabelTokens) -> list[bool]:
@@ -79,15 +69,17 @@ def _single_label_logprobs(model, cache, last_logprobs, mask, tokens: LabelToken
     batch = mask.shape[0]
     for start in range(0, len(longer), LABEL_CHUNK):
         chunk = longer[start : start + LABEL_CHUNK]
-        logits = _continue(model, cache, mask, [list(tokens.first[i]) for i in chunk], pad_token_id,
-                           consume=start + LABEL_CHUNK >= len(longer))
-        logprobs = logits.float().log_softmax(-1).view(batch, len(chunk), logits.shape[1], -1).cpu()
+        # A label's last token is read only when a stop token must follow it (labels that start a longer one).
+        fed = [list(tokens.first[i]) if prefixes[i] else list(tokens.first[i][:-1]) for i in chunk]
+        logits = _continue(model, cache, mask, fed, pad_token_id, consume=start + LABEL_CHUNK >= len(longer)).float()
+        logits = logits.view(batch, len(chunk), logits.shape[1], -1).cpu()
+        normalizer = logits.logsumexp(-1)  # (batch, label, position): log-probabilities without a vocab-sized copy
         for column, i in enumerate(chunk):
             ids = tokens.first[i]
             for depth in range(1, len(ids)):  # the distribution after `depth` label tokens
-                total[:, i] += logprobs[:, column, depth - 1, ids[depth]]
+                total[:, i] += logits[:, column, depth - 1, ids[depth]] - normalizer[:, column, depth - 1]
             if prefixes[i]:
-                total[:, i] += logprobs[:, column, len(ids) - 1, stop].logsumexp(-1)
+                total[:, i] += logits[:, column, len(ids) - 1, stop].logsumexp(-1) - normalizer[:, column, len(ids) - 1]
     return total.log_softmax(-1)
 
 
@@ -128,13 +120,14 @@ def _answer_logprobs(model, cache, last_logprobs, mask, answers: list[list[int]]
     return torch.cat(columns, dim=1).cpu()
 
 
-def _multi_label_scores(model, prompt: Sequence[int], tokens: LabelTokens, pad_token_id: int) -> np.ndarray:
+def _multi_label_scores(model, prompt: Sequence[int], tokens: LabelTokens, pad_token_id: int,
+                        prefix: SharedPrefix) -> np.ndarray:
     """Follow greedy constrained decoding label by label, reusing one growing cache: at each step every label that
     may come next gets P(it is named next), and decoding stops when the stop token beats every label."""
     num_labels = len(tokens.first)
     limit = tokens.max_labels or num_labels
     scores = np.zeros(num_labels)
-    cache, last, mask = _encode(model, [prompt], pad_token_id)
+    cache, last, mask = _encode(model, [prompt], pad_token_id, prefix)
     chosen: list[int] = []
     while True:
         candidates = [i for i in range(num_labels) if not chosen or i > chosen[-1]]

@@ -309,10 +309,13 @@ def test_labels_with_distinct_first_tokens_cost_one_pass(tiny_lm_dirs, tokenizer
                          max_labels=None)
     prompts = [tokenizer("Text: good film\nLabel:").input_ids, tokenizer("Text: a long match report\nLabel:").input_ids]
     calls = []
-    hook = model.register_forward_hook(lambda module, args, output: calls.append(1))
+    hook = model.register_forward_hook(lambda module, args, kwargs, output: calls.append(kwargs["input_ids"].shape),
+                                       with_kwargs=True)
     got = scoring.score_labels(model, prompts, tokens, pad_token_id=tokenizer.pad_token_id, batch_size=2)
     hook.remove()
-    assert len(calls) == 1  # the prompts' pass only
+    shared = len(tokenizer("Text:").input_ids)
+    # The opening both prompts share, then the prompts' own tokens: no pass beyond them.
+    assert calls == [(1, shared), (2, max(len(ids) for ids in prompts) - shared)]
     for prompt, row in zip(prompts, got):
         with torch.no_grad():
             logits = model(torch.tensor([prompt])).logits[0, -1].float()
