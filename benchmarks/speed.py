@@ -252,10 +252,16 @@ def _instruction(method: str):
 
 
 def input_tokens(name: str, texts: list[str]) -> float:
-    """Tokens the model reads per article for an inference subject: the classifier's input with its suffix, or the
-    instruction prompt (texts cut to the same length in both; the prompt adds its instructions)."""
+    """Tokens the model encodes per article for an inference subject: the classifier's input with its suffix, or
+    the instruction prompt (texts cut to the same length in both; the prompt adds its instructions), whose opening
+    shared by all prompts is encoded once per pass and counts here as its share per article."""
     if name.startswith("instruction_"):
-        return statistics.mean(len(ids) for ids in _instruction_classifier().prompt_ids(texts))
+        from hf_clf_ext.prompt_cache import SharedPrefix
+
+        classifier = _instruction_classifier()
+        prompts = classifier.prompt_ids(texts)
+        shared = len(SharedPrefix.encode(classifier.model, prompts).ids)
+        return statistics.mean(len(ids) for ids in prompts) - shared + shared / len(prompts)
     model, tokenizer = _classifier(LONG if name.endswith("_long") else SHORT)
     suffix = len(model.config.suffix_token_ids)
     return statistics.mean(len(ids) + suffix for ids in tokenizer(texts, truncation=True)["input_ids"])
@@ -402,7 +408,7 @@ def report(results: dict, examples: int, repeats: int) -> str:
         met = "-" if sense is None else ("yes" if (value >= target if sense == ">=" else value <= target) else "no")
         lines.append(f"| {label} | {value:.3f} | {'-' if sense is None else f'{sense} {target}'} | {met} |")
     lines += ["", "![examples per second and peak memory by subject](speed.png)", "",
-              "| subject | examples/s | seconds per pass | examples | input tokens per example | peak memory (GiB) "
+              "| subject | examples/s | seconds per pass | examples | tokens encoded per example | peak memory (GiB) "
               "| extra (GiB) |", "|---|---|---|---|---|---|---|"]
     for name, row in results.items():
         spread = f" [{min(row['passes']):.2f}–{max(row['passes']):.2f}]" if len(row["passes"]) > 1 else ""

@@ -194,9 +194,11 @@ class InstructionSFTRecipe(SFTTrainer):
     # --- classification and evaluation -------------------------------------------------------------------------------
 
     def classify(self, texts: Sequence[str], method: str = "generate", batch_size: int | None = None) -> list[dict]:
-        """Labels for raw texts by constrained decoding (`"generate"`) or label scoring (`"score"`)."""
+        """Labels for raw texts by constrained decoding (`"generate"`) or label scoring (`"score"`), under the
+        training's mixed precision (bf16/fp16 autocast), as the trainer's own evaluation runs."""
         self.classifier.model = self.model
-        return self.classifier.classify(texts, method=method, batch_size=batch_size or self.args.per_device_eval_batch_size)
+        with self.accelerator.autocast():
+            return self.classifier.classify(texts, method=method, batch_size=batch_size or self.args.per_device_eval_batch_size)
 
     def classification_metrics(self, texts, label_ids, methods: Sequence[str] | None = None) -> dict[str, float]:
         """Metrics of each classification method on `texts` (F1, accuracy, ECE, ...), keyed `<method>_<metric>`."""

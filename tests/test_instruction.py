@@ -118,6 +118,18 @@ def test_answer_only_loss_matches_trl_with_the_lm_head_on_answer_positions_only(
     assert ours[2]["num_tokens"] * 2 == trl[2]["num_tokens"]  # counted once per call, as TRL counts
 
 
+@pytest.mark.parametrize("bf16", [False, True])
+def test_classify_runs_under_the_training_mixed_precision(llama_dir, tokenizer, tmp_path, bf16):
+    trainer = recipe(llama_dir, tokenizer, tmp_path, bf16=bf16)
+    dtypes = []
+    hook = trainer.model.get_output_embeddings().register_forward_hook(
+        lambda module, args, output: dtypes.append(output.dtype))
+    for method in ("generate", "score"):
+        trainer.classify(["the market", "a striker"], method=method)
+    hook.remove()
+    assert set(dtypes) == {torch.bfloat16 if bf16 else torch.float32}
+
+
 def test_evaluation_reports_classification_metrics(llama_dir, tokenizer, tmp_path):
     trainer = recipe(llama_dir, tokenizer, tmp_path, use_peft=False, num_train_epochs=1)
     metrics = trainer.evaluate()
