@@ -12,8 +12,19 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 def machine() -> str:
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
-    cpu = platform.processor() or platform.machine()
-    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    return f"{_cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def _cpu_name() -> str:
+    """The CPU model (e.g. "AMD EPYC"): CPU speed differs between machines of the same kind, so results name it."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as file:
+            for line in file:
+                if line.startswith("model name"):
+                    return f"{line.split(':', 1)[1].strip()} ({platform.machine()})"
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def stock_classifier(path: str, names: list[str], tokenizer, *, lora: bool = True, **from_pretrained_kwargs):

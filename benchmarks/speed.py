@@ -1,29 +1,16 @@
 """Speed and peak memory, in one run on one machine, as ratios (SmolLM2-135M-Instruct, BBC News test articles).
 
-    python benchmarks/speed.py                                   # everything (about 40 minutes on 2 CPU cores, 21 GiB)
+    python benchmarks/speed.py                                   # everything (about 2 hours on 2 CPU cores, 21 GiB)
     python benchmarks/speed.py --examples 64 --subjects head_predict backbone_forward   # a quick look
+    python benchmarks/speed.py --subjects train_ours train_stock --merge    # re-measure two, keep the other results
 
 Inference subjects that are compared with each other run in one process, in alternating passes (the order rotates
 each round), after one warm-up batch each: on a shared VM the speed of one process differs from the next by 10-20%,
-more than the ratios resolve. An inference speed is the median of `--repeats` passes. Each training subject runs in a
-fresh process. Peak memory is the process's peak resident memory during the subject's passes (peak allocated GPU
-memory on CUDA), the weights of every model in the process included; "extra" is that peak minus what was resident
-when the pass began: the subject's own working memory.
-
-Inference (the same articles, batch 16, bf16 weights, max 256 tokens unless `_long` = 1024 tokens):
-  head_predict            our classifier through `predict_texts` (tokenize, sort by length, suffix, pool, head)
-  backbone_forward        the backbone alone on the very token batches the classifier's backbone sees, tokenized
-                          before the clock starts: the limit
-  stock_forward           transformers' `AutoModelForSequenceClassification` on the same pre-tokenized batches
-  head_predict_unsorted   `predict_texts` fed in input order, one batch at a time (what unsorted batching costs)
-  instruction_generate    the instruction approach: constrained greedy `generate()` (prompt capped at 320 tokens)
-  instruction_score       the instruction approach: label scoring
-Training (12 steps of batch 8 drawn from 400 training articles; LoRA r=8, AdamW, bf16 autocast):
-  train_ours / train_stock, `_grouped` with `train_sampling_strategy="group_by_length"`, `_long` at 1024 tokens.
-  Length grouping sorts mega-batches of min(50, n / (4 x batch)) batches, 12 batches for 400 articles: the 12 steps
-  are one whole mega-batch (its first batch holds the longest article of the set, as transformers arranges it).
-
-Writes `benchmarks/results/speed.json` and `benchmarks/results/speed.md`.
+more than the ratios resolve. An inference speed is the median of `--repeats` passes. Each training run is a fresh
+process; at 256 tokens the subjects run `--train_repeats` times, round-robin, and the median run is kept. Peak memory
+is the process's peak resident memory during the subject's passes (peak allocated GPU memory on CUDA), the weights of
+every model in the process included; "extra" is that peak minus what was resident when the pass began: the subject's
+own working memory.
 """
 
 import argparse
@@ -366,34 +353,44 @@ def run_subjects(names: list[str], examples: int, repeats: int) -> dict:
 # --- the run ---------------------------------------------------------------------------------------------------------
 
 
-def _processes(subjects: list[str]) -> list[list[str]]:
-    """The asked-for subjects, grouped by the process they run in."""
+def _processes(subjects: list[str], train_repeats: int) -> list[list[str]]:
+    """The asked-for subjects, grouped by the process they run in. Training subjects at 256 tokens run
+    `train_repeats` times, round-robin, so that drifts in the machine's speed reach all of them; at 1024 tokens once
+    (a run takes about ten minutes on 2 CPU cores)."""
     groups = [[name for name in group if name in subjects] for group in INTERLEAVED]
-    alone = [[name] for name in subjects if not any(name in group for group in INTERLEAVED)]
-    return [group for group in groups if group] + alone
+    training = [name for name in subjects if name in TRAINING]
+    rounds = [[name] for round_ in range(train_repeats) for name in training if round_ == 0 or not name.endswith("_long")]
+    return [group for group in groups if group] + rounds
 
 
-def run(subjects: list[str], examples: int, repeats: int) -> dict:
+def run(subjects: list[str], examples: int, repeats: int, train_repeats: int) -> dict:
     results = {}
-    for names in _processes(subjects):
+    for names in _processes(subjects, train_repeats):
         print(f"== {' '.join(names)}", flush=True)
         with tempfile.NamedTemporaryFile(suffix=".json") as out:
             subprocess.run([sys.executable, __file__, "--subject", *names, "--examples", str(examples), "--repeats",
                             str(repeats), "--out", out.name], check=True)
             measured = json.loads(Path(out.name).read_text())
         for name in names:
-            results[name] = measured[name]
+            row = measured[name]
+            if name in results:  # another run of a training subject: the median run, the highest peak
+                before = results[name]
+                row = _summary(row["examples"], before["passes"] + row["passes"],
+                               max(before["peak_memory_gib"], row["peak_memory_gib"]),
+                               max(before["extra_memory_gib"], row["extra_memory_gib"]))
+            results[name] = row
             print(name, json.dumps(measured[name]), flush=True)
     return results
 
 
-def report(results: dict, examples: int, repeats: int) -> str:
+def report(results: dict, examples: int, repeats: int, train_repeats: int) -> str:
     groups = "; ".join(", ".join(group) for group in INTERLEAVED)
     lines = ["# Speed and peak memory (SmolLM2-135M-Instruct, BBC News)", "",
              (f"Machine: {machine()}. One run of `benchmarks/speed.py`. Inference on {examples} test articles, batch "
              f"{BATCH}, bf16 weights, after one warm-up batch; subjects compared with each other share one process "
              f"and take turns pass by pass ({groups}); speeds at 256 tokens are the median of {repeats} passes (range "
-             "in brackets), at 1024 tokens one pass. Training: each subject in a fresh process, "
+             "in brackets), at 1024 tokens one pass. Training: each run in a fresh process, the median of "
+             f"{train_repeats} runs at 256 tokens taken round-robin (range in brackets), one run at 1024 tokens; "
              f"{TRAIN_STEPS} steps of batch 8 drawn from {5 * TRAIN_PER_CLASS} training articles (one length-grouping "
              "mega-batch), LoRA r=8, AdamW, bf16 autocast, the first step included. Peak memory is the process's peak "
              "resident set during the subject's passes (CUDA: peak allocated), the weights of every model in the "
@@ -447,6 +444,10 @@ def main(argv=None) -> None:
     parser.add_argument("--subjects", nargs="+", choices=INFERENCE + TRAINING, default=INFERENCE + TRAINING)
     parser.add_argument("--examples", type=int, default=445, help="Test articles for the inference subjects.")
     parser.add_argument("--repeats", type=int, default=3, help="Timed passes per inference subject (median kept).")
+    parser.add_argument("--train_repeats", type=int, default=3,
+                        help="Runs of each training subject at 256 tokens, each in a fresh process (median kept).")
+    parser.add_argument("--merge", action="store_true",
+                        help="Keep the saved results of the subjects not run now (to re-measure a few).")
     parser.add_argument("--subject", nargs="+", choices=INFERENCE + TRAINING, help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--results", type=Path, default=RESULTS, help="Folder for speed.json and speed.md.")
@@ -454,11 +455,16 @@ def main(argv=None) -> None:
     if args.subject:
         Path(args.out).write_text(json.dumps(run_subjects(args.subject, args.examples, args.repeats)))
         return
-    results = run(args.subjects, args.examples, args.repeats)
+    results = run(args.subjects, args.examples, args.repeats, args.train_repeats)
+    saved = args.results / "speed.json"
+    if args.merge and saved.exists():
+        kept = json.loads(saved.read_text())["results"]
+        results = {name: results.get(name, kept.get(name)) for name in INFERENCE + TRAINING
+                   if name in results or name in kept}
     args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "speed.json").write_text(json.dumps({"machine": machine(), "examples": args.examples,
-                                                         "repeats": args.repeats, "results": results}, indent=2))
-    text = report(results, args.examples, args.repeats)
+    saved.write_text(json.dumps({"machine": machine(), "examples": args.examples, "repeats": args.repeats,
+                                 "train_repeats": args.train_repeats, "results": results}, indent=2))
+    text = report(results, args.examples, args.repeats, args.train_repeats)
     (args.results / "speed.md").write_text(text)
     plot(results, args.results / "speed.png")
     sys.stdout.write(text)

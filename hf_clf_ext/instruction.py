@@ -190,8 +190,8 @@ class InstructionClassifier:
             for start in range(0, len(prompts), batch_size):
                 inputs = shared.inputs(prompts[start : start + batch_size], pad)
                 # generate() reads the whole sequence; the shared prefix's tokens are in the cache already.
-                prefix = inputs["attention_mask"][:, : len(shared.ids)].new_tensor([shared.ids]).expand(len(inputs["input_ids"]), -1)
-                input_ids = torch.cat([prefix, inputs["input_ids"]], dim=1)
+                prefix = torch.tensor([shared.ids], dtype=torch.long, device=shared.device)
+                input_ids = torch.cat([prefix.expand(len(inputs["input_ids"]), -1), inputs["input_ids"]], dim=1)
                 out = self.model.generate(
                     input_ids=input_ids,
                     attention_mask=inputs["attention_mask"],

@@ -1,11 +1,12 @@
 """Label scoring: probabilities of each label from the model's next-token distributions along its answer.
 
-Each prompt is encoded once, the opening that all prompts share once per call (`SharedPrefix`). Single-label scores are a softmax over the labels' answer likelihoods: the probability
-of the label's tokens, times that of a stop token after them where the label is the start of a longer one (so that
-`pos` and `positive` are told apart). Labels of one token each, none the start of another, need no pass beyond the
-prompt's; otherwise the prompt's KV cache is repeated for every longer label and one pass reads all its tokens.
-Multi-label scores are per-label: the probability that the model names label `i` next, after the canonical answer
-formed by the labels before `i` that greedy constrained decoding chooses.
+Each prompt is encoded once (the opening all prompts share, once per call: `SharedPrefix`). Single-label scores are a
+softmax over the labels' answer likelihoods: the probability of the label's tokens, times that of a stop token after
+them where the label is the start of a longer one (so that `pos` and `positive` are told apart). Labels of one token
+each, none the start of another, need no pass beyond the prompt's; otherwise the prompt's KV cache is repeated for
+every longer label and one pass reads its tokens. Multi-label scores are per-label: the probability that the model
+names label `i` next, after the canonical answer formed by the labels before `i` that greedy constrained decoding
+chooses.
 """
 
 import copy
