@@ -383,10 +383,15 @@ def run(subjects: list[str], examples: int, repeats: int, train_repeats: int) ->
     return results
 
 
-def report(results: dict, examples: int, repeats: int, train_repeats: int) -> str:
+def report(saved: dict) -> str:
+    """speed.md from speed.json: the ratios against their targets, then every subject's measurements."""
+    results, examples, repeats, train_repeats = (saved[key] for key in ("results", "examples", "repeats",
+                                                                         "train_repeats"))
+    runs = "; ".join(f"{run['date']} on {run['machine']}: {', '.join(run['subjects'])}" for run in saved["runs"])
     groups = "; ".join(", ".join(group) for group in INTERLEAVED)
     lines = ["# Speed and peak memory (SmolLM2-135M-Instruct, BBC News)", "",
-             (f"Machine: {machine()}. One run of `benchmarks/speed.py`. Inference on {examples} test articles, batch "
+             f"Runs of `benchmarks/speed.py` (a later run replaces the subjects it measures): {runs}.", "",
+             (f"Inference on {examples} test articles, batch "
              f"{BATCH}, bf16 weights, after one warm-up batch; subjects compared with each other share one process "
              f"and take turns pass by pass ({groups}); speeds at 256 tokens are the median of {repeats} passes (range "
              "in brackets), at 1024 tokens one pass. Training: each run in a fresh process, the median of "
@@ -415,7 +420,7 @@ def report(results: dict, examples: int, repeats: int, train_repeats: int) -> st
     return "\n".join(lines) + "\n"
 
 
-def plot(results: dict, path: Path) -> None:
+def plot(results: dict, path: Path, machine_name: str) -> None:
     """Examples per second and peak memory of every subject, inference and training side by side."""
     import matplotlib
 
@@ -433,7 +438,7 @@ def plot(results: dict, path: Path) -> None:
             axis.set_xlabel(label)
     for axis in axes[:, 1]:
         axis.set_yticklabels([])
-    figure.suptitle(f"SmolLM2-135M-Instruct on BBC News; {machine()}")
+    figure.suptitle(f"SmolLM2-135M-Instruct on BBC News; {machine_name}")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -451,22 +456,31 @@ def main(argv=None) -> None:
     parser.add_argument("--subject", nargs="+", choices=INFERENCE + TRAINING, help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--results", type=Path, default=RESULTS, help="Folder for speed.json and speed.md.")
+    parser.add_argument("--report", action="store_true", help="Only write speed.md and speed.png from speed.json.")
     args = parser.parse_args(argv)
     if args.subject:
         Path(args.out).write_text(json.dumps(run_subjects(args.subject, args.examples, args.repeats)))
         return
-    results = run(args.subjects, args.examples, args.repeats, args.train_repeats)
-    saved = args.results / "speed.json"
-    if args.merge and saved.exists():
-        kept = json.loads(saved.read_text())["results"]
-        results = {name: results.get(name, kept.get(name)) for name in INFERENCE + TRAINING
-                   if name in results or name in kept}
-    args.results.mkdir(parents=True, exist_ok=True)
-    saved.write_text(json.dumps({"machine": machine(), "examples": args.examples, "repeats": args.repeats,
-                                 "train_repeats": args.train_repeats, "results": results}, indent=2))
-    text = report(results, args.examples, args.repeats, args.train_repeats)
+    saved_path = args.results / "speed.json"
+    if args.report:
+        saved = json.loads(saved_path.read_text())
+    else:
+        started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        results = run(args.subjects, args.examples, args.repeats, args.train_repeats)
+        run_facts = [{"date": started, "machine": machine(),
+                      "subjects": ["all"] if set(args.subjects) == set(INFERENCE + TRAINING) else args.subjects}]
+        if args.merge and saved_path.exists():
+            kept = json.loads(saved_path.read_text())
+            results = {name: results.get(name, kept["results"].get(name)) for name in INFERENCE + TRAINING
+                       if name in results or name in kept["results"]}
+            run_facts = kept["runs"] + run_facts
+        saved = {"examples": args.examples, "repeats": args.repeats, "train_repeats": args.train_repeats,
+                 "runs": run_facts, "results": results}
+        args.results.mkdir(parents=True, exist_ok=True)
+        saved_path.write_text(json.dumps(saved, indent=2))
+    text = report(saved)
     (args.results / "speed.md").write_text(text)
-    plot(results, args.results / "speed.png")
+    plot(saved["results"], args.results / "speed.png", saved["runs"][-1]["machine"])
     sys.stdout.write(text)
 
 
