@@ -133,12 +133,7 @@ class InstructionClassifier:
     @property
     def max_answer_length(self) -> int:
         """Tokens of the longest valid answer, stop token included."""
-        if not self.tokens.multi_label:
-            return max(len(ids) for ids in self.tokens.first) + 1
-        longest = sorted((len(ids) for ids in self.tokens.after_delimiter), reverse=True)
-        count = self.tokens.max_labels or len(longest)
-        first = max(len(ids) for ids in self.tokens.first)
-        return first + sum(longest[: count - 1]) + (count - 1) * len(self.tokens.delimiter) + 1
+        return self.tokens.max_answer_length
 
     def logits_processor(self) -> VerbalizerLogitsProcessor:
         """A processor for your own `generate()` calls on prompts built by `prompt_ids`."""
@@ -186,7 +181,10 @@ class InstructionClassifier:
         self.model.eval()
         answers = []
         try:
-            shared = SharedPrefix.encode(self.model, prompts)
+            # generate() refuses a cache of ours when the model's generation config names a cache implementation.
+            sharing = getattr(self.model.generation_config, "cache_implementation", None) in (None, "hybrid")
+            shared = (SharedPrefix.encode(self.model, prompts, extra_tokens=self.max_answer_length) if sharing
+                      else SharedPrefix.none(self.model))
             for start in range(0, len(prompts), batch_size):
                 inputs = shared.inputs(prompts[start : start + batch_size], pad)
                 # generate() reads the whole sequence; the shared prefix's tokens are in the cache already.
@@ -200,6 +198,7 @@ class InstructionClassifier:
                     max_new_tokens=self.max_answer_length,
                     do_sample=False,
                     num_beams=1,
+                    num_return_sequences=1,
                     pad_token_id=pad,
                     eos_token_id=list(self.tokens.stop),
                 )

@@ -156,6 +156,7 @@ class InstructionSFTRecipe(SFTTrainer):
             or self.args.loss_type != "nll"
             or self.aux_loss_enabled
             or self.accelerator.parallelism_config is not None
+            or getattr(getattr(self.model, "active_peft_config", None), "is_prompt_learning", False)  # virtual tokens
             or not supports_logits_to_keep(self.model)
         ):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
@@ -164,14 +165,16 @@ class InstructionSFTRecipe(SFTTrainer):
         if not len(positions):  # nothing to learn in this batch: TRL returns a zero that still has a graph
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         model_inputs = {key: value for key, value in inputs.items() if key != "labels"}
-        logits = model(**model_inputs, use_cache=False, logits_to_keep=positions).logits.float()
-        targets = targets[:, positions]
+        # Positions on the CPU index hidden states on any device (the last one, with a model split by device_map).
+        logits = model(**model_inputs, use_cache=False, logits_to_keep=positions.cpu()).logits.float()
+        targets = targets[:, positions].to(logits.device)
         mask = targets != IGNORE_INDEX
         logprobs = logits[mask].log_softmax(-1)
         picked = targets[mask]
         token_logprobs = logprobs.gather(-1, picked[:, None]).squeeze(-1)
         count = mask.sum()
-        loss = -token_logprobs.sum() / torch.as_tensor(count if num_items_in_batch is None else num_items_in_batch).clamp(min=1)
+        denominator = count if num_items_in_batch is None else num_items_in_batch
+        loss = -token_logprobs.sum() / torch.as_tensor(denominator, device=logits.device).clamp(min=1)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes  # as Trainer: DDP averages the gradients across ranks
         self._log_token_metrics(inputs, logprobs.detach(), picked, count)
@@ -182,7 +185,7 @@ class InstructionSFTRecipe(SFTTrainer):
         mode = "train" if self.model.training else "eval"
         gather = self.accelerator.gather_for_metrics
         valid = gather(count).sum()
-        entropy = gather(-(logprobs.exp() * logprobs).sum()).sum()
+        entropy = gather(torch.special.entr(logprobs.exp()).sum()).sum()  # 0 log 0 = 0 for masked-out tokens
         correct = gather((logprobs.argmax(-1) == targets).sum()).sum()
         self._metrics[mode]["entropy"].append((entropy / valid).item() if valid > 0 else 0.0)
         self._metrics[mode]["mean_token_accuracy"].append((correct / valid).item() if valid > 0 else 0.0)

@@ -5,8 +5,9 @@ list, often 50 tokens or more before the text. Encoding them once and handing ea
 takes them out of the per-example cost of label scoring and constrained decoding. The prefix is the longest common
 prefix of the prompts' token ids, so no tokenization boundary is guessed. A batch's own tokens are left-padded after
 the prefix (`[prefix][pads][tokens]`); the attention mask hides the pads and position ids count real tokens only, so
-each row computes what it would alone. Sliding-window attention counts cache slots rather than positions, so with a
-window shorter than a padded row nothing is shared.
+each row computes what it would alone. Where pads in the middle would change that (windowed attention counts cache
+slots, not positions; recurrent and convolutional layers carry state through pads; PEFT prompt learning prepends
+virtual tokens to every forward), nothing is shared and batches are plain left-padded prompts.
 """
 
 import copy
@@ -29,14 +30,26 @@ class SharedPrefix:
 
     @classmethod
     @torch.no_grad()
-    def encode(cls, model, prompts: Sequence[Sequence[int]]) -> "SharedPrefix":
+    def encode(cls, model, prompts: Sequence[Sequence[int]], extra_tokens: int = 0) -> "SharedPrefix":
+        """The prompts' shared opening, encoded, or nothing shared where padding between it and the rest of a prompt
+        would change what the model computes: windowed attention (sliding or chunked) over more than the window once
+        `extra_tokens` (answer tokens fed after the prompts) are added; recurrent or convolutional layers (their state
+        runs through the pads); PEFT prompt learning (virtual tokens are prepended to every forward)."""
         device = next(model.parameters()).device
         ids = _common_prefix(prompts)
-        window = _sliding_window(model)
-        if not ids or (window is not None and max(len(p) for p in prompts) > window):
-            return cls([], None, device)
+        window = _attention_window(model)
+        if (not ids or (window is not None and max(len(p) for p in prompts) + extra_tokens > window)
+                or _is_prompt_learning(model)):
+            return cls.none(model)
         out = model(input_ids=torch.tensor([ids], device=device), use_cache=True, **last_logits_only(model))
+        if any(getattr(out.cache, "is_linear", ())):
+            return cls.none(model)
         return cls(ids, out.cache, device)
+
+    @classmethod
+    def none(cls, model) -> "SharedPrefix":
+        """Nothing shared: batches are plain left-padded prompts."""
+        return cls([], None, next(model.parameters()).device)
 
     def inputs(self, prompts: Sequence[Sequence[int]], pad_token_id: int) -> dict:
         """Model inputs for prompts that start with the prefix: their remaining tokens left-padded, the attention
@@ -51,7 +64,7 @@ class SharedPrefix:
                   "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)[:, start:]}
         if self.cache is not None:
             cache = copy.deepcopy(self.cache)
-            cache.batch_repeat_interleave(len(prompts))
+            repeat_rows(cache, torch.zeros(len(prompts), dtype=torch.long))
             inputs["cache"] = cache
         return inputs
 
@@ -66,11 +79,25 @@ def _common_prefix(prompts: Sequence[Sequence[int]]) -> list[int]:
     return list(first[:length])
 
 
-def _sliding_window(model) -> int | None:
+def _attention_window(model) -> int | None:
+    """The shortest span of cache slots an attention layer looks back over (sliding window, Llama 4's chunks)."""
     config = model.config.get_text_config()
-    if getattr(config, "use_sliding_window", True) is False:  # Qwen2 declares a window it does not use
-        return None
-    return getattr(config, "sliding_window", None) or None
+    windows = [getattr(config, "attention_chunk_size", None)]
+    if getattr(config, "use_sliding_window", True) is not False:  # Qwen2 declares a window it does not use
+        windows.append(getattr(config, "sliding_window", None))
+    windows = [window for window in windows if window]
+    return min(windows) if windows else None
+
+
+def _is_prompt_learning(model) -> bool:
+    config = getattr(model, "active_peft_config", None)
+    return bool(getattr(config, "is_prompt_learning", False))
+
+
+def repeat_rows(cache: Cache, rows: torch.Tensor) -> None:
+    """Make row `i` of `cache` (in place) a copy of its row `rows[i]`. Beam search's `reorder_cache` takes any row
+    index on every layer type, where `batch_repeat_interleave` is missing on convolutional/recurrent layers."""
+    cache.reorder_cache(rows)
 
 
 def supports_logits_to_keep(model) -> bool:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .prompt_cache import SharedPrefix, last_logits_only
+from .prompt_cache import SharedPrefix, last_logits_only, repeat_rows
 from .verbalizer import LabelTokens
 
 LABEL_CHUNK = 32  # labels scored per forward pass (bounds the logits tensor for large label sets)
@@ -34,7 +34,7 @@ def score_labels(
     was_training = model.training
     model.eval()
     try:
-        shared = SharedPrefix.encode(model, prompt_ids)
+        shared = SharedPrefix.encode(model, prompt_ids, extra_tokens=tokens.max_answer_length)
         if not tokens.multi_label:
             prefixes = _is_prefix(tokens)
             rows = []
@@ -73,14 +73,16 @@ def _single_label_logprobs(model, cache, last_logprobs, mask, tokens: LabelToken
         # A label's last token is read only when a stop token must follow it (labels that start a longer one).
         fed = [list(tokens.first[i]) if prefixes[i] else list(tokens.first[i][:-1]) for i in chunk]
         logits = _continue(model, cache, mask, fed, pad_token_id, consume=start + LABEL_CHUNK >= len(longer)).float()
-        logits = logits.view(batch, len(chunk), logits.shape[1], -1).cpu()
-        normalizer = logits.logsumexp(-1)  # (batch, label, position): log-probabilities without a vocab-sized copy
+        logits = logits.view(batch, len(chunk), logits.shape[1], -1)
+        normalizer = logits.logsumexp(-1)  # log-probabilities are picks minus this, on the model's device
         for column, i in enumerate(chunk):
             ids = tokens.first[i]
             for depth in range(1, len(ids)):  # the distribution after `depth` label tokens
-                total[:, i] += logits[:, column, depth - 1, ids[depth]] - normalizer[:, column, depth - 1]
+                pick = logits[:, column, depth - 1, ids[depth]] - normalizer[:, column, depth - 1]
+                total[:, i] += pick.cpu()
             if prefixes[i]:
-                total[:, i] += logits[:, column, len(ids) - 1, stop].logsumexp(-1) - normalizer[:, column, len(ids) - 1]
+                end = len(ids) - 1
+                total[:, i] += (logits[:, column, end, stop].logsumexp(-1) - normalizer[:, column, end]).cpu()
     return total.log_softmax(-1)
 
 
@@ -92,7 +94,7 @@ def _continue(model, cache, mask, sequences: list[list[int]], pad_token_id: int,
     seq = torch.tensor([ids + [pad_token_id] * (width - len(ids)) for ids in sequences], device=device)
     seq_mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids in sequences], device=device)
     repeated = cache if consume else copy.deepcopy(cache)
-    repeated.batch_repeat_interleave(count)
+    repeat_rows(repeated, torch.arange(batch).repeat_interleave(count))
     attention = torch.cat([mask.repeat_interleave(count, 0), seq_mask.repeat(batch, 1)], dim=1)
     positions = mask.sum(-1).repeat_interleave(count)[:, None] + torch.arange(width, device=device)
     return model(input_ids=seq.repeat(batch, 1), attention_mask=attention, position_ids=positions,

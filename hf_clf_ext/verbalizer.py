@@ -24,6 +24,16 @@ class LabelTokens:
     multi_label: bool
     max_labels: int | None
 
+    @property
+    def max_answer_length(self) -> int:
+        """Tokens of the longest valid answer, stop token included."""
+        if not self.multi_label:
+            return max(len(ids) for ids in self.first) + 1
+        longest = sorted((len(ids) for ids in self.after_delimiter), reverse=True)
+        count = self.max_labels or len(longest)
+        first = max(len(ids) for ids in self.first)
+        return first + sum(longest[: count - 1]) + (count - 1) * len(self.delimiter) + 1
+
 
 @dataclass
 class Verbalizer:

@@ -85,37 +85,61 @@ def test_lora_training_lowers_the_answer_loss(llama_dir, tokenizer, tmp_path):
     assert losses[-1] < losses[0] - 0.2, losses
 
 
-def test_answer_only_loss_matches_trl_with_the_lm_head_on_answer_positions_only(llama_dir, tokenizer, tmp_path):
+def _loss_and_grads(trainer, compute, batch, num_items_in_batch, train):
+    """A loss function's loss, LoRA gradients and last logged metrics on one batch."""
+    model = trainer.model
+    model.train(train)
+    model.zero_grad()
+    loss = compute(trainer, model, dict(batch), num_items_in_batch=num_items_in_batch)
+    loss.backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad}
+    logged = {key: values[-1] for key, values in trainer._metrics["train" if train else "eval"].items()}
+    return loss.detach(), grads, logged
+
+
+@pytest.mark.parametrize("num_items_in_batch, train", [(None, True), (23, True), (None, False)])
+def test_answer_only_loss_matches_trl_with_the_lm_head_on_answer_positions_only(
+    llama_dir, tokenizer, tmp_path, num_items_in_batch, train
+):
     from trl import SFTTrainer
 
-    trainer = recipe(llama_dir, tokenizer, tmp_path, lora_dropout=0.0)
+    # Tokens counted across accumulation steps and devices, as Trainer passes them, scale the loss like TRL's.
+    trainer = recipe(llama_dir, tokenizer, tmp_path, lora_dropout=0.0, average_tokens_across_devices=True)
     batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
     answer_positions = int((batch["labels"][:, 1:] != -100).any(0).sum())
-    model = trainer.model
-    model.train()
     head_rows = []
-    hook = model.get_output_embeddings().register_forward_hook(
+    hook = trainer.model.get_output_embeddings().register_forward_hook(
         lambda module, args, output: head_rows.append(args[0].shape[:-1].numel()))
-
-    def loss_and_grads(compute):
-        model.zero_grad()
-        loss = compute(trainer, model, dict(batch), num_items_in_batch=None)
-        loss.backward()
-        grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad}
-        logged = {key: values[-1] for key, values in trainer._metrics["train"].items()}
-        return loss.detach(), grads, logged
-
-    ours = loss_and_grads(type(trainer).compute_loss)
+    ours = _loss_and_grads(trainer, type(trainer).compute_loss, batch, num_items_in_batch, train)
     assert head_rows == [batch["input_ids"].shape[0] * answer_positions]  # not every position of every prompt
     assert answer_positions < batch["input_ids"].shape[1] / 4
-    trl = loss_and_grads(SFTTrainer.compute_loss)
+    trl = _loss_and_grads(trainer, SFTTrainer.compute_loss, batch, num_items_in_batch, train)
     hook.remove()
     torch.testing.assert_close(ours[0], trl[0], rtol=1e-5, atol=1e-6)
     for name, grad in ours[1].items():
         torch.testing.assert_close(grad, trl[1][name], rtol=1e-4, atol=1e-6, msg=name)
     assert ours[2]["entropy"] == pytest.approx(trl[2]["entropy"], rel=1e-4)
     assert ours[2]["mean_token_accuracy"] == pytest.approx(trl[2]["mean_token_accuracy"])
-    assert ours[2]["num_tokens"] * 2 == trl[2]["num_tokens"]  # counted once per call, as TRL counts
+    if train:
+        assert ours[2]["num_tokens"] * 2 == trl[2]["num_tokens"]  # counted once per call, as TRL counts
+
+
+def test_prompt_learning_adapters_take_trls_loss(llama_dir, tokenizer, tmp_path):
+    # Prompt tuning prepends virtual tokens: answer positions counted on the input would miss the answer.
+    from peft import PromptTuningConfig
+    from trl import SFTTrainer
+
+    trainer = InstructionSFTRecipe(str(llama_dir), args=config(tmp_path), train_dataset=synthetic(16, seed=1),
+                                   processing_class=tokenizer,
+                                   peft_config=PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    ours = _loss_and_grads(trainer, type(trainer).compute_loss, batch, None, False)
+    trl = _loss_and_grads(trainer, SFTTrainer.compute_loss, batch, None, False)
+    torch.testing.assert_close(ours[0], trl[0])
+    from hf_clf_ext.prompt_cache import SharedPrefix
+
+    prompts = trainer.classifier.prompt_ids(["the market", "a striker"])
+    assert SharedPrefix.encode(trainer.model, prompts).ids == []  # virtual tokens come first in every forward
 
 
 @pytest.mark.parametrize("bf16", [False, True])

@@ -1,12 +1,16 @@
 """SharedPrefix: prompts that share their opening give, through the shared cache, what each gives alone; constrained
 decoding answers the same with and without it."""
 
+import numpy as np
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, Gemma3TextConfig, Lfm2Config
 
-from hf_clf_ext import InstructionClassifier, InstructionPrompt, Verbalizer
+from hf_clf_ext import InstructionClassifier, InstructionPrompt, Verbalizer, scoring
 from hf_clf_ext.prompt_cache import SharedPrefix
+from hf_clf_ext.verbalizer import LabelTokens
+
+from test_instruction import _brute_force_scores
 
 OPENING = "Classify the text into one of these labels: business, sport, tech.\n\nText:"
 TEXTS = [" shares rose", " the striker scored twice in the final match and the crowd sang", " phones sold well!"]
@@ -83,9 +87,54 @@ def test_constrained_decoding_sees_the_same_logits_with_a_shared_prefix(tiny_lm_
     shared, shared_logits, calls = run(batch_size=4)
     longest = max(len(ids) for ids in classifier.prompt_ids(texts))
     assert calls[0] >= 10 and calls[1] == longest - calls[0]  # the opening once, then each batch's own tokens
-    monkeypatch.setattr(SharedPrefix, "encode", classmethod(lambda cls, model, prompts: cls([], None, model.device)))
+    monkeypatch.setattr(SharedPrefix, "encode", classmethod(lambda cls, model, prompts, extra_tokens=0: cls.none(model)))
     alone, alone_logits, _ = run(batch_size=4)
     assert alone == shared
     assert len(alone_logits) == len(shared_logits)
     for ours, reference in zip(shared_logits, alone_logits):
         torch.testing.assert_close(ours, reference, rtol=1e-4, atol=1e-4)
+
+
+def _tiny(config_class, **kwargs):
+    torch.manual_seed(0)
+    config = config_class(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                          num_attention_heads=2, num_key_value_heads=1, pad_token_id=0, eos_token_id=1,
+                          bos_token_id=None, **kwargs)
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+FIVE_TOKEN_LABELS = LabelTokens(first=((20, 21, 22, 23, 24), (30, 31, 32, 33, 34), (40,)), after_delimiter=(),
+                                delimiter=(), stop=(1,), multi_label=False, max_labels=None)
+
+
+def test_no_sharing_when_the_answer_would_run_past_a_sliding_window():
+    # Prompts fit the window of 8, but prompt + label do not: padding between prefix and text would narrow it.
+    model = _tiny(Gemma3TextConfig, head_dim=16, query_pre_attn_scalar=16, sliding_window=8,
+                  layer_types=["sliding_attention", "full_attention"])
+    prompts = [[5, 6, 7, 8], [5, 6, 7, 9, 10, 11, 12, 13]]
+    assert SharedPrefix.encode(model, prompts).ids == [5, 6, 7]
+    assert SharedPrefix.encode(model, prompts, extra_tokens=FIVE_TOKEN_LABELS.max_answer_length).ids == []
+    got = scoring.score_labels(model, prompts, FIVE_TOKEN_LABELS, pad_token_id=0, batch_size=2)
+    for prompt, row in zip(prompts, got):
+        np.testing.assert_allclose(np.log(row), np.log(_brute_force_scores(model, prompt, FIVE_TOKEN_LABELS)), atol=1e-4)
+
+
+def test_no_sharing_with_convolutional_or_recurrent_layers():
+    # Their state runs through the pads between prefix and text; plain left padding keeps them exact.
+    model = _tiny(Lfm2Config, layer_types=["conv", "full_attention"])
+    prompts = [[5, 6, 7, 8], [5, 6, 7, 9, 10, 11, 12, 13]]
+    assert SharedPrefix.encode(model, prompts).ids == []
+    got = scoring.score_labels(model, prompts, FIVE_TOKEN_LABELS, pad_token_id=0, batch_size=2)
+    for prompt, row in zip(prompts, got):
+        np.testing.assert_allclose(np.log(row), np.log(_brute_force_scores(model, prompt, FIVE_TOKEN_LABELS)), atol=1e-4)
+
+
+def test_constrained_decoding_with_a_cache_implementation_in_the_generation_config(tiny_lm_dirs, tokenizer):
+    # generate() refuses a cache passed in when the model asks for its own kind: nothing is shared then.
+    model = AutoModelForCausalLM.from_pretrained(tiny_lm_dirs["llama", "pad"]).eval()
+    classifier = InstructionClassifier(model, tokenizer, InstructionPrompt(use_chat_template=False),
+                                       Verbalizer(["business", "sport", "tech"]))
+    texts = [text.strip() for text in TEXTS]
+    expected = classifier.classify(texts, batch_size=2)
+    model.generation_config.cache_implementation = "static"
+    assert classifier.classify(texts, batch_size=2) == expected
