@@ -272,7 +272,8 @@ def report() -> str:
               "`benchmarks/quality.py --report`. Times are wall-clock on the machine named, which may have been "
               "running other work: they are not speed measurements (see speed.md)."), ""]
     machines = sorted({row["machine"] for row in rows})
-    lines += [f"Machine: {'; '.join(machines) or '-'}", ""]
+    letters = {machine: chr(ord("A") + i) for i, machine in enumerate(machines)}
+    lines += ["Machines (times are given per machine): " + "; ".join(f"{letters[m]} = {m}" for m in machines), ""]
     for task in TASKS.values():
         groups = _groups(rows, task)
         if not groups:
@@ -280,7 +281,8 @@ def report() -> str:
         lines += [f"## {task.title}", "", f"![macro-F1 and calibration by training size](quality_{task.name}.png)", "",
                   "| train size | method | n | " + " | ".join(COLUMNS) + " |", "|---|---|---|" + "---|" * len(COLUMNS)]
         for (size, name), group in sorted(groups.items()):
-            lines.append(f"| {size} | {name} | {len(group)} | " + " | ".join(_cell(group, c) for c in COLUMNS) + " |")
+            lines.append(f"| {size} | {name} | {len(group)} | " + " | ".join(_cell(group, c, letters) for c in COLUMNS)
+                         + " |")
         lines.append("")
         _plot(task, groups)
     text = "\n".join(lines)
@@ -314,14 +316,17 @@ def _plot(task: Task, groups: dict[tuple[int, str], list[dict]]) -> None:
     plt.close(figure)
 
 
-def _cell(group: list[dict], column: str) -> str:
+def _cell(group: list[dict], column: str, letters: dict[str, str]) -> str:
     values = [row[column] for row in group if row.get(column) is not None]
     if not values:
         return "-"
     if column == "trainable_parameters":
         return f"{int(values[0]):,}"
-    if column in ("train_seconds", "test_examples_per_second"):
-        return f"{statistics.mean(values):.1f}"
+    if column in ("train_seconds", "test_examples_per_second"):  # wall times are only comparable on one machine
+        by_machine: dict[str, list[float]] = {}
+        for row in group:
+            by_machine.setdefault(letters[row["machine"]], []).append(row[column])
+        return ", ".join(f"{letter} {statistics.mean(v):.1f}" for letter, v in sorted(by_machine.items()))
     spread = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{statistics.mean(values):.3f} ± {spread:.3f}"
 
