@@ -22,7 +22,7 @@ from .instruction import DEFAULT_MULTI_LABEL_TEMPLATE, DEFAULT_TEMPLATE, Instruc
 from .instruction_config import InstructionSFTConfig
 from .metrics import build_compute_metrics, load_metric, logits_from_probabilities, probabilities_from_results
 from .model_card import CardFacts, EvaluationFacts, lora_rows, metric_rows, parameter_counts, write_model_card
-from .prompt_cache import supports_logits_to_keep
+from .prompt_cache import is_prompt_learning, supports_logits_to_keep
 from .verbalizer import Verbalizer
 
 logger = logging.getLogger(__name__)
@@ -156,7 +156,7 @@ class InstructionSFTRecipe(SFTTrainer):
             or self.args.loss_type != "nll"
             or self.aux_loss_enabled
             or self.accelerator.parallelism_config is not None
-            or getattr(getattr(self.model, "active_peft_config", None), "is_prompt_learning", False)  # virtual tokens
+            or is_prompt_learning(self.model)
             or not supports_logits_to_keep(self.model)
         ):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)

@@ -39,7 +39,7 @@ class SharedPrefix:
         ids = _common_prefix(prompts)
         window = _attention_window(model)
         if (not ids or (window is not None and max(len(p) for p in prompts) + extra_tokens > window)
-                or _is_prompt_learning(model)):
+                or is_prompt_learning(model)):
             return cls.none(model)
         out = model(input_ids=torch.tensor([ids], device=device), use_cache=True, **last_logits_only(model))
         if any(getattr(out.cache, "is_linear", ())):
@@ -89,7 +89,8 @@ def _attention_window(model) -> int | None:
     return min(windows) if windows else None
 
 
-def _is_prompt_learning(model) -> bool:
+def is_prompt_learning(model) -> bool:
+    """Whether the model's active PEFT adapter prepends virtual tokens to every forward."""
     config = getattr(model, "active_peft_config", None)
     return bool(getattr(config, "is_prompt_learning", False))
 

@@ -65,7 +65,7 @@ def _is_prefix(tokens: LabelTokens) -> list[bool]:
 def _single_label_logprobs(model, cache, last_logprobs, mask, tokens: LabelTokens, prefixes, pad_token_id: int):
     """`(batch, num_labels)` log-probabilities: a log-softmax over the labels' answer log-likelihoods."""
     stop = sorted(set(tokens.stop))
-    total = last_logprobs[:, [ids[0] for ids in tokens.first]].cpu()
+    total = last_logprobs[:, [ids[0] for ids in tokens.first]]  # summed on the model's device, copied out once
     longer = [i for i, ids in enumerate(tokens.first) if len(ids) > 1 or prefixes[i]]
     batch = mask.shape[0]
     for start in range(0, len(longer), LABEL_CHUNK):
@@ -74,16 +74,15 @@ def _single_label_logprobs(model, cache, last_logprobs, mask, tokens: LabelToken
         fed = [list(tokens.first[i]) if prefixes[i] else list(tokens.first[i][:-1]) for i in chunk]
         logits = _continue(model, cache, mask, fed, pad_token_id, consume=start + LABEL_CHUNK >= len(longer)).float()
         logits = logits.view(batch, len(chunk), logits.shape[1], -1)
-        normalizer = logits.logsumexp(-1)  # log-probabilities are picks minus this, on the model's device
+        normalizer = logits.logsumexp(-1)  # log-probabilities are picks minus this, without a vocab-sized copy
         for column, i in enumerate(chunk):
             ids = tokens.first[i]
             for depth in range(1, len(ids)):  # the distribution after `depth` label tokens
-                pick = logits[:, column, depth - 1, ids[depth]] - normalizer[:, column, depth - 1]
-                total[:, i] += pick.cpu()
+                total[:, i] += logits[:, column, depth - 1, ids[depth]] - normalizer[:, column, depth - 1]
             if prefixes[i]:
                 end = len(ids) - 1
-                total[:, i] += (logits[:, column, end, stop].logsumexp(-1) - normalizer[:, column, end]).cpu()
-    return total.log_softmax(-1)
+                total[:, i] += logits[:, column, end, stop].logsumexp(-1) - normalizer[:, column, end]
+    return total.log_softmax(-1).cpu()
 
 
 def _continue(model, cache, mask, sequences: list[list[int]], pad_token_id: int, consume: bool) -> torch.Tensor:
