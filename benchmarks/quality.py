@@ -299,14 +299,18 @@ def _plot(task: Task, groups: dict[tuple[int, str], list[dict]]) -> None:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for name in sorted({name for _, name in groups}):
+    names = sorted({name for _, name in groups})
+    for position, name in enumerate(names):
         sizes = sorted(size for size, other in groups if other == name)
+        # Methods sit side by side around each size so that equal means do not hide each other's bars.
+        shifted = [size * (1 + 0.03 * (position - (len(names) - 1) / 2)) for size in sizes]
         for axis, column in zip(axes, ("f1_macro", "ece_after")):
             values = [[row[column] for row in groups[size, name]] for size in sizes]
-            axis.errorbar(sizes, [np.mean(v) for v in values], yerr=[np.std(v, ddof=1) if len(v) > 1 else 0.0
-                                                                     for v in values],
+            axis.errorbar(shifted, [np.mean(v) for v in values], yerr=[np.std(v, ddof=1) if len(v) > 1 else 0.0
+                                                                       for v in values],
                           marker="o", capsize=3, label=name)
-    axes[0].set(xlabel="training examples", ylabel="macro-F1", title=task.title)
+    figure.suptitle(task.title)
+    axes[0].set(xlabel="training examples", ylabel="macro-F1")
     axes[1].set(xlabel="training examples", ylabel="ECE after temperature scaling")
     for axis in axes:
         axis.set_xticks(sorted({size for size, _ in groups}))
