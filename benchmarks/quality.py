@@ -2,13 +2,15 @@
 
     python benchmarks/quality.py --methods tfidf last_token stock instruction --sizes 100 400 --seeds 0 1 2
     python benchmarks/quality.py --dataset reuters --methods tfidf last_token stock --sizes 400 --seeds 0 1 2
+    python benchmarks/quality.py --methods last_token --max-length 512 --sizes 100 --seeds 0 1 2
     python benchmarks/quality.py --report
 
 Methods: `last_token` (our trainer, the embedded default config), `instruction` (our SFT recipe; constrained
 decoding and label scoring), `stock` (transformers `AutoModelForSequenceClassification` + PEFT LoRA r=8 with the
 same epochs, batch, length and learning rate, one learning rate, no suffix), `tfidf` (TF-IDF + logistic
-regression, one-vs-rest for multi-label). ECE is reported before and after a temperature fitted on the validation
-split.
+regression, one-vs-rest for multi-label), `tfidf_cut` (the same on only the tokens the last-token classifier
+reads: what truncation costs). ECE is reported before and after a temperature fitted on the validation split.
+`--max-length` reruns `last_token` at another input length; its rows are reported apart.
 
 Data sets: `bbc` (BBC News, single-label, 5 topics): each size draws `size / 5` training and 20 validation articles
 per topic with the seed, and every run shares the 445 test articles. `reuters` (Reuters-21578, multi-label, the 10
@@ -41,7 +43,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 RUNS = RESULTS / "quality_runs.jsonl"
 LAST_TOKEN_CONFIG = ROOT / "recipes" / "configs" / "smollm2_135m_bbc_last_token.yaml"
 INSTRUCTION_CONFIG = ROOT / "recipes" / "configs" / "smollm2_135m_bbc_instruction.yaml"
-METHODS = ("tfidf", "last_token", "stock", "instruction")
+METHODS = ("tfidf", "tfidf_cut", "last_token", "stock", "instruction")
 
 
 @dataclass(frozen=True)
@@ -136,7 +138,26 @@ def run_tfidf(task: Task, splits, seed: int, workdir: str) -> dict:
             "train_seconds": train_seconds, "test_examples_per_second": len(splits["test"]) / infer}
 
 
-def run_last_token(task: Task, splits, seed: int, workdir: str) -> dict:
+def run_tfidf_cut(task: Task, splits, seed: int, workdir: str) -> dict:
+    """TF-IDF on only the text the last-token classifier reads (its first `max_length` tokens, less the suffix's):
+    what the model loses by truncation, isolated from what it gains by reading."""
+    import yaml
+    from transformers import AutoTokenizer
+
+    from hf_clf_ext.data import tokenize_texts
+
+    config = yaml.safe_load(LAST_TOKEN_CONFIG.read_text())
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_model_dir())
+    reserve = len(tokenizer(config["pooling_suffix"], add_special_tokens=False)["input_ids"])
+    cut = {}
+    for name, split in splits.items():
+        encoded, _ = tokenize_texts(split["text"], tokenizer, config["max_length"], reserve=reserve)
+        texts = tokenizer.batch_decode(encoded["input_ids"], skip_special_tokens=True)
+        cut[name] = split.remove_columns("text").add_column("text", texts)
+    return run_tfidf(task, cut, seed, workdir)
+
+
+def run_last_token(task: Task, splits, seed: int, workdir: str, max_length: int | None = None) -> dict:
     from hf_clf_ext import LastTokenClassifierTrainer
     from hf_clf_ext.last_token_config import LastTokenClassifierTrainingArguments
 
@@ -144,6 +165,7 @@ def run_last_token(task: Task, splits, seed: int, workdir: str) -> dict:
         "--config", str(LAST_TOKEN_CONFIG), "--output_dir", workdir, "--seed", str(seed), "--calibrate", "false",
         "--save_total_limit", "1", "--disable_tqdm", "true", "--label_column", task.label_column,
         *(["--class_weights", "balanced"] if task.multi_label else []),
+        *(["--max_length", str(max_length)] if max_length else []),
     ])
     names = task.label_names(splits)
     trainer = LastTokenClassifierTrainer(jobs.resolve_model(script)[0], args=args, train_dataset=splits["train"],
@@ -222,7 +244,8 @@ def run_instruction(task: Task, splits, seed: int, workdir: str) -> list[dict]:
     return rows
 
 
-RUNNERS = {"tfidf": run_tfidf, "last_token": run_last_token, "stock": run_stock, "instruction": run_instruction}
+RUNNERS = {"tfidf": run_tfidf, "tfidf_cut": run_tfidf_cut, "last_token": run_last_token, "stock": run_stock,
+           "instruction": run_instruction}
 
 
 def _rows() -> list[dict]:
@@ -230,21 +253,25 @@ def _rows() -> list[dict]:
     return [{"dataset": "bbc", **row} for row in rows]  # the first runs were on BBC News only
 
 
-def run(task: Task, methods, sizes, seeds) -> None:
+def run(task: Task, methods, sizes, seeds, max_length: int | None = None) -> None:
+    """Each (method, size, seed) not run yet; `max_length` overrides the last-token config's 256 tokens."""
+    if max_length and set(methods) != {"last_token"}:
+        raise SystemExit("--max-length applies to the last_token method only.")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    finished = {(row["dataset"], row["method"], row["size"], row["seed"]) for row in _rows()}
+    finished = {(row["dataset"], row["method"], row["size"], row["seed"], row.get("max_length")) for row in _rows()}
     for size in sizes:
         for seed in seeds:
             splits = task.splits(size, seed)
             for method in methods:
-                if (task.name, method, size, seed) in finished:
+                if (task.name, method, size, seed, max_length) in finished:
                     continue
-                print(f"== {task.name} {method} size={size} seed={seed}", flush=True)
+                print(f"== {task.name} {method} size={size} seed={seed} max_length={max_length}", flush=True)
+                options = {"max_length": max_length} if max_length else {}
                 with tempfile.TemporaryDirectory() as workdir:
-                    results = RUNNERS[method](task, splits, seed, workdir)
+                    results = RUNNERS[method](task, splits, seed, workdir, **options)
                 for row in results if isinstance(results, list) else [results]:
                     row = {"dataset": task.name, "method": method, "size": size, "seed": seed, "machine": machine(),
-                           **row}
+                           **options, **row}
                     with RUNS.open("a", encoding="utf-8") as file:
                         file.write(json.dumps(row) + "\n")
                     print(json.dumps(row), flush=True)
@@ -259,7 +286,8 @@ def _groups(rows: list[dict], task: Task) -> dict[tuple[int, str], list[dict]]:
     groups: dict[tuple[int, str], list[dict]] = {}
     for row in rows:
         if row["dataset"] == task.name:
-            name = row["method"] + (f" ({row['variant']})" if row.get("variant") else "")
+            name = row["method"] + "".join(f" ({detail})" for detail in (
+                row.get("variant"), row.get("max_length") and f"{row['max_length']} tokens") if detail)
             groups.setdefault((row["size"], name), []).append(row)
     return groups
 
@@ -341,10 +369,11 @@ def main(argv=None) -> None:
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--sizes", nargs="+", type=int, default=[100, 400])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--max-length", type=int, help="last_token only: tokens per text instead of the config's.")
     parser.add_argument("--report", action="store_true", help="Only write the report from the runs so far.")
     args = parser.parse_args(argv)
     if not args.report:
-        run(TASKS[args.dataset], args.methods, args.sizes, args.seeds)
+        run(TASKS[args.dataset], args.methods, args.sizes, args.seeds, args.max_length)
     sys.stdout.write(report())
 
 
