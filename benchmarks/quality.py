@@ -141,17 +141,18 @@ def run_tfidf(task: Task, splits, seed: int, workdir: str) -> dict:
 def run_tfidf_cut(task: Task, splits, seed: int, workdir: str) -> dict:
     """TF-IDF on only the text the last-token classifier reads (its first `max_length` tokens, less the suffix's):
     what the model loses by truncation, isolated from what it gains by reading."""
-    import yaml
     from transformers import AutoTokenizer
 
     from hf_clf_ext.data import tokenize_texts
+    from hf_clf_ext.last_token_config import LastTokenClassifierTrainingArguments
 
-    config = yaml.safe_load(LAST_TOKEN_CONFIG.read_text())
-    tokenizer = AutoTokenizer.from_pretrained(smollm2_model_dir())
-    reserve = len(tokenizer(config["pooling_suffix"], add_special_tokens=False)["input_ids"])
+    script, args = jobs.parse_config(LastTokenClassifierTrainingArguments, ["--config", str(LAST_TOKEN_CONFIG)])
+    tokenizer = AutoTokenizer.from_pretrained(jobs.resolve_model(script)[0])
+    reserve = len(tokenizer(args.pooling_suffix, add_special_tokens=False)["input_ids"]) if args.pooling_suffix else 0
     cut = {}
     for name, split in splits.items():
-        encoded, _ = tokenize_texts(split["text"], tokenizer, config["max_length"], reserve=reserve)
+        encoded, _ = tokenize_texts(split["text"], tokenizer, args.max_length, truncation_side=args.truncation_side,
+                                    reserve=reserve)
         texts = tokenizer.batch_decode(encoded["input_ids"], skip_special_tokens=True)
         cut[name] = split.remove_columns("text").add_column("text", texts)
     return run_tfidf(task, cut, seed, workdir)
