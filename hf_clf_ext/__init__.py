@@ -15,6 +15,8 @@ from .instruction_trainer import InstructionSFTRecipe
 from .last_token_config import LastTokenClassifierTrainingArguments
 from .last_token_trainer import LastTokenClassifierTrainer
 from .logits_process import VerbalizerLogitsProcessor
+from .pipeline import LastTokenClassificationPipeline
+from .pipeline import register as register_pipeline
 from .modeling_last_token import LastTokenClassifierForSequenceClassification, pool_hidden_states
 from .scoring import score_labels
 from .verbalizer import LabelTokens, Verbalizer
@@ -23,12 +25,14 @@ AutoConfig.register(LastTokenClassifierConfig.model_type, LastTokenClassifierCon
 AutoModelForSequenceClassification.register(
     LastTokenClassifierConfig, LastTokenClassifierForSequenceClassification, exist_ok=True
 )
+register_pipeline()
 
 __all__ = [
     "InstructionClassifier",
     "InstructionPrompt",
     "InstructionSFTConfig",
     "InstructionSFTRecipe",
+    "LastTokenClassificationPipeline",
     "LabelTokens",
     "LastTokenClassifierConfig",
     "LastTokenClassifierForSequenceClassification",

@@ -62,6 +62,18 @@ class LastTokenClassifierConfig(PreTrainedConfig):
             sigmoid scores, in `pipeline()` too, are calibrated probabilities.
         decision_thresholds (`list[float]`, *optional*):
             Multi-label: per-class probability thresholds (tuned on validation data); 0.5 when unset.
+        head_bias (`bool`, *optional*, defaults to `False`):
+            Whether the linear head has a bias. Stock `*ForSequenceClassification` heads have none, so a bias-free
+            head exports to the stock architecture (and vLLM) exactly.
+        base_model_name_or_path (`str`, *optional*):
+            Hub id of the backbone the classifier was fine-tuned from (the model card's `base_model`). A folder saved
+            as adapter + head loads its backbone from here.
+        adapter_subfolder (`str`, *optional*):
+            Set in a folder saved as adapter + head: the subfolder holding the LoRA adapter and the head. A
+            top-level `adapter_config.json` would make transformers' Auto classes load the base model alone.
+        base_quantization_config (`dict`, *optional*):
+            With `adapter_subfolder`: how the backbone was quantized in training (e.g. 4-bit NF4), applied again
+            when it is loaded, so the adapter runs on the weights it was trained on.
         pad_token_id (`int`, *optional*):
             The padding token of the tokenizer the model was built with (pooling itself relies on `attention_mask`).
         problem_type (`str`, *optional*, defaults to `"single_label_classification"`):
@@ -81,6 +93,10 @@ class LastTokenClassifierConfig(PreTrainedConfig):
     pooling_suffix: str | None = None
     temperature: float = 1.0
     decision_thresholds: list[float] | None = None
+    head_bias: bool = False
+    base_model_name_or_path: str | None = None
+    adapter_subfolder: str | None = None
+    base_quantization_config: dict | None = None
     pad_token_id: int | None = None
     tie_word_embeddings: bool = False
 

@@ -65,8 +65,21 @@ class LastTokenClassifierTrainingArguments(DataArguments, QuantizationArguments,
     per_class_thresholds: bool = field(
         default=True, metadata={"help": "Multi-label: tune one threshold per class rather than one global."}
     )
+    head_bias: bool = field(
+        default=False,
+        metadata={"help": "Give the linear head a bias. Stock `*ForSequenceClassification` heads have none, so the "
+                  "default bias-free head exports to the stock architecture (and vLLM) exactly."},
+    )
+
+    # --- Saving -----------------------------------------------------------------------------------------------------
     merge_adapter: bool = field(
         default=False, metadata={"help": "Save the model with LoRA merged into the backbone instead of adapter + head."}
+    )
+    base_model_id: str | None = field(
+        default=None,
+        metadata={"help": "Hub id the backbone descends from, for a backbone loaded from a local folder or a GGUF "
+                  "file: named as `base_model` in the model card and config.json. Such a backbone always saves "
+                  "merged, since an adapter could not name a base that loads on another machine."},
     )
 
     # --- Paper defaults for inherited fields ------------------------------------------------------------------------

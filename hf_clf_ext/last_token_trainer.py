@@ -4,6 +4,7 @@ defaults, offline metrics, early stopping and post-hoc calibration.
 Like TRL's trainers it takes a model name/path or object plus a `peft_config`, and prepares the raw dataset itself.
 """
 
+import copy
 import dataclasses
 import logging
 import os
@@ -22,6 +23,7 @@ from transformers import (
     set_seed,
 )
 from transformers.dynamic_module_utils import custom_object_save
+from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.utils.quantization_config import QuantizationMethod
 
 from .calibration import fit_temperature, tune_thresholds
@@ -30,7 +32,7 @@ from .inference import predict_texts
 from .last_token_config import LastTokenClassifierTrainingArguments
 from .metrics import build_compute_metrics, load_metric, probabilities_from_logits
 from .model_card import CardFacts, EvaluationFacts, lora_rows, parameter_counts, write_model_card
-from .modeling_last_token import LastTokenClassifierForSequenceClassification
+from .modeling_last_token import ADAPTER_SUBFOLDER, LastTokenClassifierForSequenceClassification
 
 logger = logging.getLogger(__name__)
 
@@ -102,9 +104,9 @@ class LastTokenClassifierTrainer(Trainer):
         if train_dataset is None:
             raise ValueError("LastTokenClassifierTrainer needs a train_dataset.")
         model_init_kwargs = dict(model_init_kwargs or {})
-        # An adapter names its base by path; a GGUF base only loads with `gguf_file=`, so such runs save merged.
-        from_gguf = getattr(model, "quantization_method", None) == QuantizationMethod.GGUF
-        self._adapter_base_reloadable = not (model_init_kwargs.get("gguf_file") or from_gguf)
+        # An adapter save names the Hub id its backbone loads from; a local or GGUF backbone saves merged instead.
+        self._hub_base = None if model_init_kwargs.get("gguf_file") else _hub_base(model)
+        self._base_model_id = args.base_model_id or self._hub_base
         if eval_dataset is None and args.eval_strategy != "no":
             logger.warning("No eval_dataset: evaluation, early stopping, best-model selection and calibration are off.")
             args = dataclasses.replace(args, eval_strategy="no", load_best_model_at_end=False, calibrate=False)
@@ -190,6 +192,7 @@ class LastTokenClassifierTrainer(Trainer):
                 classifier_dropout=args.classifier_dropout,
                 label_smoothing=label_smoothing,
                 class_weights=class_weights,
+                head_bias=args.head_bias,
                 **(model_init_kwargs if isinstance(model, (str, os.PathLike)) else {}),
             )
             if args.pooling_suffix:
@@ -371,7 +374,7 @@ class LastTokenClassifierTrainer(Trainer):
             detail = f"NF4, double quantization {args.bnb_4bit_use_double_quant}, compute {args.bnb_4bit_compute_dtype}"
         return CardFacts(
             model_name=model_name or args.hub_model_id or os.path.basename(os.path.normpath(args.output_dir)),
-            base_model=config.text_config.name_or_path or classifier.name_or_path,
+            base_model=self._base_model_id or config.text_config.name_or_path or classifier.name_or_path,
             label_names=space.names,
             multi_label=space.multi_label,
             train_labels=self.train_dataset["labels"],
@@ -455,27 +458,35 @@ class LastTokenClassifierTrainer(Trainer):
     # --- saving ------------------------------------------------------------------------------------------------------
 
     def _save(self, output_dir: str | None = None, state_dict=None):
-        """Adapter + head (with this model's config and code, so the folder loads through
-        `AutoModelForSequenceClassification`), or the merged model when `merge_adapter` is set or the backbone came
-        from a GGUF file. Checkpoints always hold the adapter."""
+        """The final model as adapter + head (the adapter in `adapter/`, this model's config and code at the top, so
+        that a Hub repo id loads through `AutoModelForSequenceClassification` and `pipeline()`), or merged when
+        `merge_adapter` is set or the backbone has no Hub id to load from. Checkpoints keep PEFT's own layout,
+        which `Trainer` resumes from."""
         output_dir = output_dir or self.args.output_dir
         if not isinstance(self.model, PeftModel):
             return super()._save(output_dir, state_dict)
-        if not _is_checkpoint_dir(output_dir) and (self.args.merge_adapter or not self._adapter_base_reloadable):
-            if not self.args.merge_adapter:
-                logger.warning("The backbone was loaded from a GGUF file, which an adapter cannot name as its base: "
-                               "saving the merged model instead.")
-            return self.save_merged(output_dir)
-        super()._save(output_dir, state_dict)
         classifier = _unwrap_classifier(self.model)
-        config = classifier.config
-        quantization_config = config.__dict__.pop("quantization_config", None)
-        try:
-            config.save_pretrained(output_dir)
-            custom_object_save(classifier, output_dir, config=config)
-        finally:
+        config = copy.deepcopy(classifier.config)
+        config.architectures = [type(classifier).__name__]
+        quantization_config = config.__dict__.pop("quantization_config", None)  # the adapter holds float weights
+        config.adapter_subfolder = config.base_quantization_config = None
+        if _is_checkpoint_dir(output_dir):
+            super()._save(output_dir, state_dict)
+        elif self.args.merge_adapter or self._hub_base is None:
+            if not self.args.merge_adapter:
+                logger.info("The backbone was loaded from a local folder or GGUF file, which an adapter could not name "
+                            "as its base on another machine: saving the merged model.")
+            return self.save_merged(output_dir)
+        else:
+            self.model.save_pretrained(os.path.join(output_dir, ADAPTER_SUBFOLDER), state_dict=state_dict)
+            self.processing_class.save_pretrained(output_dir)
+            torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+            config.adapter_subfolder = ADAPTER_SUBFOLDER
+            config.base_model_name_or_path = self._hub_base
             if quantization_config is not None:
-                config.quantization_config = quantization_config
+                config.base_quantization_config = quantization_config.to_dict()
+        custom_object_save(classifier, output_dir, config=config)  # before the config is written: it adds auto_map
+        config.save_pretrained(output_dir)
 
     def save_merged(self, output_dir: str) -> None:
         """Merge the LoRA adapters into the backbone (de-quantizing a 4-bit/8-bit one) and save a plain classifier.
@@ -489,6 +500,7 @@ class LastTokenClassifierTrainer(Trainer):
         merged = self.model.merge_and_unload() if isinstance(self.model, PeftModel) else self.model
         if getattr(merged, "hf_quantizer", None) is not None:
             merged = merged.dequantize()
+        merged.config.base_model_name_or_path = self._base_model_id
         self.model = merged
         merged.save_pretrained(output_dir)
         self.processing_class.save_pretrained(output_dir)
@@ -532,6 +544,21 @@ def _unwrap_classifier(model) -> LastTokenClassifierForSequenceClassification:
 
 def _is_head_parameter(name: str) -> bool:
     return f".{HEAD_MODULE}." in f".{name}"
+
+
+def _hub_base(model) -> str | None:
+    """The Hub id the backbone of `model` (a name/path or a loaded model) loads from; None for a local folder, a GGUF
+    file or a model built in memory."""
+    if isinstance(model, (str, os.PathLike)):
+        name = str(model)
+    elif getattr(model, "quantization_method", None) == QuantizationMethod.GGUF:
+        return None
+    else:
+        try:
+            name = _unwrap_classifier(model).config.text_config.name_or_path
+        except TypeError:  # a causal LM to wrap
+            name = model.name_or_path
+    return name if name and not os.path.exists(name) else None
 
 
 def _is_checkpoint_dir(path: str) -> bool:

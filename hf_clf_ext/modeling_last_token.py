@@ -13,8 +13,10 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, PreTrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutputWithPast
+from transformers.models.auto.modeling_auto import MODEL_MAPPING
 from transformers.utils import (
     ADAPTER_CONFIG_NAME,
+    ADAPTER_SAFE_WEIGHTS_NAME,
     SAFE_WEIGHTS_INDEX_NAME,
     SAFE_WEIGHTS_NAME,
     WEIGHTS_NAME,
@@ -25,6 +27,8 @@ from transformers.utils.quantization_config import QuantizationMethod
 from .configuration_last_token import LastTokenClassifierConfig, check_decoder_only
 
 IGNORE_INDEX = -100
+ADAPTER_SUBFOLDER = "adapter"  # where an adapter + head save keeps the adapter (see `from_pretrained`)
+_HUB_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "force_download", "proxies", "subfolder")
 # Set by `from_pretrained` on quantized models; a wrapped backbone keeps its quantization state through these.
 _QUANTIZATION_ATTRIBUTES = ("hf_quantizer", "is_quantized", "quantization_method", "is_loaded_in_4bit", "is_loaded_in_8bit")
 
@@ -82,21 +86,72 @@ class LastTokenClassifierForSequenceClassification(LastTokenClassifierPreTrained
         self.model = backbone
         self.dropout = nn.Dropout(config.classifier_dropout)
         # float32 even when the model is built under a bf16/fp16 default dtype (`from_pretrained(dtype=...)`).
-        self.score = nn.Linear(config.hidden_size, config.num_labels, dtype=torch.float32)
+        self.score = nn.Linear(config.hidden_size, config.num_labels, bias=config.head_bias, dtype=torch.float32)
         self.post_init()
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
-        """Also loads a folder saved as LoRA adapter + head (`adapter_config.json` and this model's `config.json`, no
-        backbone weights): the backbone named in the adapter config is loaded, then the adapter and the head."""
-        adapter_base = _adapter_only_base(pretrained_model_name_or_path, kwargs)
-        if adapter_base is None:
-            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        """Load a local folder or Hub repo saved by either layout: the whole model, or adapter + head (the backbone
+        is loaded from `config.base_model_name_or_path`, then the adapter and head from `config.adapter_subfolder`).
+
+        The backbone checkpoint's own key prefix (`transformer.` for GPT-2, Falcon, Bloom; `gpt_neox.`; ...) is
+        mapped to `model.`, and any backbone weight missing from or unexpected in the checkpoint is an error naming
+        the keys: a backbone is never left randomly initialised."""
+        path = pretrained_model_name_or_path
+        hub = {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs}
+        kwargs.pop("adapter_kwargs", None)  # the auto factory's adapter lookup; this method finds the adapter itself
         if not isinstance(kwargs.get("config"), PreTrainedConfig):
-            kwargs["config"] = cls.config_class.from_pretrained(pretrained_model_name_or_path)
-        adapter_kwargs = dict(kwargs.pop("adapter_kwargs", None) or {})
-        adapter_kwargs["_adapter_model_path"] = pretrained_model_name_or_path
-        return super().from_pretrained(adapter_base, *model_args, adapter_kwargs=adapter_kwargs, **kwargs)
+            kwargs["config"] = cls.config_class.from_pretrained(path, **hub)
+        adapter = _saved_adapter(path, kwargs["config"], hub)
+        if adapter is None:
+            return cls._load_checked(path, *model_args, **kwargs)
+        base, subfolder = adapter
+        config = kwargs["config"]
+        if config.base_quantization_config and "quantization_config" not in kwargs:
+            from transformers import BitsAndBytesConfig
+
+            kwargs["quantization_config"] = BitsAndBytesConfig.from_dict(dict(config.base_quantization_config))
+        # The revision resolved for the adapter's repository means nothing in the base model's.
+        base_kwargs = {key: value for key, value in kwargs.items() if key not in ("revision", "subfolder")}
+        want_info = base_kwargs.pop("output_loading_info", False)
+        model, info = cls._load_checked(base, *model_args, output_loading_info=True, **base_kwargs)
+        from peft import PeftModel
+
+        # Fetched here, then read from the local copy: PEFT's own Hub lookup doubles the subfolder when offline.
+        lookup = {key: hub[key] for key in ("revision", "token", "cache_dir", "local_files_only") if key in hub}
+        adapter_dir = None
+        for name in (ADAPTER_CONFIG_NAME, ADAPTER_SAFE_WEIGHTS_NAME):
+            adapter_dir = os.path.dirname(cached_file(path, name, subfolder=subfolder or "", **lookup))
+        # PEFT's loader keeps the adapter in the float32 it was trained and saved in (transformers' `load_adapter`
+        # would create it in a 4-bit backbone's compute dtype); the model keeps its class.
+        peft_model = PeftModel.from_pretrained(model, adapter_dir)
+        model = peft_model.get_base_model()
+        model.peft_config, model._hf_peft_config_loaded = peft_model.peft_config, True
+        model.name_or_path = str(path)
+        model.config.adapter_subfolder = model.config.base_quantization_config = None  # the model is whole now
+        return (model, info) if want_info else model
+
+    @classmethod
+    def _load_checked(cls, path, *model_args, **kwargs):
+        config = kwargs["config"]
+        want_info = kwargs.pop("output_loading_info", False)
+        prefix = _checkpoint_prefix(config.text_config)
+        if prefix and prefix != cls.base_model_prefix and "key_mapping" not in kwargs:
+            kwargs["key_mapping"] = {rf"^{prefix}\.": f"{cls.base_model_prefix}."}
+        model, info = super().from_pretrained(path, *model_args, output_loading_info=True, **kwargs)
+        # Keys outside the backbone are the head (new here) and the causal LM's output layer (not needed).
+        inside = f"{cls.base_model_prefix}."
+        missing = sorted(key for key in info["missing_keys"] if key.startswith(inside))
+        unexpected = sorted(key for key in info["unexpected_keys"] if key.startswith(inside))
+        if missing or unexpected:
+            raise ValueError(
+                f"The backbone weights in {path} do not match a {config.text_config.model_type} model: "
+                + (f"{len(missing)} missing (e.g. {missing[:5]})" if missing else "")
+                + (", " if missing and unexpected else "")
+                + (f"{len(unexpected)} unexpected (e.g. {unexpected[:5]})" if unexpected else "")
+                + ". Loading would leave them randomly initialised; check that the checkpoint is of this family."
+            )
+        return (model, info) if want_info else model
 
     def get_input_embeddings(self):
         return self.model.get_input_embeddings()
@@ -117,6 +172,7 @@ class LastTokenClassifierForSequenceClassification(LastTokenClassifierPreTrained
         classifier_dropout: float = 0.0,
         label_smoothing: float = 0.0,
         class_weights: list[float] | None = None,
+        head_bias: bool = False,
         **from_pretrained_kwargs,
     ) -> "LastTokenClassifierForSequenceClassification":
         """Build a classifier from a causal LM given by name/path or as an already-loaded model.
@@ -137,6 +193,7 @@ class LastTokenClassifierForSequenceClassification(LastTokenClassifierPreTrained
             classifier_dropout=classifier_dropout,
             label_smoothing=label_smoothing,
             class_weights=class_weights,
+            head_bias=head_bias,
             **label_kwargs,
         )
         if isinstance(backbone, PreTrainedModel):
@@ -205,20 +262,16 @@ class LastTokenClassifierForSequenceClassification(LastTokenClassifierPreTrained
         inputs = input_ids if input_ids is not None else inputs_embeds
         if inputs is None:
             raise ValueError("Pass either input_ids or inputs_embeds.")
-        if inputs.shape[0] == 0 or inputs.shape[1] == 0:
-            raise ValueError(f"Empty batch: got inputs of shape {tuple(inputs.shape[:2])}; there is nothing to classify.")
-        if attention_mask is None:
-            if input_ids is not None:
+        if self.config.suffix_token_ids and position_ids is not None:
+            raise ValueError("position_ids cannot be given together with a pooling suffix (suffix_token_ids).")
+        if not torch.compiler.is_compiling():  # checks that read values on the host stay off traced graphs
+            self._check_inputs(inputs, attention_mask)
+            if attention_mask is None and input_ids is not None:
                 self.warn_if_padding_and_no_attention_mask(input_ids, attention_mask)
+        if attention_mask is None:
             attention_mask = torch.ones(inputs.shape[:2], dtype=torch.long, device=inputs.device)
-        empty_rows = (attention_mask.sum(dim=-1) == 0).nonzero().flatten().tolist()
-        if empty_rows:
-            raise ValueError(f"Sequences {empty_rows} of the batch have no real token (attention_mask is all 0).")
         if self.config.suffix_token_ids:
-            if position_ids is not None:
-                raise ValueError("position_ids cannot be given together with a pooling suffix (suffix_token_ids).")
             input_ids, inputs_embeds, attention_mask = self._append_suffix(input_ids, inputs_embeds, attention_mask)
-        self._check_context_length(attention_mask)
         if position_ids is None:
             # Count real tokens only, so a left-padded sequence sees the same positions as it would alone.
             position_ids = (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)
@@ -259,11 +312,18 @@ class LastTokenClassifierForSequenceClassification(LastTokenClassifierPreTrained
         suffix_embeds = self.get_input_embeddings()(suffix).to(inputs_embeds.dtype)
         return None, torch.cat([gathered, suffix_embeds], 1), attention_mask
 
-    def _check_context_length(self, attention_mask):
+    def _check_inputs(self, inputs, attention_mask):
+        if inputs.shape[0] == 0 or inputs.shape[1] == 0:
+            raise ValueError(f"Empty batch: got inputs of shape {tuple(inputs.shape[:2])}; there is nothing to classify.")
+        if attention_mask is None:
+            attention_mask = torch.ones(inputs.shape[:2], dtype=torch.long)
+        empty_rows = (attention_mask.sum(dim=-1) == 0).nonzero().flatten().tolist()
+        if empty_rows:
+            raise ValueError(f"Sequences {empty_rows} of the batch have no real token (attention_mask is all 0).")
         limit = getattr(self.config.text_config.get_text_config(), "max_position_embeddings", None)
-        longest = int(attention_mask.sum(dim=-1).max())
+        suffix = len(self.config.suffix_token_ids or [])
+        longest = int(attention_mask.sum(dim=-1).max()) + suffix
         if limit is not None and longest > limit:
-            suffix = len(self.config.suffix_token_ids or [])
             raise ValueError(
                 f"A sequence of {longest} tokens{' (pooling suffix included)' if suffix else ''} is longer than the "
                 f"backbone's context of {limit} tokens: truncate the texts to at most {limit - suffix} tokens "
@@ -304,9 +364,16 @@ class LastTokenClassifierForSequenceClassification(LastTokenClassifierPreTrained
         )
 
 
-def _adapter_only_base(path, kwargs) -> str | None:
-    """The base model path when `path` holds an adapter but no model weights, else None."""
-    lookup = {key: kwargs[key] for key in ("revision", "token", "cache_dir", "local_files_only") if key in kwargs}
+def _saved_adapter(path, config, hub: dict) -> tuple[str, str | None] | None:
+    """`(base model, adapter subfolder)` when `path` holds adapter + head rather than a whole model, else None.
+
+    The current layout names both in `config.json`; a folder of the earlier layout (adapter files at the top, no
+    model weights) names its base in `adapter_config.json`."""
+    if config.adapter_subfolder:
+        if not config.base_model_name_or_path:
+            raise ValueError(f"{path} holds an adapter but its config.json names no base_model_name_or_path.")
+        return config.base_model_name_or_path, config.adapter_subfolder
+    lookup = {key: hub[key] for key in ("revision", "token", "cache_dir", "local_files_only") if key in hub}
     adapter_config = cached_file(path, ADAPTER_CONFIG_NAME, _raise_exceptions_for_missing_entries=False, **lookup)
     if adapter_config is None:
         return None
@@ -314,7 +381,15 @@ def _adapter_only_base(path, kwargs) -> str | None:
         if cached_file(path, weights, _raise_exceptions_for_missing_entries=False, **lookup) is not None:
             return None
     with open(adapter_config, encoding="utf-8") as file:
-        return json.load(file)["base_model_name_or_path"]
+        return json.load(file)["base_model_name_or_path"], None
+
+
+def _checkpoint_prefix(text_config) -> str | None:
+    """The key prefix the backbone's own family uses in its checkpoints (`model`, `transformer`, `gpt_neox`...)."""
+    try:
+        return MODEL_MAPPING[type(text_config)].base_model_prefix
+    except (KeyError, ValueError):  # a remote-code backbone: its checkpoint keys are taken as they are
+        return None
 
 
 def _label_kwargs(labels: list[str] | None, num_labels: int | None) -> dict:

@@ -4,8 +4,20 @@ Everything is built once per test session and saved as ordinary causal-LM folder
 `from_pretrained` paths users take.
 """
 
+import os
+
+# Nothing here reaches the Hub: resolve repo ids from local caches only (set before huggingface_hub is imported).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import hashlib
 import itertools
+import json
 import random
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -130,3 +142,37 @@ def texts():
         "the striker scored twice in the final match and the film won an award at the festival",
         "phones sold well!",
     ]
+
+
+def publish(folder, repo_id: str, hub_cache) -> str:
+    """Lay `folder` out as a Hub repo in the cache layout the Hub client reads (`models--org--name/snapshots/<hash>/`,
+    `refs/main`), so that `HF_HUB_CACHE=hub_cache HF_HUB_OFFLINE=1` resolves `repo_id` exactly as a download would."""
+    org, name = repo_id.split("/")
+    commit = hashlib.sha1(repo_id.encode()).hexdigest()
+    root = Path(hub_cache) / f"models--{org}--{name}"
+    shutil.copytree(folder, root / "snapshots" / commit)
+    (root / "refs").mkdir(parents=True, exist_ok=True)
+    (root / "refs" / "main").write_text(commit)
+    return repo_id
+
+
+def run_fresh(code: str, hub_cache=None) -> dict:
+    """Run `code` in a fresh Python process (offline, reading `hub_cache` as the Hub) and return the JSON object it
+    prints on a line of its own after `RESULT `."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    if hub_cache is not None:
+        env["HF_HUB_CACHE"] = str(hub_cache)
+        env["HF_MODULES_CACHE"] = str(Path(hub_cache) / "modules")  # remote code copied from this cache only
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    results = [line[len("RESULT "):] for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    assert results, done.stdout[-4000:] + done.stderr[-4000:]
+    return json.loads(results[-1])
+
+
+@pytest.fixture
+def hub_cache(tmp_path):
+    path = tmp_path / "hub"
+    path.mkdir()
+    return path

@@ -1,0 +1,43 @@
+"""`pipeline("text-classification")` with the defaults a last-token classifier needs.
+
+Registered for the task on `import hf_clf_ext`; for every other model it behaves exactly as transformers' own
+`TextClassificationPipeline`, which it subclasses.
+"""
+
+from transformers import TextClassificationPipeline
+from transformers.pipelines import PIPELINE_REGISTRY
+
+from .configuration_last_token import LastTokenClassifierConfig
+
+TASK = "text-classification"
+
+
+class LastTokenClassificationPipeline(TextClassificationPipeline):
+    """For a last-token classifier: texts are truncated to the trained length (the saved tokenizer's
+    `model_max_length`), as in training and `predict_texts`, unless `truncation=` says otherwise; and a multi-label
+    model returns, by default, the labels whose probability reaches their tuned decision threshold (sorted by
+    score; `top_k=` gives scores without a decision, as the stock pipeline does)."""
+
+    def _ours(self) -> bool:
+        return isinstance(self.model.config, LastTokenClassifierConfig)
+
+    def _sanitize_parameters(self, function_to_apply=None, top_k="", **tokenizer_kwargs):
+        if self._ours():
+            tokenizer_kwargs.setdefault("truncation", True)
+        return super()._sanitize_parameters(function_to_apply=function_to_apply, top_k=top_k, **tokenizer_kwargs)
+
+    def __call__(self, inputs, **kwargs):
+        config = self.model.config
+        asked_for_scores = "top_k" in kwargs or "top_k" in self._postprocess_params
+        if not self._ours() or config.problem_type != "multi_label_classification" or asked_for_scores:
+            return super().__call__(inputs, **kwargs)
+        thresholds = dict(zip(config.id2label.values(), config.decision_thresholds or [0.5] * config.num_labels))
+        results = super().__call__(inputs, top_k=None, **kwargs)
+        decide = lambda rows: [row for row in rows if row["score"] >= thresholds[row["label"]]]  # noqa: E731
+        return decide(results) if isinstance(inputs, str) else [decide(rows) for rows in results]
+
+
+def register() -> None:
+    """Serve the task with this subclass, keeping the task's model classes and default checkpoint."""
+    task = PIPELINE_REGISTRY.supported_tasks[TASK]
+    PIPELINE_REGISTRY.supported_tasks[TASK] = {**task, "impl": LastTokenClassificationPipeline}
