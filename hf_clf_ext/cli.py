@@ -3,6 +3,7 @@
     hf-clf train --approach last_token --config recipes/configs/smollm2_135m_bbc_last_token.yaml [--key value ...]
     hf-clf evaluate --model outputs/smollm2-bbc --dataset bundled:bbc_news --split test
     hf-clf predict --model outputs/smollm2-bbc "Shares rose after the results." < more_texts.txt
+    hf-clf export --model outputs/smollm2-bbc --output outputs/smollm2-bbc-stock    # stock architecture, for vLLM
 """
 
 import argparse
@@ -25,7 +26,9 @@ def main(argv=None) -> int:
         return evaluate(rest)
     if command == "predict":
         return predict(rest)
-    print(f"hf-clf: unknown command {command!r}; use train, evaluate or predict.", file=sys.stderr)
+    if command == "export":
+        return export(rest)
+    print(f"hf-clf: unknown command {command!r}; use train, evaluate, predict or export.", file=sys.stderr)
     return 2
 
 
@@ -120,6 +123,24 @@ def predict(argv) -> int:
         raise SystemExit("hf-clf: no texts to classify (give them as arguments, with --input, or on stdin).")
     for text, result in zip(texts, SavedClassifier(args.model).classify(texts, args.method, args.batch_size)):
         print(json.dumps({"text": text, **result}, ensure_ascii=False))
+    return 0
+
+
+def export(argv) -> int:
+    """A last-token classifier (folder or Hub repo) as the backbone's stock `<Arch>ForSequenceClassification`."""
+    parser = argparse.ArgumentParser(prog="hf-clf export")
+    parser.add_argument("--model", required=True, help="A last-token classifier: a folder or a Hub repo id.")
+    parser.add_argument("--output", required=True, help="The folder to write the stock model and tokenizer to.")
+    args = parser.parse_args(argv)
+    if os.path.isdir(args.output) and os.listdir(args.output):
+        raise SystemExit(f"hf-clf: {args.output} is not empty; choose a new folder.")
+    from .export import export_stock
+
+    try:
+        architecture = export_stock(args.model, args.output)
+    except ValueError as error:
+        raise SystemExit(f"hf-clf: {error}") from error
+    print(json.dumps({"output": args.output, "architecture": architecture}))
     return 0
 
 

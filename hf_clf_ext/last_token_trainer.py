@@ -465,6 +465,8 @@ class LastTokenClassifierTrainer(Trainer):
         output_dir = output_dir or self.args.output_dir
         if not isinstance(self.model, PeftModel):
             return super()._save(output_dir, state_dict)
+        if not self.args.should_save:  # the adapter is whole on every process: the main process writes
+            return
         classifier = _unwrap_classifier(self.model)
         config = copy.deepcopy(classifier.config)
         config.architectures = [type(classifier).__name__]

@@ -96,8 +96,10 @@ class LastTokenClassifierForSequenceClassification(LastTokenClassifierPreTrained
 
         The backbone checkpoint's own key prefix (`transformer.` for GPT-2, Falcon, Bloom; `gpt_neox.`; ...) is
         mapped to `model.`, and any backbone weight missing from or unexpected in the checkpoint is an error naming
-        the keys: a backbone is never left randomly initialised."""
+        the keys: a backbone is never left randomly initialised. `merge_adapter=True` merges an adapter into the
+        backbone (a plain model; pass `quantization_config=None` to merge into float weights of a 4-bit base)."""
         path = pretrained_model_name_or_path
+        merge_adapter = kwargs.pop("merge_adapter", False)
         hub = {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs}
         kwargs.pop("adapter_kwargs", None)  # the auto factory's adapter lookup; this method finds the adapter itself
         if not isinstance(kwargs.get("config"), PreTrainedConfig):
@@ -107,7 +109,9 @@ class LastTokenClassifierForSequenceClassification(LastTokenClassifierPreTrained
             return cls._load_checked(path, *model_args, **kwargs)
         base, subfolder = adapter
         config = kwargs["config"]
-        if config.base_quantization_config and "quantization_config" not in kwargs:
+        if "quantization_config" in kwargs and kwargs["quantization_config"] is None:
+            kwargs.pop("quantization_config")
+        elif config.base_quantization_config and "quantization_config" not in kwargs:
             from transformers import BitsAndBytesConfig
 
             kwargs["quantization_config"] = BitsAndBytesConfig.from_dict(dict(config.base_quantization_config))
@@ -125,8 +129,11 @@ class LastTokenClassifierForSequenceClassification(LastTokenClassifierPreTrained
         # PEFT's loader keeps the adapter in the float32 it was trained and saved in (transformers' `load_adapter`
         # would create it in a 4-bit backbone's compute dtype); the model keeps its class.
         peft_model = PeftModel.from_pretrained(model, adapter_dir)
-        model = peft_model.get_base_model()
-        model.peft_config, model._hf_peft_config_loaded = peft_model.peft_config, True
+        if merge_adapter:
+            model = peft_model.merge_and_unload()
+        else:
+            model = peft_model.get_base_model()
+            model.peft_config, model._hf_peft_config_loaded = peft_model.peft_config, True
         model.name_or_path = str(path)
         model.config.adapter_subfolder = model.config.base_quantization_config = None  # the model is whole now
         return (model, info) if want_info else model

@@ -96,7 +96,7 @@ def test_push_to_hub_uploads_model_card_plots_and_metrics(trained, monkeypatch):
     trainer.push_to_hub(model_name="topic-classifier", dataset_name="synthetic-topics")
     repo_id, files = calls["uploaded"]
     assert repo_id == f"someone/{calls['created']}"
-    expected = {"README.md", "adapter_config.json", "adapter_model.safetensors", "config.json",
+    expected = {"README.md", "model.safetensors", "config.json",
                 "modeling_last_token.py", "configuration_last_token.py", "tokenizer.json", RELIABILITY_PLOT,
                 CONFUSION_PLOT, RESULTS_FILE}
     assert expected <= set(files), set(files) ^ expected

@@ -1,0 +1,84 @@
+"""Stock export: a last-token classifier (suffix, temperature, thresholds) written as the backbone's own
+`<Arch>ForSequenceClassification`, loaded in a process that never imports the package, gives our probabilities."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import PreTrainedTokenizerFast
+
+from hf_clf_ext import LastTokenClassifierForSequenceClassification, predict_texts
+from hf_clf_ext.export import export_stock
+
+from conftest import run_fresh
+
+LONG = " ".join(["the striker scored twice in the final match"] * 30)
+
+STOCK = """
+import json, sys, torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
+texts = json.loads({texts!r})
+model = AutoModelForSequenceClassification.from_pretrained({path!r}).eval()
+tokenizer = AutoTokenizer.from_pretrained({path!r})
+with torch.no_grad():
+    batch = tokenizer(texts, truncation=True, padding=True, return_tensors="pt")
+    logits = model(**batch).logits.float()
+probabilities = (logits.sigmoid() if {multi} else logits.softmax(-1)).tolist()
+classify = pipeline("text-classification", model={path!r}, top_k=None)
+piped = [{{r["label"]: r["score"] for r in rows}} for rows in classify(texts, truncation=True)]
+print("RESULT", json.dumps({{"type": type(model).__name__, "probabilities": probabilities, "pipeline": piped,
+                            "ids": [tokenizer(t, truncation=True)["input_ids"] for t in texts],
+                            "package_imported": "hf_clf_ext" in sys.modules}}))
+"""
+
+
+def classifier_with_suffix(lm_dir, tokenizer, multi_label=False, **kwargs):
+    torch.manual_seed(0)
+    model = LastTokenClassifierForSequenceClassification.from_backbone(
+        lm_dir, labels=["business", "sport", "tech"], tokenizer=tokenizer,
+        problem_type="multi_label_classification" if multi_label else "single_label_classification", **kwargs,
+    ).eval()
+    model.config.pooling_suffix = "\nLabel:"
+    model.config.suffix_token_ids = tokenizer("\nLabel:", add_special_tokens=False)["input_ids"]
+    model.config.temperature = 1.7
+    if multi_label:
+        model.config.decision_thresholds = [0.3, 0.5, 0.6]
+    torch.nn.init.normal_(model.score.weight, std=0.5)  # a head that separates the texts
+    tokenizer.model_max_length = 24 - len(model.config.suffix_token_ids)
+    return model
+
+
+@pytest.mark.parametrize("multi_label", [False, True])
+def test_stock_export_reproduces_our_probabilities_without_the_package(tiny_lm_dir, family, tokenizer, texts,
+                                                                       multi_label, tmp_path):
+    model = classifier_with_suffix(tiny_lm_dir, tokenizer, multi_label)
+    texts = texts + [LONG]
+    ours = predict_texts(model, tokenizer, texts)
+    expected = [list(r["probabilities"].values()) for r in ours]
+    model.save_pretrained(tmp_path / "ours")
+    tokenizer.save_pretrained(tmp_path / "ours")
+    architecture = export_stock(tmp_path / "ours", tmp_path / "stock")
+
+    stock = run_fresh(STOCK.format(texts=json.dumps(texts), path=str(tmp_path / "stock"), multi=multi_label))
+    assert not stock["package_imported"]
+    assert stock["type"] == architecture and architecture.endswith("ForSequenceClassification")
+    assert architecture != "LastTokenClassifierForSequenceClassification"
+    np.testing.assert_allclose(stock["probabilities"], expected, atol=2e-5)
+    names = list(ours[0]["probabilities"])
+    np.testing.assert_allclose([[row[n] for n in names] for row in stock["pipeline"]], expected, atol=2e-5)
+    suffix = model.config.suffix_token_ids
+    assert all(ids[-len(suffix):] == suffix and len(ids) <= 24 for ids in stock["ids"])
+    assert len(stock["ids"][-1]) == 24  # the long text was cut, the suffix kept
+    config = json.loads((tmp_path / "stock" / "config.json").read_text())
+    assert config["problem_type"] == model.config.problem_type
+    assert config["id2label"] == {"0": "business", "1": "sport", "2": "tech"}
+    assert config.get("decision_thresholds") == ([0.3, 0.5, 0.6] if multi_label else None)
+
+
+def test_export_refuses_what_a_stock_head_cannot_hold(tiny_lm_dirs, tokenizer, tmp_path):
+    lm_dir = tiny_lm_dirs["llama", "pad"]
+    with pytest.raises(ValueError, match="bias"):
+        export_stock(classifier_with_suffix(lm_dir, tokenizer, head_bias=True), tmp_path / "a", tokenizer=tokenizer)
+    with pytest.raises(ValueError, match="pooling='mean'"):
+        export_stock(classifier_with_suffix(lm_dir, tokenizer, pooling="mean"), tmp_path / "b", tokenizer=tokenizer)
