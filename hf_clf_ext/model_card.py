@@ -3,6 +3,7 @@ with a reliability diagram and a confusion matrix, rendered from the templates i
 
 import json
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,7 @@ class EvaluationFacts:
     predictions: np.ndarray
     reliability: dict
     calibration: dict | None = None
+    split: str = "evaluation"  # "test": held out from training, checkpoint selection and calibration
 
 
 @dataclass
@@ -103,7 +105,6 @@ def write_model_card(facts: CardFacts, output_dir: str | os.PathLike, template: 
 
 
 def _card_data(facts: CardFacts) -> ModelCardData:
-    is_hub_id = not os.path.exists(facts.base_model) and facts.base_model.count("/") == 1
     eval_results = None
     if facts.evaluation is not None:
         dataset = facts.dataset_name or "custom"
@@ -121,13 +122,18 @@ def _card_data(facts: CardFacts) -> ModelCardData:
         ]
     return ModelCardData(
         model_name=facts.model_name,
-        base_model=facts.base_model if is_hub_id else None,
+        base_model=facts.base_model if _is_hub_id(facts.base_model) else None,
         library_name="transformers",
         pipeline_tag="text-classification",
         tags=["hf-clf-ext", "text-classification", "last-token-classifier", *facts.tags],
-        datasets=[facts.dataset_name] if facts.dataset_name else None,
+        # Only names that can be Hub dataset ids ("imdb", "org/name"); a description stays in the text.
+        datasets=[facts.dataset_name] if re.fullmatch(r"[\w.-]+(/[\w.-]+)?", facts.dataset_name or "") else None,
         eval_results=eval_results or None,
     )
+
+
+def _is_hub_id(name: str | None) -> bool:
+    return bool(name) and not os.path.exists(name) and name.count("/") == 1
 
 
 def _template_variables(facts: CardFacts, plots: list[dict]) -> dict:
@@ -165,6 +171,8 @@ def _template_variables(facts: CardFacts, plots: list[dict]) -> dict:
         ],
         "metrics": metric_rows(evaluation.metrics) if evaluation is not None else [],
         "eval_rows": len(evaluation.references) if evaluation is not None else 0,
+        "eval_split": evaluation.split if evaluation is not None else None,
+        "dataset_name": facts.dataset_name,
         "calibration": calibration,
         "plots": plots,
         "max_length": facts.max_length,

@@ -122,6 +122,9 @@ def test_last_token_recipe_then_cli_evaluate_and_predict(tmp_path, data_files, t
     printed = capsys.readouterr().out
     assert "test_f1_macro" in printed and "AutoModelForSequenceClassification.from_pretrained" in printed
     assert (output / "README.md").exists() and (output / "model.safetensors").exists()  # a local base: merged
+    card = (output / "README.md").read_text()
+    test_rows = sum(1 for _ in open(data_files["test"])) - 1
+    assert f"held-out test split of {tmp_path.name} ({test_rows} examples)" in card  # what the job measured
     assert json.loads((output / jobs.RESULTS_FILE).read_text())["test_f1_macro"] == results["test_f1_macro"]
 
     assert cli.main(["evaluate", "--model", str(output), "--file", str(data_files["test"])]) == 0
