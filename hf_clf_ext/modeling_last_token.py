@@ -308,8 +308,16 @@ class LastTokenClassifierForSequenceClassification(LastTokenClassifierPreTrained
 
     def _append_suffix(self, input_ids, inputs_embeds, attention_mask):
         """Move each sequence's real tokens to the right (left padding, order kept) and append the suffix tokens, so
-        the suffix follows the last real token whatever the padding side was."""
-        order = torch.argsort(attention_mask.to(torch.int8), dim=1, stable=True)
+        the suffix follows the last real token whatever the padding side was. Index arithmetic on the contiguous run
+        of real tokens (checked in `_check_inputs`), not a sort: it exports to ONNX."""
+        mask = attention_mask.long()
+        width = mask.shape[1]
+        length = mask.sum(dim=1, keepdim=True)
+        first = mask.argmax(dim=1, keepdim=True)  # first real token
+        slots = torch.arange(width, device=mask.device).expand_as(mask)
+        pad_slot = torch.where(first > 0, torch.zeros_like(first), torch.full_like(first, width - 1))
+        real = slots >= width - length
+        order = torch.where(real, first + slots - (width - length), pad_slot)
         suffix = torch.tensor(self.config.suffix_token_ids, dtype=torch.long, device=attention_mask.device)
         suffix = suffix.expand(attention_mask.shape[0], -1)
         attention_mask = torch.cat([attention_mask.gather(1, order), torch.ones_like(suffix, dtype=attention_mask.dtype)], 1)
@@ -327,6 +335,11 @@ class LastTokenClassifierForSequenceClassification(LastTokenClassifierPreTrained
         empty_rows = (attention_mask.sum(dim=-1) == 0).nonzero().flatten().tolist()
         if empty_rows:
             raise ValueError(f"Sequences {empty_rows} of the batch have no real token (attention_mask is all 0).")
+        starts = (attention_mask.long().diff(dim=-1, prepend=torch.zeros_like(attention_mask[:, :1])) == 1).sum(-1)
+        split_rows = (starts > 1).nonzero().flatten().tolist()
+        if split_rows:
+            raise ValueError(f"Sequences {split_rows} of the batch have gaps in attention_mask: each row must be one "
+                             "run of real tokens, padded on the left or the right.")
         limit = getattr(self.config.text_config.get_text_config(), "max_position_embeddings", None)
         suffix = len(self.config.suffix_token_ids or [])
         longest = int(attention_mask.sum(dim=-1).max()) + suffix
