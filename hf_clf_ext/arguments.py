@@ -1,4 +1,5 @@
-"""Argument groups shared by both approaches' training configs (data, quantization, LoRA), as dataclass mixins."""
+"""Argument groups shared by both approaches' training configs (data, quantization, LoRA, saving), as dataclass
+mixins."""
 
 from dataclasses import dataclass, field
 
@@ -88,3 +89,16 @@ class LoraArguments:
             raise ValueError("A quantized backbone cannot be trained directly: keep use_peft=True (QLoRA).")
         if self.lora_r < 1:
             raise ValueError(f"lora_r must be at least 1, got {self.lora_r}.")
+
+
+@dataclass
+class SavingArguments:
+    merge_adapter: bool = field(
+        default=False, metadata={"help": "Save the model with LoRA merged into the backbone instead of the adapter."}
+    )
+    base_model_id: str | None = field(
+        default=None,
+        metadata={"help": "Hub id the backbone descends from, for a backbone loaded from a local folder or a GGUF "
+                  "file: named as `base_model` in the model card (and config). Such a backbone always saves merged: "
+                  "an adapter could not name a base that loads on another machine."},
+    )

@@ -127,17 +127,22 @@ def predict(argv) -> int:
 
 
 def export(argv) -> int:
-    """A last-token classifier (folder or Hub repo) as the backbone's stock `<Arch>ForSequenceClassification`."""
+    """A saved classifier (folder or Hub repo) in the stock architecture: a last-token classifier as the backbone's
+    `<Arch>ForSequenceClassification`, an instruction classifier as a merged causal LM with its verbalizer."""
     parser = argparse.ArgumentParser(prog="hf-clf export")
-    parser.add_argument("--model", required=True, help="A last-token classifier: a folder or a Hub repo id.")
+    parser.add_argument("--model", required=True, help="A classifier of either approach: a folder or a Hub repo id.")
     parser.add_argument("--output", required=True, help="The folder to write the stock model and tokenizer to.")
     args = parser.parse_args(argv)
     if os.path.isdir(args.output) and os.listdir(args.output):
         raise SystemExit(f"hf-clf: {args.output} is not empty; choose a new folder.")
-    from .export import export_stock
+    from transformers.utils import cached_file
 
+    from .export import export_instruction, export_stock
+    from .instruction import PROMPT_FILE
+
+    instruction = cached_file(args.model, PROMPT_FILE, _raise_exceptions_for_missing_entries=False) is not None
     try:
-        architecture = export_stock(args.model, args.output)
+        architecture = (export_instruction if instruction else export_stock)(args.model, args.output)
     except ValueError as error:
         raise SystemExit(f"hf-clf: {error}") from error
     print(json.dumps({"output": args.output, "architecture": architecture}))

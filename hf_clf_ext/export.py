@@ -86,6 +86,24 @@ def export_stock(source, output_dir: str | os.PathLike, tokenizer=None, **load_k
     return stock_class.__name__
 
 
+def export_instruction(source, output_dir: str | os.PathLike, **load_kwargs) -> str:
+    """Write an instruction classifier (folder or Hub repo) as a merged causal LM with its tokenizer, verbalizer and
+    prompt settings: a folder any engine generates from (vLLM, TGI, llama.cpp after conversion), and that
+    `InstructionClassifier.from_pretrained` loads with constrained decoding and label scoring."""
+    from .instruction import InstructionClassifier
+
+    classifier = InstructionClassifier.from_pretrained(source, **load_kwargs)
+    model = classifier.model
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    if getattr(model, "hf_quantizer", None) is not None:
+        model = model.dequantize()
+    model.save_pretrained(output_dir)
+    classifier.tokenizer.save_pretrained(output_dir)
+    classifier.save_settings(output_dir)
+    return type(model).__name__
+
+
 def append_suffix_to_tokenizer(tokenizer, suffix_ids: list[int], suffix_text: str | None) -> None:
     """Make the fast tokenizer's post-processor append `suffix_ids` after each text (after its own special tokens
     and after truncation, which leaves room for them)."""

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessorList
+from transformers.utils import ADAPTER_CONFIG_NAME, cached_file
 
 from .logits_process import VerbalizerLogitsProcessor
 from .prompt_cache import SharedPrefix
@@ -16,6 +17,7 @@ from .scoring import score_labels
 from .verbalizer import LabelTokens, Verbalizer
 
 PROMPT_FILE = "instruction_prompt.json"
+HUB_OPTIONS = ("revision", "cache_dir", "token", "local_files_only")
 DEFAULT_TEMPLATE = "Classify the text into one of these labels: {labels}.\n\nText: {text}"
 DEFAULT_MULTI_LABEL_TEMPLATE = (
     "Classify the text with one or more of these labels: {labels}. Separate several labels with '{delimiter}'."
@@ -229,21 +231,25 @@ class InstructionClassifier:
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, **model_kwargs) -> "InstructionClassifier":
-        """Load a folder saved by `save_pretrained` or `InstructionSFTRecipe.save_model` (adapter or merged)."""
-        path = os.path.join(directory, PROMPT_FILE)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"No {PROMPT_FILE} in {directory}: not an instruction classifier folder.")
+        """Load a folder or Hub repo saved by `save_pretrained` or `InstructionSFTRecipe.save_model` (adapter or
+        merged). Hub options (`revision`, `cache_dir`, `token`, `local_files_only`) apply to every file."""
+        hub = {key: model_kwargs[key] for key in HUB_OPTIONS if key in model_kwargs}
+        path = cached_file(directory, PROMPT_FILE, _raise_exceptions_for_missing_entries=False, **hub)
+        if path is None:
+            raise FileNotFoundError(f"No {PROMPT_FILE} in {directory}: not an instruction classifier folder or repo.")
         with open(path, encoding="utf-8") as file:
             settings = json.load(file)
         max_length = settings.pop("max_length", None)
-        if os.path.isfile(os.path.join(directory, "adapter_config.json")):
+        if cached_file(directory, ADAPTER_CONFIG_NAME, _raise_exceptions_for_missing_entries=False, **hub):
             from peft import AutoPeftModelForCausalLM
 
             model = AutoPeftModelForCausalLM.from_pretrained(directory, **model_kwargs)
         else:
             model = AutoModelForCausalLM.from_pretrained(directory, **model_kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(directory)
-        return cls(model, tokenizer, InstructionPrompt(**settings), Verbalizer.from_pretrained(directory), max_length)
+        # The model's config, given here, tells the tokenizer class: an adapter repo has no config.json of its own.
+        tokenizer = AutoTokenizer.from_pretrained(directory, config=model.config, **hub)
+        verbalizer = Verbalizer.from_pretrained(directory, **hub)
+        return cls(model, tokenizer, InstructionPrompt(**settings), verbalizer, max_length)
 
 
 def _check_texts(texts) -> None:

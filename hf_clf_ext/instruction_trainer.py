@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from datasets import Dataset
-from peft import LoraConfig
+from peft import LoraConfig, PeftModel
 from transformers import EvalPrediction, PreTrainedModel, set_seed
 from trl import SFTTrainer
 
@@ -23,6 +23,7 @@ from .instruction_config import InstructionSFTConfig
 from .metrics import build_compute_metrics, load_metric, logits_from_probabilities, probabilities_from_results
 from .model_card import CardFacts, EvaluationFacts, lora_rows, metric_rows, parameter_counts, write_model_card
 from .prompt_cache import is_prompt_learning, supports_logits_to_keep
+from .saving import hub_base, is_checkpoint_dir
 from .verbalizer import Verbalizer
 
 logger = logging.getLogger(__name__)
@@ -63,6 +64,9 @@ class InstructionSFTRecipe(SFTTrainer):
         set_seed(args.seed)
         init = args.model_init_kwargs if isinstance(args.model_init_kwargs, dict) else {}
         tokenizer = processing_class or load_tokenizer(model, init.get("gguf_file"))
+        # An adapter names the Hub id its base loads from; a local or GGUF base saves merged instead.
+        self._hub_base = None if init.get("gguf_file") else hub_base(model)
+        self._adaptation = None  # (trainable, total, LoRA rows) as trained, kept across a merged save
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
 
@@ -262,11 +266,30 @@ class InstructionSFTRecipe(SFTTrainer):
     # --- saving and the model card ----------------------------------------------------------------------------------
 
     def _save(self, output_dir: str | None = None, state_dict=None):
-        """The model (or adapter) and tokenizer as usual, plus the verbalizer and prompt settings."""
+        """The adapter (or model) and tokenizer as usual, plus the verbalizer and prompt settings. The final save is
+        merged when `merge_adapter` is set or the base has no Hub id the adapter could name (a local folder, a GGUF
+        file), so that the folder loads on any machine; checkpoints keep the adapter."""
         output_dir = output_dir or self.args.output_dir
-        super()._save(output_dir, state_dict)
+        merge = isinstance(self.model, PeftModel) and not is_checkpoint_dir(output_dir) and (
+            self.args.merge_adapter or self._hub_base is None)
+        if not merge:
+            super()._save(output_dir, state_dict)
+        elif self.args.should_save:
+            self._adaptation = self._adaptation_facts()
+            merged = self.model.merge_and_unload()
+            if getattr(merged, "hf_quantizer", None) is not None:
+                merged = merged.dequantize()
+            self.model = self.classifier.model = merged
+            merged.save_pretrained(output_dir)
+            self.processing_class.save_pretrained(output_dir)
         if self.args.should_save:
             self.classifier.save_settings(output_dir)
+
+    def _adaptation_facts(self) -> tuple[int, int, dict]:
+        """Trainable and total parameters and the LoRA rows of the card, as trained."""
+        if self._adaptation is not None:
+            return self._adaptation
+        return (*parameter_counts(self.model), lora_rows(self.model))
 
     def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None, tags=None, **kwargs):
         if self.is_world_process_zero():
@@ -275,7 +298,7 @@ class InstructionSFTRecipe(SFTTrainer):
     def card_facts(self, model_name=None, dataset_name=None, tags=None) -> CardFacts:
         args, space = self.args, self.label_space
         tokenizer = self.processing_class
-        trainable, total = parameter_counts(self.model)
+        trainable, total, adaptation_rows = self._adaptation_facts()
         hyperparameters = {
             "learning rate": args.learning_rate,
             "epochs (max / trained)": f"{args.num_train_epochs:g} / {self.state.epoch or 0:.2f}",
@@ -286,7 +309,7 @@ class InstructionSFTRecipe(SFTTrainer):
             "loss": "completion only (answer tokens)",
             "seed": args.seed,
         }
-        hyperparameters.update(lora_rows(self.model))
+        hyperparameters.update(adaptation_rows)
         label_texts = self.verbalizer.texts
         extra = {
             "prompt_example": self.prompt.render(tokenizer, self.verbalizer, self.train_texts[0][:300]),
@@ -298,9 +321,7 @@ class InstructionSFTRecipe(SFTTrainer):
         evaluation = None
         if self.eval_texts is not None:
             evaluation, extra["scoring_metrics"] = self._evaluation_facts()
-        base_model = getattr(self.model, "name_or_path", None) or ""
-        if hasattr(self.model, "get_base_model"):
-            base_model = self.model.get_base_model().name_or_path
+        base_model = args.base_model_id or self._hub_base or getattr(self.model, "name_or_path", None) or ""
         return CardFacts(
             model_name=model_name or args.hub_model_id or os.path.basename(os.path.normpath(args.output_dir)),
             base_model=base_model,

@@ -5,13 +5,15 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from .arguments import DataArguments, LoraArguments, QuantizationArguments
+from .arguments import DataArguments, LoraArguments, QuantizationArguments, SavingArguments
 
 LOSS_CHOICES = ("cross_entropy", "focal")
 
 
 @dataclass
-class LastTokenClassifierTrainingArguments(DataArguments, QuantizationArguments, LoraArguments, TrainingArguments):
+class LastTokenClassifierTrainingArguments(
+    DataArguments, QuantizationArguments, LoraArguments, SavingArguments, TrainingArguments
+):
     r"""
     Arguments of [`LastTokenClassifierTrainer`]. Every `TrainingArguments` field applies; the defaults below follow
     the paper (8-bit AdamW, linear schedule with warmup, effective batch 8 through gradient accumulation, up to 20
@@ -69,17 +71,6 @@ class LastTokenClassifierTrainingArguments(DataArguments, QuantizationArguments,
         default=False,
         metadata={"help": "Give the linear head a bias. Stock `*ForSequenceClassification` heads have none, so the "
                   "default bias-free head exports to the stock architecture (and vLLM) exactly."},
-    )
-
-    # --- Saving -----------------------------------------------------------------------------------------------------
-    merge_adapter: bool = field(
-        default=False, metadata={"help": "Save the model with LoRA merged into the backbone instead of adapter + head."}
-    )
-    base_model_id: str | None = field(
-        default=None,
-        metadata={"help": "Hub id the backbone descends from, for a backbone loaded from a local folder or a GGUF "
-                  "file: named as `base_model` in the model card and config.json. Such a backbone always saves "
-                  "merged, since an adapter could not name a base that loads on another machine."},
     )
 
     # --- Paper defaults for inherited fields ------------------------------------------------------------------------

@@ -24,7 +24,6 @@ from transformers import (
 )
 from transformers.dynamic_module_utils import custom_object_save
 from transformers.trainer import TRAINING_ARGS_NAME
-from transformers.utils.quantization_config import QuantizationMethod
 
 from .calibration import fit_temperature, tune_thresholds
 from .data import LabelSpace, build_label_space, build_texts, encode_split, load_tokenizer, tokenize_texts
@@ -33,6 +32,7 @@ from .last_token_config import LastTokenClassifierTrainingArguments
 from .metrics import build_compute_metrics, load_metric, probabilities_from_logits
 from .model_card import CardFacts, EvaluationFacts, lora_rows, parameter_counts, write_model_card
 from .modeling_last_token import ADAPTER_SUBFOLDER, LastTokenClassifierForSequenceClassification
+from .saving import hub_base, is_checkpoint_dir
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ class LastTokenClassifierTrainer(Trainer):
             raise ValueError("LastTokenClassifierTrainer needs a train_dataset.")
         model_init_kwargs = dict(model_init_kwargs or {})
         # An adapter save names the Hub id its backbone loads from; a local or GGUF backbone saves merged instead.
-        self._hub_base = None if model_init_kwargs.get("gguf_file") else _hub_base(model)
+        self._hub_base = None if model_init_kwargs.get("gguf_file") else hub_base(model)
         self._base_model_id = args.base_model_id or self._hub_base
         if eval_dataset is None and args.eval_strategy != "no":
             logger.warning("No eval_dataset: evaluation, early stopping, best-model selection and calibration are off.")
@@ -480,7 +480,7 @@ class LastTokenClassifierTrainer(Trainer):
         config.architectures = [type(classifier).__name__]
         quantization_config = config.__dict__.pop("quantization_config", None)  # the adapter holds float weights
         config.adapter_subfolder = config.base_quantization_config = None
-        if _is_checkpoint_dir(output_dir):
+        if is_checkpoint_dir(output_dir):
             super()._save(output_dir, state_dict)
         elif self.args.merge_adapter or self._hub_base is None:
             if not self.args.merge_adapter:
@@ -554,22 +554,3 @@ def _unwrap_classifier(model) -> LastTokenClassifierForSequenceClassification:
 
 def _is_head_parameter(name: str) -> bool:
     return f".{HEAD_MODULE}." in f".{name}"
-
-
-def _hub_base(model) -> str | None:
-    """The Hub id the backbone of `model` (a name/path or a loaded model) loads from; None for a local folder, a GGUF
-    file or a model built in memory."""
-    if isinstance(model, (str, os.PathLike)):
-        name = str(model)
-    elif getattr(model, "quantization_method", None) == QuantizationMethod.GGUF:
-        return None
-    else:
-        try:
-            name = _unwrap_classifier(model).config.text_config.name_or_path
-        except TypeError:  # a causal LM to wrap
-            name = model.name_or_path
-    return name if name and not os.path.exists(name) else None
-
-
-def _is_checkpoint_dir(path: str) -> bool:
-    return os.path.basename(os.path.normpath(path)).startswith("checkpoint-")

@@ -10,6 +10,8 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
+from transformers.utils import cached_file
+
 VERBALIZER_FILE = "verbalizer.json"
 
 
@@ -174,9 +176,10 @@ class Verbalizer:
             json.dump(asdict(self), file, indent=2, ensure_ascii=False)
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike) -> "Verbalizer":
-        path = os.path.join(directory, VERBALIZER_FILE)
-        if not os.path.isfile(path):
+    def from_pretrained(cls, directory: str | os.PathLike, **hub_options) -> "Verbalizer":
+        """From a folder or a Hub repo id (`revision`, `cache_dir`, `token`, `local_files_only` apply)."""
+        path = cached_file(directory, VERBALIZER_FILE, _raise_exceptions_for_missing_entries=False, **hub_options)
+        if path is None:
             raise FileNotFoundError(f"No {VERBALIZER_FILE} in {directory}: it was not saved with a verbalizer.")
         with open(path, encoding="utf-8") as file:
             return cls(**json.load(file))

