@@ -52,12 +52,40 @@ def prepare(model_dir: str, work: Path) -> dict:
     with torch.no_grad():
         stock_probabilities = [stock(torch.tensor([row])).logits.softmax(-1)[0].tolist() for row in ids]
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    hub = hub_round_trip(model_dir, work, texts[:32], [[r["probabilities"][n] for n in labels] for r in ours[:32]])
     return {
+        "hub_round_trip": hub,
         "stock_dir": str(stock_dir), "architecture": architecture, "labels": labels, "ids": ids,
         "ids_identical": ids == pooled, "gold": [names[i] for i in test["label"]],
         "ours": [[r["probabilities"][name] for name in labels] for r in ours], "ours_seconds": ours_seconds,
         "transformers_stock": stock_probabilities, "max_tokens": max(len(row) for row in ids),
     }
+
+
+def hub_round_trip(model_dir: str, work: Path, texts: list[str], expected: list[list[float]]) -> dict:
+    """The saved folder published to a Hub-layout cache and loaded by repo id in a fresh offline process, with and
+    without the package (`trust_remote_code=True`): the largest difference from our probabilities."""
+    import numpy as np
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from conftest import publish, run_fresh
+
+    repo = publish(model_dir, "hf-clf-ext/main-job", work / "hub")
+    differences = {}
+    for imports, remote in (("import hf_clf_ext", ""), ("", ", trust_remote_code=True")):
+        loaded = run_fresh(f"""
+            import json, torch
+            {imports}
+            from transformers import AutoModelForSequenceClassification, AutoTokenizer
+            model = AutoModelForSequenceClassification.from_pretrained({repo!r}, dtype=torch.float32{remote}).eval()
+            tokenizer = AutoTokenizer.from_pretrained({repo!r}{remote})
+            with torch.no_grad():
+                p = [model(**tokenizer([t], truncation=True, return_tensors="pt")).logits.softmax(-1)[0].tolist()
+                     for t in {texts!r}]
+            print("RESULT", json.dumps(p))
+        """, work / "hub")
+        differences["package" if imports else "trust_remote_code"] = float(np.abs(np.subtract(loaded, expected)).max())
+    return differences
 
 
 def vllm_worker(work: Path) -> None:
@@ -147,6 +175,7 @@ def main() -> None:
         "model": args.model, "architecture": reference["architecture"], "articles": n,
         "exported_ids_identical_to_pooled_ids": reference["ids_identical"], "ours_accuracy": accuracy,
         "ours_examples_per_second": n / reference["ours_seconds"], "engines": rows,
+        "hub_round_trip_max_abs_dp": reference["hub_round_trip"],
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
                    f"{torch.get_num_threads()} threads, vLLM {engines['vllm_version']}",
     }
@@ -159,6 +188,9 @@ def main() -> None:
         f"Exported tokenizer ids identical to the ids our model pools (suffix included): "
         f"{reference['ids_identical']}. Our `predict_texts`: {results['ours_examples_per_second']:.2f} articles/s "
         f"(batch 16, length-sorted), accuracy {accuracy:.4f}.", "",
+        f"The saved folder loaded by repo id from a Hub-layout cache in a fresh offline process (first 32 articles, "
+        f"one at a time): max abs difference {reference['hub_round_trip']['package']:.2e} with the package imported, "
+        f"{reference['hub_round_trip']['trust_remote_code']:.2e} with `trust_remote_code=True` and no package.", "",
         "| engine | max abs difference in probability vs ours | same argmax | articles/s |",
         "|:--|--:|--:|--:|",
     ]

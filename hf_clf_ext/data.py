@@ -226,20 +226,28 @@ def tokenize_texts(
     truncation_side: str = "right",
     reserve: int = 0,
 ) -> tuple[dict[str, list[list[int]]], int]:
-    """Token ids of `texts` (and how many were cut), each at most `max_length - reserve` tokens (`reserve` leaves room for the pooling
-    suffix the model appends). `truncation_side="right"` keeps the start of a long text, `"left"` its end; the
-    tokenizer's own leading special tokens (e.g. BOS) are kept either way."""
+    """Token ids of `texts` (and how many were cut), each at most `max_length - reserve` tokens (`reserve` leaves room
+    for the pooling suffix the model appends). The tokenizer truncates itself, keeping the special tokens it adds at
+    the start, the end or both (BOS, an appended EOS), so training cuts exactly as `tokenizer(text, truncation=True)`
+    does in `predict_texts` and `pipeline()`. `truncation_side="right"` keeps the start of a long text, `"left"` its
+    end."""
     if truncation_side not in ("right", "left"):
         raise ValueError(f"truncation_side must be 'right' (keep the start) or 'left' (keep the end), got {truncation_side!r}.")
-    prefix = tokenizer("", add_special_tokens=True)["input_ids"]
-    room = max_length - reserve - len(prefix)
-    if room < 1:
+    special = tokenizer.num_special_tokens_to_add(pair=False)
+    room = max_length - reserve
+    if room - special < 1:
         raise ValueError(
-            f"max_length={max_length} leaves no room for text after {len(prefix)} special and {reserve} suffix tokens."
+            f"max_length={max_length} leaves no room for text after {special} special and {reserve} suffix tokens."
         )
-    encoded = tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]  # cut below
-    truncated = sum(len(ids) > room for ids in encoded)
+    texts = list(texts)
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]]
+    truncated = sum(length > room - special for length in lengths)
     if truncated:
-        logger.info("%d of %d texts are longer than %d tokens and were truncated.", truncated, len(encoded), room)
-    input_ids = [prefix + (ids[:room] if truncation_side == "right" else ids[-room:]) for ids in encoded]
+        logger.info("%d of %d texts are longer than %d tokens and were truncated.", truncated, len(texts), room - special)
+    side = tokenizer.truncation_side
+    tokenizer.truncation_side = truncation_side
+    try:
+        input_ids = tokenizer(texts, truncation=True, max_length=room, verbose=False)["input_ids"]
+    finally:
+        tokenizer.truncation_side = side
     return {"input_ids": input_ids, "attention_mask": [[1] * len(ids) for ids in input_ids]}, truncated
