@@ -239,3 +239,16 @@ def test_cli_evaluate_reads_the_requested_split_and_can_drop_unknown_labels(tmp_
         cli.main(["evaluate", "--model", output, "--file", str(extra)])
     assert cli.main(["evaluate", "--model", output, "--file", str(extra), "--drop_unknown_labels"]) == 0
     assert json.loads(capsys.readouterr().out)["examples"] == 2
+
+
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_cpu_bf16_falls_back_to_float32_only_without_native_bf16(tmp_path, data_files, tiny_lm_dirs, monkeypatch,
+                                                                 native_bf16, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native_bf16)
+    config = write_config(tmp_path, tiny_lm_dirs["llama", "pad"], data_files, bf16=True)
+    _, training_args, _ = jobs.prepare(LastTokenClassifierTrainingArguments, ["--config", str(config)])
+    assert training_args.bf16 is native_bf16
+    assert training_args.mixed_precision == ("bf16" if native_bf16 else "no")
+    assert ("training in float32" in capsys.readouterr().err) is not native_bf16
