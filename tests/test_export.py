@@ -6,7 +6,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from transformers import PreTrainedTokenizerFast
 
 from hf_clf_ext import LastTokenClassifierForSequenceClassification, predict_texts
 from hf_clf_ext.export import export_stock

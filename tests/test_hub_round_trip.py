@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from hf_clf_ext import LastTokenClassifierTrainer, predict_texts
 
