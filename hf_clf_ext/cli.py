@@ -54,15 +54,15 @@ def train(argv) -> int:
 
 
 def _data_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="A folder saved by either approach.")
+    parser.add_argument("--model", required=True, help="A classifier of either approach: a folder or a Hub repo id.")
     parser.add_argument("--dataset", help="Hub id, saved folder or 'bundled:bbc_news'.")
     parser.add_argument("--file", help="A CSV / JSON(L) / Parquet file.")
     parser.add_argument("--split", default="test")
     parser.add_argument("--text_columns", nargs="+", default=["text"])
     parser.add_argument("--text_template", default=None)
     parser.add_argument("--label_column", default="label")
-    parser.add_argument("--method", choices=("generate", "score"), default="generate",
-                        help="Instruction models: constrained decoding or label scoring.")
+    parser.add_argument("--method", choices=("generate", "score"), default=None,
+                        help="Instruction models: constrained decoding (the default) or label scoring.")
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--drop_unknown_labels", action="store_true",
                         help="Drop rows whose labels the model does not know (and report how many).")
@@ -72,10 +72,7 @@ def evaluate(argv) -> int:
     """Metrics of a saved model on a labelled split, as JSON."""
     from . import jobs
     from .data import LabelSpace, build_texts, encode_split
-    import numpy as np
-    from transformers import EvalPrediction
-
-    from .metrics import build_compute_metrics, logits_from_probabilities, probabilities_from_results
+    from .metrics import metrics_from_results
 
     parser = argparse.ArgumentParser(prog="hf-clf evaluate")
     _data_arguments(parser)
@@ -86,7 +83,7 @@ def evaluate(argv) -> int:
         raise SystemExit("hf-clf: give --dataset or --file.")
     splits = jobs.load_splits(script)
     dataset = splits[args.split] if args.split in splits else splits["test"] if "test" in splits else splits["train"]
-    classifier = SavedClassifier(args.model)  # reads the labels; the model loads on first use
+    classifier = _load(args.model, args.method)
     space = LabelSpace(names=tuple(classifier.labels), multi_label=classifier.multi_label)
     try:
         dataset, encoded = encode_split(
@@ -95,11 +92,8 @@ def evaluate(argv) -> int:
         texts = build_texts(dataset, args.text_columns, args.text_template, args.split)
     except ValueError as error:
         raise SystemExit(f"hf-clf: {error}".replace("drop_unknown_labels=True", "--drop_unknown_labels")) from error
-    probabilities = probabilities_from_results(classifier.classify(texts, args.method, args.batch_size), space.names)
-    logits = logits_from_probabilities(probabilities, space.problem_type)
-
-    compute = build_compute_metrics(space.problem_type, space.id2label, threshold=classifier.thresholds)
-    metrics = compute(EvalPrediction(predictions=logits, label_ids=np.asarray(encoded)))
+    results = classifier.classify(texts, args.method, args.batch_size)
+    metrics = metrics_from_results(results, encoded, space.problem_type, space.id2label)
     print(json.dumps({"examples": len(texts), **metrics}, indent=2))
     return 0
 
@@ -107,9 +101,10 @@ def evaluate(argv) -> int:
 def predict(argv) -> int:
     """One JSON line per text: from arguments, `--input` (one text per line), or standard input."""
     parser = argparse.ArgumentParser(prog="hf-clf predict")
-    parser.add_argument("--model", required=True)
+    parser.add_argument("--model", required=True, help="A classifier of either approach: a folder or a Hub repo id.")
     parser.add_argument("--input", help="A file with one text per line.")
-    parser.add_argument("--method", choices=("generate", "score"), default="generate")
+    parser.add_argument("--method", choices=("generate", "score"), default=None,
+                        help="Instruction models: constrained decoding (the default) or label scoring.")
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("texts", nargs="*")
     args = parser.parse_args(argv)
@@ -121,7 +116,7 @@ def predict(argv) -> int:
             texts = [line.rstrip("\n") for line in stream if line.strip()]
     if not texts:
         raise SystemExit("hf-clf: no texts to classify (give them as arguments, with --input, or on stdin).")
-    for text, result in zip(texts, SavedClassifier(args.model).classify(texts, args.method, args.batch_size)):
+    for text, result in zip(texts, _load(args.model, args.method).classify(texts, args.method, args.batch_size)):
         print(json.dumps({"text": text, **result}, ensure_ascii=False))
     return 0
 
@@ -149,46 +144,16 @@ def export(argv) -> int:
     return 0
 
 
-class SavedClassifier:
-    """A folder saved by either approach, behind one `classify` interface. The labels are read from the folder's
-    files at once; the model loads on the first `classify`."""
+def _load(model: str, method: str | None):
+    """The classifier, with `method` checked against what it offers before any text is classified."""
+    from .classifier import TextClassifier
 
-    def __init__(self, folder: str):
-        from .instruction import PROMPT_FILE
-        from .verbalizer import VERBALIZER_FILE
-
-        if not os.path.isdir(folder):
-            raise SystemExit(f"hf-clf: {folder} is not a folder.")
-        self.folder = folder
-        self.instruction = os.path.isfile(os.path.join(folder, PROMPT_FILE))
-        self._model = None
-        if self.instruction:
-            with open(os.path.join(folder, VERBALIZER_FILE), encoding="utf-8") as file:
-                verbalizer = json.load(file)
-            self.labels, self.multi_label, self.thresholds = verbalizer["labels"], verbalizer["multi_label"], 0.5
-        else:
-            with open(os.path.join(folder, "config.json"), encoding="utf-8") as file:
-                config = json.load(file)
-            id2label = {int(i): name for i, name in config["id2label"].items()}
-            self.labels = [id2label[i] for i in range(len(id2label))]
-            self.multi_label = config.get("problem_type") == "multi_label_classification"
-            self.thresholds = config.get("decision_thresholds") or 0.5
-
-    def classify(self, texts, method: str, batch_size: int) -> list[dict]:
-        if self.instruction:
-            from .instruction import InstructionClassifier
-
-            self._model = self._model or InstructionClassifier.from_pretrained(self.folder)
-            return self._model.classify(texts, method=method, batch_size=batch_size)
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        from . import LastTokenClassifierConfig  # noqa: F401 - registers the Auto classes
-        from .inference import predict_texts
-
-        if self._model is None:
-            self._model = AutoModelForSequenceClassification.from_pretrained(self.folder).eval()
-            self.tokenizer = AutoTokenizer.from_pretrained(self.folder)
-        return predict_texts(self._model, self.tokenizer, texts, batch_size=batch_size)
+    try:
+        classifier = TextClassifier.from_pretrained(model)
+        classifier.gives_probabilities(method)
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"hf-clf: {error}") from error
+    return classifier
 
 
 if __name__ == "__main__":

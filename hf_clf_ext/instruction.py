@@ -7,6 +7,7 @@ import string
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessorList
 from transformers.utils import ADAPTER_CONFIG_NAME, cached_file
@@ -27,6 +28,9 @@ DEFAULT_MULTI_LABEL_TEMPLATE = (
 # first word. The prompt never ends with a space, so prompt and answer tokens never merge.
 ANSWER_CUE = "\nLabel:"
 TEMPLATE_FIELDS = {"text", "labels", "delimiter"}
+METHODS = ("generate", "score")
+# Constrained decoding names labels without probabilities: only label metrics (F1, accuracy) apply to it.
+HARD_LABEL_METHODS = frozenset({"generate"})
 
 
 @dataclass
@@ -120,7 +124,12 @@ class InstructionClassifier:
     valid label (set); `method="score"` returns label probabilities from `score_labels` (one prompt pass each).
     """
 
-    def __init__(self, model, tokenizer, prompt: InstructionPrompt, verbalizer: Verbalizer, max_length: int | None = None):
+    def __init__(self, model, tokenizer, prompt: InstructionPrompt, verbalizer: Verbalizer, max_length: int | None = None,
+                 decision_thresholds: Sequence[float] | None = None):
+        if decision_thresholds is not None and (not verbalizer.multi_label or len(decision_thresholds) != len(verbalizer.labels)):
+            raise ValueError(f"decision_thresholds are one per label of a multi-label verbalizer ({len(verbalizer.labels)}"
+                             f" labels, multi_label={verbalizer.multi_label}), got {list(decision_thresholds)}.")
+        self.decision_thresholds = None if decision_thresholds is None else [float(t) for t in decision_thresholds]
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         if prompt.use_chat_template and not getattr(tokenizer, "chat_template", None):
@@ -150,8 +159,10 @@ class InstructionClassifier:
 
     @torch.no_grad()
     def classify(self, texts: Sequence[str], method: str = "generate", batch_size: int = 8) -> list[dict]:
-        """`{"label"}` / `{"labels"}` per text, plus `"probabilities"` when `method="score"`."""
-        if method not in ("generate", "score"):
+        """`{"label"}` / `{"labels"}` per text, plus `"probabilities"` (and `"score"`, single-label) when
+        `method="score"`. Multi-label scores name the labels that reach `decision_thresholds` (tuned on validation
+        by the recipe; 0.5 otherwise), and at least the most probable one, as decoding does."""
+        if method not in METHODS:
             raise ValueError(f"method must be 'generate' or 'score', got {method!r}.")
         prompts = self.prompt_ids(texts)
         # Longest first, so that batches hold prompts of similar length and little compute goes to padding.
@@ -162,11 +173,14 @@ class InstructionClassifier:
             probabilities = score_labels(
                 self.model, prompts, self.tokens, pad_token_id=self.tokenizer.pad_token_id, batch_size=batch_size
             )
+            thresholds = np.asarray(self.decision_thresholds or [0.5] * len(names))
             results = []
             for row in probabilities:
                 scores = dict(zip(names, row.tolist()))
                 if self.tokens.multi_label:
-                    results.append({"labels": [n for n, p in scores.items() if p >= 0.5], "probabilities": scores})
+                    # Decoding names at least one label: the most probable one when none reaches its threshold.
+                    hits = (row >= thresholds) if (row >= thresholds).any() else (row == row.max())
+                    results.append({"labels": [n for n, hit in zip(names, hits) if hit], "probabilities": scores})
                 else:
                     results.append({"label": names[int(row.argmax())], "score": float(row.max()), "probabilities": scores})
         else:
@@ -227,7 +241,8 @@ class InstructionClassifier:
     def save_settings(self, directory: str | os.PathLike) -> None:
         self.verbalizer.save_pretrained(directory)
         with open(os.path.join(directory, PROMPT_FILE), "w", encoding="utf-8") as file:
-            json.dump({**asdict(self.prompt), "max_length": self.max_length}, file, indent=2, ensure_ascii=False)
+            json.dump({**asdict(self.prompt), "max_length": self.max_length,
+                       "decision_thresholds": self.decision_thresholds}, file, indent=2, ensure_ascii=False)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, **model_kwargs) -> "InstructionClassifier":
@@ -240,6 +255,7 @@ class InstructionClassifier:
         with open(path, encoding="utf-8") as file:
             settings = json.load(file)
         max_length = settings.pop("max_length", None)
+        thresholds = settings.pop("decision_thresholds", None)
         if cached_file(directory, ADAPTER_CONFIG_NAME, _raise_exceptions_for_missing_entries=False, **hub):
             from peft import AutoPeftModelForCausalLM
 
@@ -249,7 +265,7 @@ class InstructionClassifier:
         # The model's config, given here, tells the tokenizer class: an adapter repo has no config.json of its own.
         tokenizer = AutoTokenizer.from_pretrained(directory, config=model.config, **hub)
         verbalizer = Verbalizer.from_pretrained(directory, **hub)
-        return cls(model, tokenizer, InstructionPrompt(**settings), verbalizer, max_length)
+        return cls(model, tokenizer, InstructionPrompt(**settings), verbalizer, max_length, thresholds)
 
 
 def _check_texts(texts) -> None:

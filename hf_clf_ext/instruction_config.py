@@ -42,6 +42,11 @@ class InstructionSFTConfig(DataArguments, QuantizationArguments, LoraArguments, 
         default_factory=lambda: list(EVAL_METHODS),
         metadata={"help": "How evaluation classifies: constrained 'generate' and/or label 'score' (probabilities)."},
     )
+    per_class_thresholds: bool = field(
+        default=True,
+        metadata={"help": "Multi-label label scoring: after training, tune one decision threshold per class (else one "
+                  "global) on the evaluation set (when 'score' is among eval_methods)."},
+    )
 
     # --- Paper defaults for inherited fields ------------------------------------------------------------------------
     lora_r: int = field(default=64, metadata={"help": "LoRA rank (the paper uses 64 for this approach)."})

@@ -14,13 +14,14 @@ import numpy as np
 import torch
 from datasets import Dataset
 from peft import LoraConfig, PeftModel
-from transformers import EvalPrediction, PreTrainedModel, set_seed
+from transformers import PreTrainedModel, set_seed
 from trl import SFTTrainer
 
 from .data import build_label_space, build_texts, encode_split, load_tokenizer
 from .instruction import DEFAULT_MULTI_LABEL_TEMPLATE, DEFAULT_TEMPLATE, InstructionClassifier, InstructionPrompt
 from .instruction_config import InstructionSFTConfig
-from .metrics import build_compute_metrics, load_metric, logits_from_probabilities, probabilities_from_results
+from .calibration import tune_thresholds
+from .metrics import load_metric, metrics_from_results, named_from_results, probabilities_from_results
 from .model_card import CardFacts, EvaluationFacts, lora_rows, metric_rows, parameter_counts, write_model_card
 from .prompt_cache import is_prompt_learning, supports_logits_to_keep
 from .saving import hub_base, is_checkpoint_dir
@@ -200,6 +201,25 @@ class InstructionSFTRecipe(SFTTrainer):
 
     # --- classification and evaluation -------------------------------------------------------------------------------
 
+    def train(self, *args, **kwargs):
+        output = super().train(*args, **kwargs)
+        if self.label_space.multi_label and self.eval_texts is not None and "score" in self.args.eval_methods:
+            self.fit_thresholds()
+        return output
+
+    def fit_thresholds(self, texts: Sequence[str] | None = None, label_ids=None) -> list[float]:
+        """Multi-label decision thresholds of label scoring, maximizing F1 on the evaluation texts (or `texts`
+        with their label id lists); kept by the classifier and saved with it."""
+        if not self.label_space.multi_label:
+            raise ValueError("Decision thresholds are for multi-label classifiers.")
+        texts, label_ids = (self.eval_texts, self.eval_label_ids) if texts is None else (texts, label_ids)
+        probabilities = probabilities_from_results(self.classify(texts, method="score"), self.label_space.names)
+        tuned = tune_thresholds(probabilities, self._references(label_ids), per_class=self.args.per_class_thresholds)
+        thresholds = [float(t) for t in (tuned if isinstance(tuned, list) else [tuned] * len(self.label_space.names))]
+        self.classifier.decision_thresholds = thresholds
+        logger.info("Label-scoring decision thresholds tuned on %d texts: %s", len(texts), thresholds)
+        return thresholds
+
     def classify(self, texts: Sequence[str], method: str = "generate", batch_size: int | None = None) -> list[dict]:
         """Labels for raw texts by constrained decoding (`"generate"`) or label scoring (`"score"`), under the
         training's mixed precision (bf16/fp16 autocast), as the trainer's own evaluation runs."""
@@ -209,12 +229,10 @@ class InstructionSFTRecipe(SFTTrainer):
 
     def classification_metrics(self, texts, label_ids, methods: Sequence[str] | None = None) -> dict[str, float]:
         """Metrics of each classification method on `texts` (F1, accuracy, ECE, ...), keyed `<method>_<metric>`."""
+        references = self._references(label_ids)
         metrics = {}
-        for method, (probabilities, speed) in self._classify_for_metrics(texts, methods).items():
-            compute = build_compute_metrics(self.label_space.problem_type, self.label_space.id2label)
-            references = self._references(label_ids)
-            logits = logits_from_probabilities(probabilities, self.label_space.problem_type)
-            result = compute(EvalPrediction(predictions=logits, label_ids=references))
+        for method, (results, speed) in self._classify_for_metrics(texts, methods).items():
+            result = metrics_from_results(results, references, self.label_space.problem_type, self.label_space.id2label)
             metrics.update({f"{method}_{key}": value for key, value in result.items()})
             metrics[f"{method}_examples_per_second"] = speed
         return metrics
@@ -229,14 +247,13 @@ class InstructionSFTRecipe(SFTTrainer):
         metrics = self.classification_metrics(texts, self._label_id_lists(encoded))
         return {f"{metric_key_prefix}_{key}": value for key, value in metrics.items()}
 
-    def _classify_for_metrics(self, texts, methods=None) -> dict[str, tuple[np.ndarray, float]]:
-        """Per method: the `(n, num_labels)` probabilities (0/1 for constrained decoding) and examples per second."""
+    def _classify_for_metrics(self, texts, methods=None) -> dict[str, tuple[list[dict], float]]:
+        """Per method: the results (labels, and probabilities from label scoring) and examples per second."""
         runs = {}
         for method in methods or self.args.eval_methods:
             started = time.perf_counter()
             results = self.classify(texts, method=method)
-            speed = len(texts) / (time.perf_counter() - started)
-            runs[method] = (probabilities_from_results(results, self.label_space.names), speed)
+            runs[method] = (results, len(texts) / (time.perf_counter() - started))
         return runs
 
     def _label_id_lists(self, encoded) -> list[list[int]]:
@@ -350,18 +367,18 @@ class InstructionSFTRecipe(SFTTrainer):
         references = self._references(self.eval_label_ids)
         runs = self._classify_for_metrics(self.eval_texts)
         primary = "generate" if "generate" in runs else "score"
-        problem_type = self.label_space.problem_type
-        compute = build_compute_metrics(problem_type, self.label_space.id2label)
-        results = {
-            method: compute(EvalPrediction(predictions=logits_from_probabilities(p, problem_type), label_ids=references))
-            for method, (p, _) in runs.items()
-        }
-        probabilities = runs["score" if "score" in runs else primary][0]
-        predictions = runs[primary][0]
-        predictions = (predictions >= 0.5).astype(int) if self.label_space.multi_label else predictions.argmax(-1)
-        reliability = load_metric("calibration", "multi_label" if self.label_space.multi_label else "single_label").compute(
-            probabilities=probabilities.tolist(), references=references.astype(int).tolist()
-        )["reliability"]
+        space = self.label_space
+        results = {method: metrics_from_results(r, references, space.problem_type, space.id2label)
+                   for method, (r, _) in runs.items()}
+        probabilities = probabilities_from_results(runs["score"][0], space.names) if "score" in runs else None
+        predictions = named_from_results(runs[primary][0], space.names)
+        predictions = predictions.astype(int) if space.multi_label else predictions.argmax(-1)
+        reliability = None
+        if probabilities is not None:
+            config_name = "multi_label" if self.label_space.multi_label else "single_label"
+            reliability = load_metric("calibration", config_name).compute(
+                probabilities=probabilities.tolist(), references=references.astype(int).tolist()
+            )["reliability"]
         facts = EvaluationFacts(
             metrics=results[primary],
             probabilities=probabilities,

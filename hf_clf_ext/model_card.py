@@ -40,10 +40,10 @@ class EvaluationFacts:
     """What the card reports about the evaluation split."""
 
     metrics: dict[str, float]
-    probabilities: np.ndarray
+    probabilities: np.ndarray | None  # None for hard predictions (constrained decoding alone)
     references: np.ndarray
     predictions: np.ndarray
-    reliability: dict
+    reliability: dict | None  # a reliability diagram needs probabilities
     calibration: dict | None = None
     split: str = "evaluation"  # "test": held out from training, checkpoint selection and calibration
 
@@ -86,13 +86,12 @@ def write_model_card(facts: CardFacts, output_dir: str | os.PathLike, template: 
     plots = []
     evaluation = facts.evaluation
     if evaluation is not None:
-        plot_reliability(evaluation.reliability, output_dir / RELIABILITY_PLOT, multi_label=facts.multi_label)
+        if evaluation.reliability is not None:
+            plot_reliability(evaluation.reliability, output_dir / RELIABILITY_PLOT, multi_label=facts.multi_label)
+            plots.append({"title": "Reliability diagram", "file": RELIABILITY_PLOT})
         plot_confusion(evaluation.references, evaluation.predictions, facts.label_names, facts.multi_label,
                        output_dir / CONFUSION_PLOT)
-        plots = [
-            {"title": "Reliability diagram", "file": RELIABILITY_PLOT},
-            {"title": "Confusion matrix", "file": CONFUSION_PLOT},
-        ]
+        plots.append({"title": "Confusion matrix", "file": CONFUSION_PLOT})
         results = {"metrics": evaluation.metrics, "calibration": evaluation.calibration}
         (output_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2, default=float))
     card = ModelCard.from_template(

@@ -37,7 +37,7 @@ class SharedPrefix:
         runs through the pads); PEFT prompt learning (virtual tokens are prepended to every forward)."""
         device = next(model.parameters()).device
         ids = _common_prefix(prompts)
-        window = _attention_window(model)
+        window = attention_window(model)
         if (not ids or (window is not None and max(len(p) for p in prompts) + extra_tokens > window)
                 or is_prompt_learning(model)):
             return cls.none(model)
@@ -79,7 +79,7 @@ def _common_prefix(prompts: Sequence[Sequence[int]]) -> list[int]:
     return list(first[:length])
 
 
-def _attention_window(model) -> int | None:
+def attention_window(model) -> int | None:
     """The shortest span of cache slots an attention layer looks back over (sliding window, Llama 4's chunks)."""
     config = model.config.get_text_config()
     windows = [getattr(config, "attention_chunk_size", None)]

@@ -3,10 +3,18 @@
 Each prompt is encoded once (the opening all prompts share, once per call: `SharedPrefix`). Single-label scores are a
 softmax over the labels' answer likelihoods: the probability of the label's tokens, times that of a stop token after
 them where the label is the start of a longer one (so that `pos` and `positive` are told apart). Labels of one token
-each, none the start of another, need no pass beyond the prompt's; otherwise the prompt's KV cache is repeated for
-every longer label and one pass reads its tokens. Multi-label scores are per-label: the probability that the model
-names label `i` next, after the canonical answer formed by the labels before `i` that greedy constrained decoding
-chooses.
+each, none the start of another, need no pass beyond the prompt's; otherwise one pass reads the longer labels' tokens.
+
+Multi-label scores follow greedy constrained decoding label by label, in batches: at each step the answers decoding
+allows (a label after the last one named, or, once one is named, the stop token) are renormalised among themselves,
+and a label's score is the probability that it is named next at the last step where it could be. Decoding names at
+least one label, so the first step offers no stop.
+
+Label tokens are fed after the prompts' cache as one sequence per prompt whose attention mask lets each label see the
+prompt and its own earlier tokens only ("tree attention"), and the cache is cut back afterwards: memory stays near
+one prompt's cache whatever the number of labels. Where a custom mask cannot express the model's attention (flash
+attention, recurrent or convolutional layers, a sliding window shorter than the sequence, PEFT prompt learning,
+ALiBi biases built from a 2D mask), the cache is repeated per label instead.
 """
 
 import copy
@@ -15,10 +23,14 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .prompt_cache import SharedPrefix, last_logits_only, repeat_rows
+from .prompt_cache import SharedPrefix, attention_window, is_prompt_learning, last_logits_only, repeat_rows
 from .verbalizer import LabelTokens
 
-LABEL_CHUNK = 32  # labels scored per forward pass (bounds the logits tensor for large label sets)
+TOKEN_CHUNK = 256  # label tokens fed per prompt and forward pass (bounds the logits tensor for large label sets)
+LABEL_CHUNK = 32  # labels per pass where the cache is repeated per label (bounds the copies)
+TREE_ATTENTION = ("sdpa", "eager")  # attention implementations that take a custom 4D mask
+# Families whose attention bias is built from the 2D padding mask (ALiBi), which a custom 4D mask bypasses.
+NO_TREE_FAMILIES = ("bloom", "falcon", "mpt")
 
 
 @torch.no_grad()
@@ -27,7 +39,7 @@ def score_labels(
 ) -> np.ndarray:
     """`(n, num_labels)` label probabilities for tokenized prompts (ending where the answer starts).
 
-    Single-label rows sum to 1. Multi-label entries are independent per-label probabilities in [0, 1].
+    Single-label rows sum to 1. Multi-label entries are per-label probabilities in [0, 1] (see the module docstring).
     """
     if not len(prompt_ids):
         return np.zeros((0, len(tokens.first)))
@@ -35,15 +47,16 @@ def score_labels(
     model.eval()
     try:
         shared = SharedPrefix.encode(model, prompt_ids, extra_tokens=tokens.max_answer_length)
-        if not tokens.multi_label:
-            prefixes = _is_prefix(tokens)
-            rows = []
-            for start in range(0, len(prompt_ids), batch_size):
-                batch = prompt_ids[start : start + batch_size]
-                cache, last, mask = _encode(model, batch, pad_token_id, shared)
+        prefixes = _is_prefix(tokens)
+        rows = []
+        for start in range(0, len(prompt_ids), batch_size):
+            batch = prompt_ids[start : start + batch_size]
+            cache, last, mask = _encode(model, batch, pad_token_id, shared)
+            if tokens.multi_label:
+                rows.append(_multi_label_scores(model, cache, last, mask, tokens, pad_token_id))
+            else:
                 rows.append(_single_label_logprobs(model, cache, last, mask, tokens, prefixes, pad_token_id).exp())
-            return torch.cat(rows).numpy()
-        return np.stack([_multi_label_scores(model, ids, tokens, pad_token_id, shared) for ids in prompt_ids])
+        return torch.cat(rows).numpy()
     finally:
         model.train(was_training)
 
@@ -66,96 +79,178 @@ def _single_label_logprobs(model, cache, last_logprobs, mask, tokens: LabelToken
     """`(batch, num_labels)` log-probabilities: a log-softmax over the labels' answer log-likelihoods."""
     stop = sorted(set(tokens.stop))
     total = last_logprobs[:, [ids[0] for ids in tokens.first]]  # summed on the model's device, copied out once
-    longer = [i for i, ids in enumerate(tokens.first) if len(ids) > 1 or prefixes[i]]
-    batch = mask.shape[0]
-    for start in range(0, len(longer), LABEL_CHUNK):
-        chunk = longer[start : start + LABEL_CHUNK]
-        # A label's last token is read only when a stop token must follow it (labels that start a longer one).
-        fed = [list(tokens.first[i]) if prefixes[i] else list(tokens.first[i][:-1]) for i in chunk]
-        logits = _continue(model, cache, mask, fed, pad_token_id, consume=start + LABEL_CHUNK >= len(longer)).float()
-        logits = logits.view(batch, len(chunk), logits.shape[1], -1)
-        normalizer = logits.logsumexp(-1)  # log-probabilities are picks minus this, without a vocab-sized copy
-        for column, i in enumerate(chunk):
+    # A label's last token is read only when a stop token must follow it (labels that start a longer one).
+    fed = {i: list(ids) if prefixes[i] else list(ids[:-1]) for i, ids in enumerate(tokens.first)
+           if len(ids) > 1 or prefixes[i]}
+    longer = list(fed)
+    tree = _tree_attention(model, cache, mask)
+    chunks = _chunks([len(fed[i]) for i in longer], tree)
+    for number, chunk in enumerate(chunks):
+        labels = [longer[k] for k in chunk]
+        logits, starts = _continue(model, cache, mask, [fed[i] for i in labels], pad_token_id, tree,
+                                   consume=number == len(chunks) - 1)
+        columns, positions, targets = [], [], []
+        for i, start in zip(labels, starts):
             ids = tokens.first[i]
             for depth in range(1, len(ids)):  # the distribution after `depth` label tokens
-                total[:, i] += logits[:, column, depth - 1, ids[depth]] - normalizer[:, column, depth - 1]
+                columns.append(i), positions.append(start + depth - 1), targets.append(ids[depth])
+        normalizer = logits.logsumexp(-1)  # log-probabilities are picks minus this, without a vocab-sized copy
+        if columns:
+            picked = _picks(logits, normalizer, positions, targets)
+            total.index_add_(1, torch.tensor(columns, device=total.device), picked)
+        for i, start in zip(labels, starts):
             if prefixes[i]:
-                end = len(ids) - 1
-                total[:, i] += logits[:, column, end, stop].logsumexp(-1) - normalizer[:, column, end]
+                end = start + len(tokens.first[i]) - 1
+                total[:, i] += logits[:, end, stop].float().logsumexp(-1) - normalizer[:, end]
     return total.log_softmax(-1).cpu()
 
 
-def _continue(model, cache, mask, sequences: list[list[int]], pad_token_id: int, consume: bool) -> torch.Tensor:
-    """Logits `(batch * len(sequences), width, vocab)` after each token of each sequence, fed right after every
-    encoded prompt (prompt-major rows). The cache is repeated in place: it is copied first unless `consume`."""
+def _picks(logits, normalizer, positions: list[int], targets: list[int]) -> torch.Tensor:
+    """`(batch, k)` log-probabilities of `targets[j]` in the distribution at `positions[j]`."""
+    device = logits.device
+    positions_t = torch.tensor(positions, device=device)
+    return logits[:, positions_t, torch.tensor(targets, device=device)].float() - normalizer[:, positions_t]
+
+
+def _chunks(lengths: list[int], tree: bool) -> list[list[int]]:
+    """Indices of `lengths` grouped into passes: at most `TOKEN_CHUNK` tokens a pass, and at most `LABEL_CHUNK`
+    sequences where the cache is repeated per sequence."""
+    chunks, current, used = [], [], 0
+    for index, length in enumerate(lengths):
+        if current and (used + length > TOKEN_CHUNK or (not tree and len(current) >= LABEL_CHUNK)):
+            chunks.append(current)
+            current, used = [], 0
+        current.append(index)
+        used += length
+    return chunks + [current] if current else chunks
+
+
+def _tree_attention(model, cache, mask) -> bool:
+    """Whether label sequences can be fed side by side after the prompts under a custom 4D mask (see the module
+    docstring), for passes of up to `TOKEN_CHUNK` tokens after the `mask`'s slots."""
+    config = model.config.get_text_config()
+    window = attention_window(model)
+    return (
+        getattr(config, "_attn_implementation", None) in TREE_ATTENTION
+        and config.model_type not in NO_TREE_FAMILIES
+        and not is_prompt_learning(model)
+        and not any(getattr(cache, "is_linear", ()))
+        and (window is None or mask.shape[1] + TOKEN_CHUNK < window)
+    )
+
+
+def _continue(model, cache, mask, sequences: list[list[int]], pad_token_id: int, tree: bool, consume: bool = False):
+    """Logits `(batch, positions, vocab)` after each token of each sequence, fed right after every encoded prompt,
+    and the position each sequence starts at. The cache is left as it was (the repeated-cache path consumes it when
+    `consume`)."""
+    if tree:
+        return _continue_as_tree(model, cache, mask, sequences)
     device, batch, count = mask.device, mask.shape[0], len(sequences)
     width = max(len(ids) for ids in sequences)
     seq = torch.tensor([ids + [pad_token_id] * (width - len(ids)) for ids in sequences], device=device)
     seq_mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids in sequences], device=device)
     repeated = cache if consume else copy.deepcopy(cache)
-    repeat_rows(repeated, torch.arange(batch).repeat_interleave(count))
+    repeat_rows(repeated, torch.arange(batch, device=device).repeat_interleave(count))
     attention = torch.cat([mask.repeat_interleave(count, 0), seq_mask.repeat(batch, 1)], dim=1)
     positions = mask.sum(-1).repeat_interleave(count)[:, None] + torch.arange(width, device=device)
-    return model(input_ids=seq.repeat(batch, 1), attention_mask=attention, position_ids=positions,
-                 cache=repeated).logits
+    logits = model(input_ids=seq.repeat(batch, 1), attention_mask=attention, position_ids=positions,
+                   cache=repeated).logits
+    return logits.view(batch, count * width, -1), [j * width for j in range(count)]
+
+
+def _continue_as_tree(model, cache, mask, sequences: list[list[int]]):
+    """All sequences in one row per prompt: token `k` of sequence `j` attends to the prompt and to tokens `0..k` of
+    sequence `j`, at the positions it would have alone. The cache is cut back to the prompt afterwards."""
+    device, batch = mask.device, mask.shape[0]
+    owner = torch.tensor([j for j, ids in enumerate(sequences) for _ in ids], device=device)
+    depth = torch.tensor([k for ids in sequences for k in range(len(ids))], device=device)
+    own = (owner[:, None] == owner[None, :]) & (depth[None, :] <= depth[:, None])
+    allowed = torch.cat([mask.bool()[:, None, :].expand(-1, len(owner), -1), own.expand(batch, -1, -1)], dim=-1)
+    if model.config.get_text_config()._attn_implementation == "eager":  # eager attention adds the mask
+        allowed = torch.zeros(allowed.shape, device=device).masked_fill(~allowed, torch.finfo(torch.float32).min)
+    input_ids = torch.tensor([[token for ids in sequences for token in ids]], device=device).expand(batch, -1)
+    positions = mask.sum(-1, keepdim=True) + depth[None, :]
+    try:
+        logits = model(input_ids=input_ids, attention_mask=allowed[:, None], position_ids=positions, cache=cache,
+                       use_cache=True).logits
+    finally:
+        cache.crop(-len(owner))
+    starts = np.cumsum([0] + [len(ids) for ids in sequences[:-1]]).tolist()
+    return logits, starts
 
 
 def _answer_logprobs(model, cache, last_logprobs, mask, answers: list[list[int]], pad_token_id: int) -> torch.Tensor:
     """`(batch, len(answers))` total log-probabilities of each token sequence right after each encoded prompt (the
     cache is kept)."""
-    columns = []
-    for start in range(0, len(answers), LABEL_CHUNK):
-        chunk = answers[start : start + LABEL_CHUNK]
-        first = last_logprobs[:, [ids[0] for ids in chunk]]
-        width = max(len(ids) for ids in chunk)
-        if width == 1:
-            columns.append(first)
-            continue
-        batch, count = mask.shape[0], len(chunk)
-        logits = _continue(model, cache, mask, [ids[:-1] for ids in chunk], pad_token_id, consume=False)
-        targets = torch.tensor([ids[1:] + [pad_token_id] * (width - len(ids)) for ids in chunk], device=mask.device)
-        target_mask = torch.tensor([[1] * (len(ids) - 1) + [0] * (width - len(ids)) for ids in chunk],
-                                   device=mask.device)
-        logp = logits.float().log_softmax(-1).gather(-1, targets.repeat(batch, 1).unsqueeze(-1)).squeeze(-1)
-        rest = (logp * target_mask.repeat(batch, 1)).sum(-1).view(batch, count)
-        columns.append(first + rest)
-    return torch.cat(columns, dim=1).cpu()
+    total = last_logprobs[:, [ids[0] for ids in answers]]
+    longer = [j for j, ids in enumerate(answers) if len(ids) > 1]
+    tree = _tree_attention(model, cache, mask)
+    for chunk in _chunks([len(answers[j]) - 1 for j in longer], tree):
+        chosen = [longer[k] for k in chunk]
+        logits, starts = _continue(model, cache, mask, [answers[j][:-1] for j in chosen], pad_token_id, tree)
+        columns, positions, targets = [], [], []
+        for j, start in zip(chosen, starts):
+            for depth, token in enumerate(answers[j][1:]):
+                columns.append(j), positions.append(start + depth), targets.append(token)
+        picked = _picks(logits, logits.logsumexp(-1), positions, targets)
+        total.index_add_(1, torch.tensor(columns, device=total.device), picked)
+    return total
 
 
-def _multi_label_scores(model, prompt: Sequence[int], tokens: LabelTokens, pad_token_id: int,
-                        prefix: SharedPrefix) -> np.ndarray:
-    """Follow greedy constrained decoding label by label, reusing one growing cache: at each step every label that
-    may come next gets P(it is named next), and decoding stops when the stop token beats every label."""
+def _multi_label_scores(model, cache, last, mask, tokens: LabelTokens, pad_token_id: int) -> torch.Tensor:
+    """`(batch, num_labels)`: follow greedy constrained decoding label by label for every prompt of the batch,
+    growing one cache; at each step the allowed answers are renormalised among themselves (see the module
+    docstring). Rows that finish leave the batch."""
     num_labels = len(tokens.first)
     limit = tokens.max_labels or num_labels
-    scores = np.zeros(num_labels)
-    cache, last, mask = _encode(model, [prompt], pad_token_id, prefix)
-    chosen: list[int] = []
-    while True:
-        candidates = [i for i in range(num_labels) if not chosen or i > chosen[-1]]
-        lead = list(tokens.delimiter) if chosen else []
-        pieces = tokens.after_delimiter if chosen else tokens.first
+    device = mask.device
+    scores = torch.zeros(mask.shape[0], num_labels)
+    rows = list(range(mask.shape[0]))  # the prompts still decoding, in cache order
+    chosen: dict[int, list[int]] = {row: [] for row in rows}
+    step = 0
+    while rows:
+        lead = list(tokens.delimiter) if step else []
+        pieces = tokens.after_delimiter if step else tokens.first
         # A label counts as named when its tokens are followed by the delimiter or the stop token.
-        answers = [lead + list(pieces[i]) + [end] for i in candidates for end in (tokens.delimiter[0], tokens.stop[0])]
-        answers.append([tokens.stop[0]])
-        logp = _answer_logprobs(model, cache, last, mask, answers, pad_token_id)[0]
-        label_logp = torch.logsumexp(logp[:-1].view(len(candidates), 2), dim=-1)
-        scores[candidates] = label_logp.exp().numpy()
-        best = int(label_logp.argmax())
-        if chosen and logp[-1] >= label_logp[best]:
-            break
-        chosen.append(candidates[best])
-        if len(chosen) >= limit or chosen[-1] == num_labels - 1:
-            break
-        last, mask = _extend(model, cache, mask, lead + list(pieces[chosen[-1]]))
+        answers = [lead + list(pieces[i]) + [end] for i in range(num_labels)
+                   for end in (tokens.delimiter[0], tokens.stop[0])] + [[tokens.stop[0]]]
+        logp = _answer_logprobs(model, cache, last, mask, answers, pad_token_id)
+        options = torch.cat([logp[:, :-1].view(len(rows), num_labels, 2).logsumexp(-1), logp[:, -1:]], dim=1)
+        allowed = torch.zeros_like(options, dtype=torch.bool)
+        for position, row in enumerate(rows):
+            allowed[position, (chosen[row][-1] + 1 if chosen[row] else 0) : num_labels] = True
+        allowed[:, num_labels] = step > 0  # decoding names at least one label
+        probabilities = options.masked_fill(~allowed, float("-inf")).softmax(-1).cpu()
+        best = probabilities.argmax(-1).tolist()
+        keep, extension = [], []
+        for position, row in enumerate(rows):
+            candidates = allowed[position, :num_labels].nonzero().squeeze(-1).cpu()
+            scores[row, candidates] = probabilities[position, candidates]
+            if best[position] == num_labels:
+                continue  # the stop token beat every label
+            chosen[row].append(best[position])
+            if len(chosen[row]) < limit and best[position] < num_labels - 1:
+                keep.append(position)
+                extension.append(lead + list(pieces[best[position]]))
+        rows = [rows[position] for position in keep]
+        if rows:
+            index = torch.tensor(keep, device=device)
+            repeat_rows(cache, index)
+            last, mask = _extend(model, cache, mask[index], extension, pad_token_id)
+        step += 1
     return scores
 
 
-def _extend(model, cache, mask, new_ids: list[int]):
-    """Feed `new_ids` after the cached sequence (one row), growing the cache in place."""
+def _extend(model, cache, mask, new_ids: list[list[int]], pad_token_id: int):
+    """Feed each row's `new_ids` (right-padded to a common width, the pads masked) after its cached sequence,
+    growing the cache in place; return the log-probs after each row's last new token and the grown mask."""
     device = mask.device
-    positions = mask.sum(-1, keepdim=True) + torch.arange(len(new_ids), device=device)
-    mask = torch.cat([mask, torch.ones((1, len(new_ids)), dtype=mask.dtype, device=device)], dim=1)
-    out = model(input_ids=torch.tensor([new_ids], device=device), attention_mask=mask, position_ids=positions,
-                cache=cache, use_cache=True)
-    return out.logits[:, -1].float().log_softmax(-1), mask
+    width = max(len(ids) for ids in new_ids)
+    ids = torch.tensor([row + [pad_token_id] * (width - len(row)) for row in new_ids], device=device)
+    new_mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in new_ids], device=device,
+                            dtype=mask.dtype)
+    positions = mask.sum(-1, keepdim=True) + torch.arange(width, device=device)
+    mask = torch.cat([mask, new_mask], dim=1)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True).logits
+    ends = torch.tensor([len(row) - 1 for row in new_ids], device=device)
+    return logits[torch.arange(len(new_ids), device=device), ends].float().log_softmax(-1), mask

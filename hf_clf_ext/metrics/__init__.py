@@ -16,7 +16,7 @@ from ..configuration_last_token import PROBLEM_TYPES
 METRICS_DIR = Path(__file__).resolve().parent
 _CONFIG_NAMES = {"single_label_classification": "single_label", "multi_label_classification": "multi_label"}
 
-__all__ = ["METRICS_DIR", "build_compute_metrics", "load_metric", "probabilities_from_logits"]
+__all__ = ["METRICS_DIR", "build_compute_metrics", "load_metric", "metrics_from_results", "probabilities_from_logits"]
 
 
 def load_metric(name: str, config_name: str | None = None, **kwargs: Any) -> evaluate.EvaluationModule:
@@ -47,7 +47,11 @@ def probabilities_from_logits(logits: Any, problem_type: str, temperature: float
 
 
 def build_compute_metrics(
-    problem_type: str, id2label: Mapping[int, str], threshold: float | Sequence[float] = 0.5
+    problem_type: str,
+    id2label: Mapping[int, str],
+    threshold: float | Sequence[float] = 0.5,
+    *,
+    hard_predictions: bool = False,
 ) -> Callable[[Any], dict[str, float]]:
     """A `compute_metrics` for `transformers.Trainer` reporting classification and calibration scores.
 
@@ -55,6 +59,9 @@ def build_compute_metrics(
     labels) and returns a flat dict of floats: accuracy, precision/recall/F1 micro/macro/weighted, `f1_<label>`,
     ece, brier, roc_auc (NaN when no class has both outcomes), plus subset_accuracy and hamming_loss for multi-label.
     Multi-label predictions are probabilities >= `threshold` (one float, or one per class).
+
+    `hard_predictions=True` (labels without probabilities, e.g. constrained decoding): label metrics only, since the
+    ECE of one-hot "probabilities" is just the error rate and their Brier score and ROC-AUC say nothing more.
     """
     config_name = _check_problem_type(problem_type)
     names = _label_names(id2label)
@@ -81,8 +88,10 @@ def build_compute_metrics(
         else:
             predictions = probs.argmax(axis=1)
         scores = classification.compute(predictions=predictions, references=references, label_names=names)
-        calibration_scores = calibration.compute(probabilities=probs, references=references)
         results = {key: value for key, value in scores.items() if key != "f1_per_class"}
+        if hard_predictions:
+            return results
+        calibration_scores = calibration.compute(probabilities=probs, references=references)
         roc_auc = calibration_scores["roc_auc"]
         results |= {
             "ece": calibration_scores["ece"],
@@ -125,11 +134,37 @@ def probabilities_from_results(results: Sequence[dict], names: Sequence[str]) ->
     names = list(names)
     if results and "probabilities" in results[0]:
         return np.array([[result["probabilities"][name] for name in names] for result in results])
+    return named_from_results(results, names)
+
+
+def named_from_results(results: Sequence[dict], names: Sequence[str]) -> np.ndarray:
+    """`(n, num_labels)` 0/1: the labels each result names (`"label"` or `"labels"`)."""
+    names = list(names)
     hot = np.zeros((len(results), len(names)))
     for row, result in enumerate(results):
-        for name in result.get("labels", [result.get("label")]):
+        for name in result["labels"] if "labels" in result else [result["label"]]:
             hot[row, names.index(name)] = 1.0
     return hot
+
+
+def metrics_from_results(results: Sequence[dict], references: Any, problem_type: str,
+                         id2label: Mapping[int, str]) -> dict[str, float]:
+    """Metrics of classifier results (`predict_texts`, `classify`, `TextClassifier.classify`): label metrics of the
+    labels they name, and calibration metrics (ECE, Brier, ROC-AUC) only when they carry probabilities."""
+    from transformers import EvalPrediction
+
+    names = _label_names(id2label)
+    references = np.asarray(references)
+
+    def compute(values, hard):
+        logits = logits_from_probabilities(values, problem_type)
+        return build_compute_metrics(problem_type, id2label, hard_predictions=hard)(
+            EvalPrediction(predictions=logits, label_ids=references))
+
+    metrics = compute(named_from_results(results, names), hard=True)
+    if results and "probabilities" in results[0]:
+        metrics = {**compute(probabilities_from_results(results, names), hard=False), **metrics}
+    return metrics
 
 
 def logits_from_probabilities(probabilities: Any, problem_type: str) -> np.ndarray:

@@ -1,0 +1,112 @@
+"""One loader for a saved classifier of either approach, from a folder or a Hub repo id, with one result format.
+
+    from hf_clf_ext import TextClassifier
+
+    classifier = TextClassifier.from_pretrained("my-org/news-classifier")
+    classifier.classify(["Shares rose after the results."])
+    # [{"label": "business", "score": 0.97, "probabilities": {"business": 0.97, ...}}]
+
+Results, in input order: single-label `{"label", "score", "probabilities"}`, multi-label `{"labels",
+"probabilities"}`. An instruction classifier's constrained decoding (`method="generate"`, its default) names labels
+without probabilities, so its results hold `"label"` / `"labels"` only; `method="score"` adds them.
+"""
+
+import json
+import os
+from collections.abc import Sequence
+
+from transformers.utils import CONFIG_NAME, cached_file
+
+from .configuration_last_token import LastTokenClassifierConfig
+
+MODEL_TYPE = LastTokenClassifierConfig.model_type
+
+HUB_OPTIONS = ("revision", "cache_dir", "token", "local_files_only")
+
+
+class TextClassifier:
+    """A last-token or instruction classifier behind one `classify`.
+
+    Attributes:
+        approach: `"last_token"` or `"instruction"`.
+        labels: class names in id order. multi_label: whether answers name several labels.
+        thresholds: the multi-label decision thresholds it applies (one per label), or None.
+        model, tokenizer: the loaded model and tokenizer (an instruction classifier's are `self.instruction.model`).
+    """
+
+    def __init__(self, approach: str, labels: Sequence[str], multi_label: bool, thresholds, model=None, tokenizer=None,
+                 instruction=None):
+        self.approach, self.labels, self.multi_label, self.thresholds = approach, list(labels), multi_label, thresholds
+        self.model, self.tokenizer, self.instruction = model, tokenizer, instruction
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs) -> "TextClassifier":
+        """Load a folder or Hub repo saved by either trainer. `kwargs` go to the model's `from_pretrained` (e.g.
+        `dtype`, `device_map`); Hub options (`revision`, `cache_dir`, `token`, `local_files_only`) apply to every
+        file."""
+        from .instruction import PROMPT_FILE
+
+        name_or_path = str(name_or_path)
+        hub = {key: kwargs[key] for key in HUB_OPTIONS if key in kwargs}
+        if cached_file(name_or_path, PROMPT_FILE, _raise_exceptions_for_missing_entries=False, **hub) is not None:
+            from .instruction import InstructionClassifier
+
+            instruction = InstructionClassifier.from_pretrained(name_or_path, **kwargs)
+            verbalizer = instruction.verbalizer
+            return cls("instruction", verbalizer.labels, verbalizer.multi_label, instruction.decision_thresholds,
+                       instruction=instruction)
+        config_file = cached_file(name_or_path, CONFIG_NAME, _raise_exceptions_for_missing_entries=False, **hub)
+        if config_file is None:
+            raise FileNotFoundError(
+                f"{name_or_path} holds neither a classifier config ({CONFIG_NAME}) nor instruction settings "
+                f"({PROMPT_FILE}): it is not a folder or repo saved by hf-clf-ext."
+            )
+        with open(config_file, encoding="utf-8") as file:
+            config = json.load(file)
+        architectures = config.get("architectures") or []
+        if config.get("model_type") != MODEL_TYPE and not any(a.endswith("ForSequenceClassification")
+                                                               for a in architectures):
+            raise ValueError(
+                f"{name_or_path} is not a sequence classifier (model_type {config.get('model_type')!r}, architectures "
+                f"{architectures}): load a folder or repo saved by hf-clf-ext, or its stock export."
+            )
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        model = AutoModelForSequenceClassification.from_pretrained(name_or_path, **kwargs).eval()
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, **hub)
+        names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+        multi_label = model.config.problem_type == "multi_label_classification"
+        thresholds = getattr(model.config, "decision_thresholds", None) if multi_label else None
+        return cls("last_token", names, multi_label, thresholds, model=model, tokenizer=tokenizer)
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """The ways it can classify, the default first."""
+        from .instruction import METHODS
+
+        return METHODS if self.approach == "instruction" else ("forward",)
+
+    def gives_probabilities(self, method: str | None = None) -> bool:
+        """Whether `classify(texts, method)` returns probabilities (calibration metrics apply) or labels only."""
+        from .instruction import HARD_LABEL_METHODS
+
+        return self._method(method) not in HARD_LABEL_METHODS
+
+    def classify(self, texts: Sequence[str], method: str | None = None, batch_size: int = 16) -> list[dict]:
+        """Results for `texts` in input order (see the module docstring). `method`: an instruction classifier's
+        `"generate"` (constrained decoding, the default) or `"score"` (label probabilities)."""
+        method = self._method(method)
+        if self.approach == "instruction":
+            return self.instruction.classify(texts, method=method, batch_size=batch_size)
+        from .inference import predict_texts
+
+        return predict_texts(self.model, self.tokenizer, texts, batch_size=batch_size)
+
+    def _method(self, method: str | None) -> str:
+        if method is None:
+            return self.methods[0]
+        if method not in self.methods:
+            raise ValueError(
+                f"A {self.approach} classifier classifies with {' or '.join(map(repr, self.methods))}, not {method!r}."
+            )
+        return method
