@@ -49,7 +49,20 @@ class InstructionPrompt:
     system_prompt: str | None = None
 
     def __post_init__(self):
-        fields = {name for _, name, _, _ in string.Formatter().parse(self.template) if name is not None}
+        try:
+            names = [name for _, name, _, _ in string.Formatter().parse(self.template) if name is not None]
+        except ValueError as error:  # an unmatched brace
+            raise ValueError(f"The prompt template is not a valid str.format template ({error}): {self.template!r}. "
+                             "Write literal braces as {{ and }}.") from error
+        accessed = [name for name in names if name and any(mark in name for mark in ".[")]
+        if accessed:
+            raise ValueError(f"The prompt template reads attributes or items of a placeholder ({{{accessed[0]}}}): "
+                             f"use the plain placeholders {sorted(TEMPLATE_FIELDS)}, e.g. {{text}}.")
+        positional = [name for name in names if name == "" or name.isdigit()]
+        if positional:
+            raise ValueError(f"The prompt template has a positional placeholder ({{{positional[0]}}}): name it, e.g. "
+                             "{text}.")
+        fields = set(names)
         if "text" not in fields:
             raise ValueError(f"The prompt template has no {{text}} placeholder: {self.template!r}.")
         unknown = fields - TEMPLATE_FIELDS

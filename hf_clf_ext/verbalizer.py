@@ -62,6 +62,12 @@ class Verbalizer:
             raise ValueError("The label set is empty: a verbalizer needs at least one label.")
         if len(set(self.labels)) != len(self.labels):
             raise ValueError(f"Duplicate labels: {self.labels}.")
+        odd = {key: text for key, text in self.label_texts.items() if not isinstance(key, str) or not isinstance(text, str)}
+        if odd:
+            raise ValueError(
+                f"label_texts maps label names (strings) to answer texts (strings); got {odd!r}. The labels are "
+                f"{self.labels}: write e.g. {{{self.labels[-1]!r}: 'yes'}}."
+            )
         unknown = set(self.label_texts) - set(self.labels)
         if unknown:
             raise ValueError(f"label_texts names labels that are not in the label set: {sorted(unknown)}.")
@@ -127,6 +133,7 @@ class Verbalizer:
         if None in stop or not stop:
             raise ValueError("The tokenizer has no eos token to end answers with: pass stop_ids.")
         texts = self.texts
+        _check_special_tokens(tokenizer, dict(zip(self.labels, texts)), self.delimiter if self.multi_label else "")
         first = tuple(_continuation(tokenizer, context, lead + text, label) for label, text in zip(self.labels, texts))
         after_delimiter: tuple[tuple[int, ...], ...] = ()
         delimiter: tuple[int, ...] = ()
@@ -150,6 +157,14 @@ class Verbalizer:
                 _continuation(tokenizer, anchor, spacing + text, f"{label!r} after the delimiter", fix=_DELIMITER_FIX)
                 for label, text in zip(self.labels, texts)
             )
+        for label, ids in zip(self.labels * 2, first + after_delimiter):
+            inside = [token for token in ids if token in stop]
+            if inside:
+                raise ValueError(
+                    f"The tokens of label {label!r} contain the stop token {inside[0]} "
+                    f"({tokenizer.convert_ids_to_tokens(inside[0])!r}): generation would end inside the label. "
+                    "Choose another label text, or other stop tokens."
+                )
         return LabelTokens(
             first=first,
             after_delimiter=after_delimiter,
@@ -183,6 +198,23 @@ class Verbalizer:
             raise FileNotFoundError(f"No {VERBALIZER_FILE} in {directory}: it was not saved with a verbalizer.")
         with open(path, encoding="utf-8") as file:
             return cls(**json.load(file))
+
+
+def _check_special_tokens(tokenizer, label_texts: dict[str, str], delimiter: str) -> None:
+    """Refuse label texts (and a delimiter) that are or contain special tokens: decoding would stop inside a label
+    that holds a stop token, and answers are read back with special tokens skipped, so `yes<|endoftext|>` would come
+    back as `yes`."""
+    specials = {str(token) for token in getattr(tokenizer, "all_special_tokens", [])}
+    specials |= {str(token) for token in getattr(tokenizer, "added_tokens_decoder", {}).values()
+                 if getattr(token, "special", False)}
+    specials.discard("")
+    for what, text in [*((f"label {label!r}", t) for label, t in label_texts.items()), ("the delimiter", delimiter)]:
+        found = sorted(token for token in specials if token in text)
+        if found:
+            raise ValueError(
+                f"The text of {what} ({text!r}) contains the special token {found[0]!r}: generation would stop inside "
+                "it or drop it when answers are decoded. Choose a text without special tokens."
+            )
 
 
 _PROMPT_FIX = "end the prompt on a token boundary, e.g. with a newline or ':' and no trailing space"

@@ -288,6 +288,13 @@ def test_bad_prompt_and_verbalizer_settings_are_rejected(llama_dir, tokenizer, t
         recipe(llama_dir, tokenizer, tmp_path, prompt_template="Classify: {labels}")
     with pytest.raises(ValueError, match="unknown placeholders"):
         InstructionPrompt(template="{text} {topic}")
+    for template in ("{text[0]}", "Text: {text.upper}"):
+        with pytest.raises(ValueError, match=r"reads attributes or items of a placeholder \(\{text"):
+            InstructionPrompt(template=template)
+    with pytest.raises(ValueError, match=r"positional placeholder \(\{\}\)"):
+        InstructionPrompt(template="{text} {}")
+    with pytest.raises(ValueError, match="not a valid str.format template"):
+        InstructionPrompt(template="{text} {")
     with pytest.raises(ValueError, match="share the label texts"):
         recipe(llama_dir, tokenizer, tmp_path, label_texts={"sport": "business"})
     with pytest.raises(ValueError, match="use_chat_template=True, but the tokenizer has no chat template"):

@@ -353,7 +353,11 @@ def test_label_followed_by_a_stop_token_inside_another_label_is_refused(bpe):
     t = v.label_tokens(bpe, CONTEXT, lead=" ")
     assert t.first[1][: len(t.first[0])] == t.first[0]
     next_token = t.first[1][len(t.first[0])]  # "s" continues " po" into " pos"
-    t = v.label_tokens(bpe, CONTEXT, lead=" ", stop_ids=[bpe.eos_token_id, next_token])
+    with pytest.raises(ValueError, match=f"The tokens of label 'pos' contain the stop token {next_token}"):
+        v.label_tokens(bpe, CONTEXT, lead=" ", stop_ids=[bpe.eos_token_id, next_token])
+    # Token ids made by hand, past the verbalizer's check, meet the processor's.
+    t = LabelTokens(first=t.first, after_delimiter=(), delimiter=(), stop=(bpe.eos_token_id, next_token),
+                    multi_label=False, max_labels=None)
     with pytest.raises(ValueError, match=f"Label 0 is a prefix of another label followed by the stop token {next_token}"):
         VerbalizerLogitsProcessor(t)
 

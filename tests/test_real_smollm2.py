@@ -2,6 +2,8 @@
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, reject, settings
+from hypothesis import strategies as st
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from hf_clf_ext import LastTokenClassifierForSequenceClassification
@@ -129,3 +131,46 @@ def test_zero_shot_instruction_classification_on_bbc_news(smollm2_dir):
     for greedy, score in zip(generated, scored):
         assert abs(sum(score["probabilities"].values()) - 1) < 1e-5
         assert score["label"] == greedy["label"]
+
+
+SPECIAL = ["<|im_end|>", "<|endoftext|>", "<repo_name>", "<|im_start|>"]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data(), multi_label=st.booleans())
+def test_label_texts_with_special_tokens_are_refused_others_round_trip(smollm2, data, multi_label):
+    """On the real tokenizer and chat template: a label text holding a special token (the stop token among them) is
+    refused with its name; any other label set reads back exactly from the answer SFT trains on."""
+    from hypothesis import event
+
+    from hf_clf_ext import InstructionPrompt, Verbalizer
+
+    tokenizer = smollm2[1]
+    pieces = st.sampled_from(["yes", "no", "日本", "a", "-", "é", " ", "\n", "🙂", *SPECIAL])
+    texts = data.draw(st.lists(st.lists(pieces, min_size=1, max_size=3).map("".join), min_size=2, max_size=4,
+                               unique=True))
+    try:
+        verbalizer = Verbalizer([f"label{i}" for i in range(len(texts))], label_texts=dict(
+            zip([f"label{i}" for i in range(len(texts))], texts)), multi_label=multi_label, delimiter="; ")
+    except ValueError:
+        reject()  # blank, padded or delimiter-holding texts: refused before any tokenizer is involved
+    prompt = InstructionPrompt()
+    context = prompt.render(tokenizer, verbalizer, "x")
+    special = [text for text in texts if any(token in text for token in SPECIAL)]
+    try:
+        tokens = verbalizer.label_tokens(tokenizer, context, lead=prompt.lead, stop_ids=prompt.stop_ids(tokenizer))
+    except ValueError as error:
+        if special:
+            assert "contains the special token" in str(error) and repr(special[0]) in str(error), error
+            event("refused")
+            return
+        if "merge" in str(error) or "ambiguous" in str(error):
+            reject()
+        raise
+    assert not special, f"{special} accepted"
+    event("accepted")
+    sets = [[i] for i in range(len(texts))] + ([[0, len(texts) - 1]] if multi_label else [])
+    for ids in sets:
+        answer = verbalizer.answer_ids(tokens, ids)
+        assert answer[-1] in tokens.stop and not set(answer[:-1]) & set(tokens.stop)
+        assert verbalizer.parse(tokenizer.decode(answer[:-1], skip_special_tokens=True)) == ids

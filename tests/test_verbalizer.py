@@ -225,6 +225,9 @@ def test_answer_ids_are_how_the_tokenizer_spells_the_answer(request, which, text
         (dict(labels=["a", "b"], multi_label=True, delimiter="  "), "visible character"),
         (dict(labels=["a", "b"], multi_label=True, max_labels=0), "max_labels must be at least 1, got 0"),
         (dict(labels=["a", "b"], multi_label=True, max_labels=-2), "max_labels must be at least 1"),
+        (dict(labels=[0, 1], label_texts={1: "yes"}), re.escape("maps label names (strings) to answer texts (strings); "
+                                                                "got {1: 'yes'}. The labels are ['0', '1']")),
+        (dict(labels=["a", "b"], label_texts={"a": 3}), "maps label names"),
     ],
 )
 def test_invalid_label_sets(kwargs, message):
@@ -273,3 +276,14 @@ def test_no_stop_token(bpe):
     with pytest.raises(ValueError, match="no eos token"):
         v.label_tokens(no_eos, CONTEXT)
     assert v.label_tokens(no_eos, CONTEXT, stop_ids=[7]).stop == (7,)
+
+
+def test_special_tokens_and_stop_tokens_inside_labels_are_refused(bpe):
+    with pytest.raises(ValueError, match=re.escape("The text of label 'b' ('yes<eos>') contains the special token "
+                                                   "'<eos>'")):
+        Verbalizer(["a", "b"], label_texts={"b": "yes<eos>"}).label_tokens(bpe, CONTEXT, lead=" ")
+    with pytest.raises(ValueError, match="The text of the delimiter .* contains the special token '<pad>'"):
+        Verbalizer(["a", "b"], multi_label=True, delimiter="<pad> ").label_tokens(bpe, CONTEXT, lead=" ")
+    stop = ids(bpe, " good")[-1]  # an ordinary token as the stop token, inside a label
+    with pytest.raises(ValueError, match=f"The tokens of label 'very good' contain the stop token {stop}"):
+        Verbalizer(["a", "very good"]).label_tokens(bpe, CONTEXT, lead=" ", stop_ids=[stop])
