@@ -2,15 +2,20 @@
 joined by the delimiter in label-id order, each at most once (multi-label), then a stop token.
 
 It works with greedy search, sampling and beam search, left-padded batches and any causal LM: pass it in
-`generate(..., logits_processor=LogitsProcessorList([processor]))`.
+`generate(..., logits_processor=LogitsProcessorList([processor]))`. `generate()` runs its own processors
+(repetition penalties, banned n-grams and words, minimum lengths) before user ones and its sampling warpers after:
+the mask stays authoritative over the former, and the latter only reshape what it allows.
 """
 
+import logging
 from dataclasses import dataclass, field
 
 import torch
 from transformers import LogitsProcessor
 
 from .verbalizer import LabelTokens
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -69,6 +74,7 @@ class VerbalizerLogitsProcessor(LogitsProcessor):
         self._states: dict[tuple[int, ...], tuple | None] = {}
         self._masks: dict[tuple, torch.Tensor] = {}
         self._allowed: dict[tuple, frozenset[int]] = {}
+        self._warned = False
 
     def _check_unambiguous(self, node: _Node) -> None:
         stops = set(self.tokens.stop) & set(node.children)
@@ -93,9 +99,23 @@ class VerbalizerLogitsProcessor(LogitsProcessor):
             self._prompt = input_ids.detach().clone()
         self._last_length = length
         vocab = scores.shape[-1]
-        rows = [self._mask(self._state(tuple(row)), vocab, scores.device) for row in input_ids[:, self._start :].tolist()]
-        allowed = torch.stack(rows)
-        return scores.masked_fill(~allowed, float("-inf"))
+        states = [self._state(tuple(row)) for row in input_ids[:, self._start :].tolist()]
+        allowed = torch.stack([self._mask(state, vocab, scores.device) for state in states])
+        masked = scores.masked_fill(~allowed, float("-inf"))
+        # Processors that run before this one (no_repeat_ngram_size, bad_words_ids, min_new_tokens, ...) may have
+        # banned every valid continuation; the answer must stay valid, so the valid tokens become equally likely.
+        spelling = torch.tensor([state is not None for state in states], device=scores.device)
+        stuck = spelling & ~torch.isfinite(masked).any(-1)
+        if stuck.any():
+            if not self._warned:
+                logger.warning(
+                    "Other logits processors (e.g. no_repeat_ngram_size, bad_words_ids, min_new_tokens) banned every "
+                    "valid continuation of an answer: the verbalizer keeps the answer valid by choosing among its "
+                    "valid tokens uniformly there. Leave those options out of constrained classification."
+                )
+                self._warned = True
+            masked[stuck] = torch.where(allowed[stuck], 0.0, float("-inf")).to(masked.dtype)
+        return masked
 
     def _continues(self, input_ids: torch.LongTensor) -> bool:
         """Whether this call is the next step of the generation seen last: one token longer, same batch, and the same

@@ -280,6 +280,30 @@ def test_user_logits_processor_in_own_generate(llama_dir, tokenizer, tmp_path):
         assert trainer.verbalizer.parse(answer) in ([0], [1], [2])
 
 
+@pytest.mark.parametrize("options", [
+    dict(no_repeat_ngram_size=2), dict(repetition_penalty=3.0), dict(min_new_tokens=12),
+    dict(bad_words_ids="labels"), dict(no_repeat_ngram_size=1, do_sample=True, top_k=3), dict(num_beams=3,
+                                                                                           no_repeat_ngram_size=2),
+], ids=lambda options: "-".join(options))
+def test_constrained_decoding_stays_valid_whatever_generate_options(llama_dir, tokenizer, tmp_path, options):
+    """generate()'s own processors run before ours: banning every valid token (the prompt lists the labels, so
+    no_repeat_ngram_size bans their tokens; bad words; a minimum length that bans the stop token) must not let an
+    answer escape the label set."""
+    trainer = recipe(llama_dir, tokenizer, tmp_path, num_train_epochs=1)
+    classifier = trainer.classifier
+    if options.get("bad_words_ids") == "labels":
+        options = dict(bad_words_ids=[[ids[0]] for ids in classifier.tokens.first])  # every label's first token
+    prompts = classifier.prompt_ids(["the market rose and the market fell", "a film", "the striker scored"])
+    tokenizer.padding_side = "left"
+    batch = tokenizer.pad({"input_ids": prompts}, return_tensors="pt")
+    out = trainer.model.generate(**batch, logits_processor=[classifier.logits_processor()], max_new_tokens=20,
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=list(classifier.tokens.stop),
+                                 **options)
+    for row in out[:, batch.input_ids.shape[1]:].tolist():
+        end = next(i for i, token in enumerate(row) if token in classifier.tokens.stop)  # an answer always ends
+        assert trainer.verbalizer.parse(tokenizer.decode(row[:end], skip_special_tokens=True)) in ([0], [1], [2])
+
+
 # --- bad input -------------------------------------------------------------------------------------------------
 
 
