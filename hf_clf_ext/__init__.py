@@ -2,24 +2,18 @@
 
 Importing the package registers the last-token classifier with `AutoConfig` and
 `AutoModelForSequenceClassification`, so saved models load (and run in `pipeline("text-classification")`) through
-the Auto classes.
+the Auto classes. Everything else loads on first use, so that prediction imports what prediction needs: the
+trainers (TRL, PEFT, datasets, evaluate, scikit-learn, matplotlib) only when a trainer is asked for.
 """
+
+import importlib
 
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from .configuration_last_token import LastTokenClassifierConfig
-from .inference import predict_texts
-from .instruction import InstructionClassifier, InstructionPrompt
-from .instruction_config import InstructionSFTConfig
-from .instruction_trainer import InstructionSFTRecipe
-from .last_token_config import LastTokenClassifierTrainingArguments
-from .last_token_trainer import LastTokenClassifierTrainer
-from .logits_process import VerbalizerLogitsProcessor
+from .modeling_last_token import LastTokenClassifierForSequenceClassification, pool_hidden_states
 from .pipeline import LastTokenClassificationPipeline
 from .pipeline import register as register_pipeline
-from .modeling_last_token import LastTokenClassifierForSequenceClassification, pool_hidden_states
-from .scoring import score_labels
-from .verbalizer import LabelTokens, Verbalizer
 
 AutoConfig.register(LastTokenClassifierConfig.model_type, LastTokenClassifierConfig, exist_ok=True)
 AutoModelForSequenceClassification.register(
@@ -27,20 +21,37 @@ AutoModelForSequenceClassification.register(
 )
 register_pipeline()
 
+_LAZY = {
+    "InstructionClassifier": "instruction",
+    "InstructionPrompt": "instruction",
+    "InstructionSFTConfig": "instruction_config",
+    "InstructionSFTRecipe": "instruction_trainer",
+    "LabelTokens": "verbalizer",
+    "LastTokenClassifierTrainer": "last_token_trainer",
+    "LastTokenClassifierTrainingArguments": "last_token_config",
+    "TextClassifier": "classifier",
+    "Verbalizer": "verbalizer",
+    "VerbalizerLogitsProcessor": "logits_process",
+    "predict_texts": "inference",
+    "score_labels": "scoring",
+}
+
 __all__ = [
-    "InstructionClassifier",
-    "InstructionPrompt",
-    "InstructionSFTConfig",
-    "InstructionSFTRecipe",
     "LastTokenClassificationPipeline",
-    "LabelTokens",
     "LastTokenClassifierConfig",
     "LastTokenClassifierForSequenceClassification",
-    "LastTokenClassifierTrainer",
-    "LastTokenClassifierTrainingArguments",
-    "Verbalizer",
-    "VerbalizerLogitsProcessor",
     "pool_hidden_states",
-    "predict_texts",
-    "score_labels",
+    *_LAZY,
 ]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

@@ -278,12 +278,12 @@ def print_results(results: dict, output_dir: str, approach: str, stream=None) ->
               file=stream)
     print("-" * (width + 14), file=stream)
     print(f"\nSaved to {output_dir} (model card: {output_dir}/README.md). Load it with:\n", file=stream)
+    print("    from hf_clf_ext import TextClassifier\n"
+          f"    classifier = TextClassifier.from_pretrained({output_dir!r})\n"
+          "    classifier.classify(['some text'])\n", file=stream)
     if approach == "last_token":
-        print("    import hf_clf_ext\n"
+        print("or, in plain transformers:\n\n"
+              "    import hf_clf_ext\n"
               "    from transformers import AutoModelForSequenceClassification, pipeline\n"
               f"    model = AutoModelForSequenceClassification.from_pretrained({output_dir!r})\n"
               f"    classifier = pipeline('text-classification', model={output_dir!r}, top_k=None)\n", file=stream)
-    else:
-        print("    from hf_clf_ext import InstructionClassifier\n"
-              f"    classifier = InstructionClassifier.from_pretrained({output_dir!r})\n"
-              "    classifier.classify(['some text'])\n", file=stream)

@@ -87,3 +87,43 @@ def test_every_save_loads_by_repo_id_with_the_trained_probabilities(setting, tin
         elif with_package:  # the tuned thresholds decide, as in predict_texts
             assert [sorted(row["label"] for row in rows) for rows in loaded["decided"]] == [
                 sorted(r["labels"]) for r in predicted]
+
+
+def test_one_loader_predicts_by_repo_id_importing_only_what_prediction_needs(tiny_lm_dirs, tokenizer, hub_cache,
+                                                                            tmp_path, texts):
+    """`TextClassifier` loads a saved classifier by repo id with `predict_texts`' results, and `import hf_clf_ext`
+    for prediction leaves the training stack (TRL, datasets, evaluate, scikit-learn, matplotlib) unimported. (PEFT,
+    which loads the adapter, imports bitsandbytes itself where it is installed.)"""
+    publish(tiny_lm_dirs["llama", "pad"], BASE, hub_cache)
+    trainer = LastTokenClassifierTrainer(
+        BASE, args=arguments(tmp_path, num_train_epochs=1, eval_strategy="no", load_best_model_at_end=False),
+        train_dataset=synthetic(24, 0), processing_class=tokenizer, model_init_kwargs={"cache_dir": str(hub_cache)},
+    )
+    trainer.train()
+    trainer.save_model()
+    expected = predict_texts(trainer.model, tokenizer, texts)
+    repo = publish(tmp_path / "out", "tiny-org/classifier", hub_cache)
+    loaded = run_fresh(f"""
+        import json, sys
+        from hf_clf_ext import TextClassifier
+        classifier = TextClassifier.from_pretrained({repo!r})
+        results = classifier.classify({texts!r})
+        heavy = [name for name in ("trl", "datasets", "evaluate", "sklearn", "matplotlib")
+                 if name in sys.modules]
+        errors = []
+        for call in (lambda: classifier.classify(["text"], method="score"),
+                     lambda: TextClassifier.from_pretrained({str(tmp_path)!r})):
+            try:
+                call()
+            except (ValueError, OSError) as error:
+                errors.append(str(error))
+        print("RESULT", json.dumps({{"results": results, "approach": classifier.approach, "heavy": heavy,
+                                    "errors": errors}}))
+    """, hub_cache)
+    assert loaded["approach"] == "last_token" and loaded["heavy"] == []
+    assert [r["label"] for r in loaded["results"]] == [r["label"] for r in expected]
+    for got, want in zip(loaded["results"], expected):
+        np.testing.assert_allclose(list(got["probabilities"].values()), list(want["probabilities"].values()),
+                                   atol=1e-5)
+    assert "A last_token classifier classifies with 'forward', not 'score'" in loaded["errors"][0]
+    assert "not a folder or repo saved by hf-clf-ext" in loaded["errors"][1]

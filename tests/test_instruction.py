@@ -240,16 +240,22 @@ def test_saved_recipe_loads_by_repo_id_as_an_instruction_classifier(base, llama_
     repo = publish(saved, "tiny-org/instruct", hub_cache)
     loaded = run_fresh(f"""
         import json
-        from hf_clf_ext import InstructionClassifier, Verbalizer
+        from hf_clf_ext import InstructionClassifier, TextClassifier, Verbalizer
         classifier = InstructionClassifier.from_pretrained({repo!r})
+        front = TextClassifier.from_pretrained({repo!r})  # the one loader, for either approach
         texts = {texts!r}
         print("RESULT", json.dumps({{"generate": classifier.classify(texts),
                                     "score": classifier.classify(texts, method="score"),
+                                    "front": [front.classify(texts), front.classify(texts, method="score")],
+                                    "approach": front.approach, "labels": front.labels,
                                     "verbalizer": Verbalizer.from_pretrained({repo!r}).label_texts}}))
     """, hub_cache)
     assert loaded["verbalizer"] == {"sport": "sports"}
-    assert [r["label"] for r in loaded["generate"]] == [r["label"] for r in expected["generate"]]
+    assert loaded["approach"] == "instruction" and loaded["labels"] == list(trainer.label_space.names)
+    assert loaded["front"] == [loaded["generate"], loaded["score"]]
+    assert loaded["generate"] == expected["generate"]  # labels only: constrained decoding has no probabilities
     for got, want in zip(loaded["score"], expected["score"]):
+        assert got["label"] == want["label"]
         np.testing.assert_allclose(list(got["probabilities"].values()), list(want["probabilities"].values()),
                                    atol=1e-5)
 

@@ -123,6 +123,7 @@ def test_last_token_recipe_then_cli_evaluate_and_predict(tmp_path, data_files, t
     output = Path(yaml.safe_load(config.read_text())["output_dir"])
     printed = capsys.readouterr().out
     assert "test_f1_macro" in printed and "AutoModelForSequenceClassification.from_pretrained" in printed
+    assert "TextClassifier.from_pretrained" in printed
     assert (output / "README.md").exists() and (output / "model.safetensors").exists()  # a local base: merged
     card = (output / "README.md").read_text()
     test_rows = sum(1 for _ in open(data_files["test"])) - 1
