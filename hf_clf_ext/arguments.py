@@ -1,6 +1,7 @@
 """Argument groups shared by both approaches' training configs (data, quantization, LoRA, saving), as dataclass
 mixins."""
 
+import logging
 from dataclasses import dataclass, field
 
 import torch
@@ -8,6 +9,7 @@ from transformers import BitsAndBytesConfig
 
 DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 QUANTIZATION_CHOICES = ("4bit", "8bit", "none")
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -102,3 +104,23 @@ class SavingArguments:
                   "file: named as `base_model` in the model card (and config). Such a backbone always saves merged: "
                   "an adapter could not name a base that loads on another machine."},
     )
+
+
+def name_best_metric_for_eval_sets(args, eval_dataset) -> None:
+    """With a dict of evaluation sets, transformers.Trainer reports `eval_<name>_<metric>`: a
+    `metric_for_best_model` naming no set (ours by default, or the loss) then names the first set's."""
+    if not isinstance(eval_dataset, dict) or not eval_dataset:
+        return
+    metric = args.metric_for_best_model or ("loss" if args.load_best_model_at_end else None)
+    if metric is None:
+        return
+    metric = metric.removeprefix("eval_")
+    if not any(metric.startswith(f"{name}_") for name in eval_dataset):
+        first = next(iter(eval_dataset))
+        logger.info("Several evaluation sets: selecting checkpoints on %r of the first one, %r.", metric, first)
+        args.metric_for_best_model = f"{first}_{metric}"
+
+
+def first_split(dataset):
+    """The evaluation set that calibration, thresholds and the card use: the first of several, or the only one."""
+    return next(iter(dataset.values())) if isinstance(dataset, dict) else dataset

@@ -24,6 +24,7 @@ from .calibration import tune_thresholds
 from .metrics import load_metric, metrics_from_results, named_from_results, probabilities_from_results
 from .model_card import CardFacts, EvaluationFacts, lora_rows, metric_rows, parameter_counts, write_model_card
 from .prompt_cache import is_prompt_learning, supports_logits_to_keep
+from .arguments import first_split, name_best_metric_for_eval_sets
 from .saving import hub_base, is_checkpoint_dir
 from .verbalizer import Verbalizer
 
@@ -92,8 +93,18 @@ class InstructionSFTRecipe(SFTTrainer):
         train, self.train_texts, self.train_label_ids = self._prepare(train_dataset, tokenizer, args, "training")
         evaluation = None
         self.eval_texts = self.eval_label_ids = None
+        self._eval_sets: dict[str, tuple[list[str], list[list[int]]]] = {}  # metric key prefix -> texts, label ids
         if eval_dataset is not None:
-            evaluation, self.eval_texts, self.eval_label_ids = self._prepare(eval_dataset, tokenizer, args, "evaluation")
+            name_best_metric_for_eval_sets(args, eval_dataset)
+            sets = eval_dataset if isinstance(eval_dataset, dict) else {None: eval_dataset}
+            prepared = {}
+            for name, split in sets.items():
+                prepared[name], texts, label_ids = self._prepare(
+                    split, tokenizer, args, "evaluation" if name is None else f"evaluation ({name})")
+                self._eval_sets["eval" if name is None else f"eval_{name}"] = (texts, label_ids)
+            evaluation = prepared[None] if None in prepared else prepared
+            # Thresholds and the card use the first set, as the last-token trainer's calibration does.
+            self.eval_texts, self.eval_label_ids = next(iter(self._eval_sets.values()))
         if peft_config is None and args.use_peft:
             peft_config = LoraConfig(
                 task_type="CAUSAL_LM",
@@ -274,9 +285,10 @@ class InstructionSFTRecipe(SFTTrainer):
         """The evaluation loss, plus classification metrics on the evaluation texts (so that logging, callbacks and
         best-model selection all see e.g. `eval_generate_f1_macro`)."""
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
-        if description == "Evaluation" and self.eval_texts is not None and dataloader.dataset is not None \
-                and len(dataloader.dataset) == len(self.eval_texts):
-            extra = self.classification_metrics(self.eval_texts, self.eval_label_ids)
+        texts, label_ids = self._eval_sets.get(metric_key_prefix, (None, None))
+        if description == "Evaluation" and texts is not None and dataloader.dataset is not None \
+                and len(dataloader.dataset) == len(texts):
+            extra = self.classification_metrics(texts, label_ids)
             output.metrics.update({f"{metric_key_prefix}_{key}": value for key, value in extra.items()})
         return output
 
@@ -347,7 +359,7 @@ class InstructionSFTRecipe(SFTTrainer):
             train_labels=self._references(self.train_label_ids),
             train_texts=self.train_texts,
             split_lengths={"train": [len(ids) for ids in self.train_dataset["input_ids"]],
-                           **({"evaluation": [len(ids) for ids in self.eval_dataset["input_ids"]]}
+                           **({"evaluation": [len(ids) for ids in first_split(self.eval_dataset)["input_ids"]]}
                               if self.eval_dataset is not None else {})},
             max_length=args.max_length,
             hyperparameters=hyperparameters,
@@ -388,4 +400,5 @@ class InstructionSFTRecipe(SFTTrainer):
         )
         scoring = metric_rows(results["score"]) if primary != "score" and "score" in results else None
         return facts, scoring
+
 

@@ -25,6 +25,7 @@ from transformers import (
 from transformers.dynamic_module_utils import custom_object_save
 from transformers.trainer import TRAINING_ARGS_NAME
 
+from .arguments import first_split, name_best_metric_for_eval_sets
 from .calibration import fit_temperature, tune_thresholds
 from .data import LabelSpace, build_label_space, build_texts, encode_split, load_tokenizer, tokenize_texts
 from .inference import predict_texts
@@ -127,6 +128,7 @@ class LastTokenClassifierTrainer(Trainer):
         self.truncated: dict[str, int] = {}  # rows cut to max_length, per split (for the model card)
         train, self.train_texts = self._prepare_dataset(train_dataset, tokenizer, args, reserve, "training")
         evaluation = None
+        name_best_metric_for_eval_sets(args, eval_dataset)
         if isinstance(eval_dataset, dict):
             evaluation = {
                 name: self._prepare_dataset(split, tokenizer, args, reserve, f"evaluation ({name})")[0]
@@ -272,14 +274,14 @@ class LastTokenClassifierTrainer(Trainer):
     def _refresh_card_evaluation(self) -> None:
         """Evaluate for the model card now, on every process (prediction is collective under DDP); the card itself
         is written by the main process alone, e.g. inside `push_to_hub`."""
-        evaluation = self._first_split(self.eval_dataset)
+        evaluation = first_split(self.eval_dataset)
         self._card_evaluation = self._evaluation_facts(evaluation)[0] if evaluation is not None else None
 
     def calibrate(self, eval_dataset: Dataset | None = None) -> dict:
         """Fit temperature scaling (and multi-label decision thresholds) on the evaluation set (the first one when
         there are several; or `eval_dataset`, raw or prepared), store them in the model config, and return the
         metrics before and after (ECE included)."""
-        dataset = self._first_split(self.eval_dataset if eval_dataset is None else eval_dataset)
+        dataset = first_split(self.eval_dataset if eval_dataset is None else eval_dataset)
         if dataset is None:
             raise ValueError("calibrate() needs an evaluation dataset.")
         config = _unwrap_classifier(self.model).config
@@ -354,7 +356,7 @@ class LastTokenClassifierTrainer(Trainer):
         classifier = _unwrap_classifier(self.model)
         config, args, space = classifier.config, self.args, self.label_space
         reserve = len(config.suffix_token_ids or [])
-        evaluation = self._first_split(self.eval_dataset)
+        evaluation = first_split(self.eval_dataset)
         split_lengths = {"train": [len(ids) + reserve for ids in self.train_dataset["input_ids"]]}
         if evaluation is not None:
             split_lengths["evaluation"] = [len(ids) + reserve for ids in evaluation["input_ids"]]
@@ -416,11 +418,6 @@ class LastTokenClassifierTrainer(Trainer):
             "quantization": quantization,
             "hyperparameters": lora_rows(self.model),
         }
-
-    @staticmethod
-    def _first_split(dataset):
-        """The evaluation set used for calibration and the card: the first one when several are given."""
-        return next(iter(dataset.values())) if isinstance(dataset, dict) else dataset
 
     def _evaluation_facts(self, dataset: Dataset, split: str = "eval") -> tuple[EvaluationFacts, dict]:
         """What the card reports about `dataset`, and the metrics of that prediction pass (prefixed `split_`)."""
