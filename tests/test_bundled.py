@@ -79,3 +79,20 @@ def test_reuters_without_npm_says_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setattr("shutil.which", lambda name: None)
     with pytest.raises(FileNotFoundError, match="npm is missing"):
         reuters_21578_dir(tmp_path / "empty")
+
+
+def test_two_processes_on_a_cold_cache_convert_the_bundled_model_once(tmp_path):
+    """`accelerate launch` starts every rank on the same cold cache: one converts, the other waits and reuses it."""
+    import subprocess
+    import sys
+
+    code = (f"import os; from hf_clf_ext.bundled import smollm2_model_dir; "
+            f"path = smollm2_model_dir({str(tmp_path / 'model')!r}); "
+            "print(os.stat(os.path.join(path, 'model.safetensors')).st_mtime_ns)")
+    runs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)]
+    outputs = [run.communicate(timeout=600) for run in runs]
+    assert all(run.returncode == 0 for run in runs), [err[-2000:] for _, err in outputs]
+    stamps = {out.split()[-1] for out, _ in outputs}
+    assert len(stamps) == 1  # the same file: converted once, not rewritten under the first process
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "model.lock"]
