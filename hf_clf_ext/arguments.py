@@ -2,6 +2,7 @@
 mixins."""
 
 import logging
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -61,18 +62,47 @@ class QuantizationArguments:
             raise ValueError(f"bnb_4bit_compute_dtype must be bfloat16, float16 or float32, got {self.bnb_4bit_compute_dtype!r}.")
 
     def bnb_config(self) -> BitsAndBytesConfig | None:
-        """The bitsandbytes config for `quantization`, or None."""
+        """The bitsandbytes config for `quantization`, or None. Where FSDP or ZeRO-3 shards the parameters, the
+        packed 4-bit weights are stored in the compute dtype unless told otherwise: sharding flattens tensors of one
+        dtype only."""
         if self.quantization == "4bit":
             return BitsAndBytesConfig(
                 load_in_4bit=True,
                 bnb_4bit_quant_type="nf4",
                 bnb_4bit_use_double_quant=self.bnb_4bit_use_double_quant,
                 bnb_4bit_compute_dtype=getattr(torch, self.bnb_4bit_compute_dtype),
-                bnb_4bit_quant_storage=getattr(torch, self.bnb_4bit_quant_storage or "uint8"),
+                bnb_4bit_quant_storage=getattr(torch, self.quant_storage),
             )
         if self.quantization == "8bit":
             return BitsAndBytesConfig(load_in_8bit=True)
         return None
+
+    @property
+    def quant_storage(self) -> str:
+        """The dtype that stores packed 4-bit weights (see `bnb_config`)."""
+        return self.bnb_4bit_quant_storage or (self.bnb_4bit_compute_dtype if shards_parameters(self) else "uint8")
+
+    def sharded_qlora_dtype(self) -> torch.dtype | None:
+        """The dtype every parameter must have when FSDP or ZeRO-3 shards a 4-bit model (the quant storage), or
+        None when this run does not."""
+        if self.quantization != "4bit" or not shards_parameters(self):
+            return None
+        if self.quant_storage == "uint8":
+            raise ValueError("FSDP / ZeRO-3 cannot shard 4-bit weights stored as uint8: set bnb_4bit_quant_storage to "
+                             "the dtype of the other parameters, e.g. bfloat16.")
+        return getattr(torch, self.quant_storage)
+
+
+def shards_parameters(args) -> bool:
+    """Whether FSDP or DeepSpeed ZeRO-3 shards the parameters in this run: from the training arguments or from
+    `accelerate launch`'s environment."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    def flag(name: str) -> bool:
+        return os.environ.get(name, "false").lower() in ("1", "true", "yes")
+
+    zero3 = flag("ACCELERATE_USE_DEEPSPEED") and os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3"
+    return bool(getattr(args, "fsdp", False)) or flag("ACCELERATE_USE_FSDP") or zero3 or is_deepspeed_zero3_enabled()
 
 
 @dataclass

@@ -65,6 +65,9 @@ class InstructionSFTRecipe(SFTTrainer):
             raise ValueError("InstructionSFTRecipe needs a train_dataset.")
         set_seed(args.seed)
         init = args.model_init_kwargs if isinstance(args.model_init_kwargs, dict) else {}
+        if args.sharded_qlora_dtype() is not None and isinstance(model, str):
+            # FSDP / ZeRO-3 flatten parameters of one dtype: load the rest in the 4-bit weights' storage dtype.
+            args.model_init_kwargs = init = {**init, "dtype": init.get("dtype", args.sharded_qlora_dtype())}
         tokenizer = processing_class or load_tokenizer(model, init.get("gguf_file"))
         # An adapter names the Hub id its base loads from; a local or GGUF base saves merged instead.
         self._hub_base = None if init.get("gguf_file") else hub_base(model)

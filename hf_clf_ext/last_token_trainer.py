@@ -185,6 +185,8 @@ class LastTokenClassifierTrainer(Trainer):
             quantization_config = args.bnb_config()
             if quantization_config is not None:
                 model_init_kwargs.setdefault("quantization_config", quantization_config)
+            if args.sharded_qlora_dtype() is not None:
+                model_init_kwargs.setdefault("dtype", args.sharded_qlora_dtype())
             model = LastTokenClassifierForSequenceClassification.from_backbone(
                 model,
                 labels=list(space.names),
@@ -202,9 +204,7 @@ class LastTokenClassifierTrainer(Trainer):
                 model.config.pooling_suffix = args.pooling_suffix
         if isinstance(model, PeftModel) or not args.use_peft:
             return model
-        if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
-            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=args.gradient_checkpointing)
-        return get_peft_model(model, _classification_peft_config(peft_config) if peft_config else default_lora_config(args))
+        return prepare_peft(model, args, _classification_peft_config(peft_config) if peft_config else default_lora_config(args))
 
     @staticmethod
     def _check_context(classifier, args):
@@ -511,6 +511,26 @@ class LastTokenClassifierTrainer(Trainer):
         self.model = merged
         merged.save_pretrained(output_dir)
         self.processing_class.save_pretrained(output_dir)
+
+
+def prepare_peft(model, args: LastTokenClassifierTrainingArguments, peft_config) -> PeftModel:
+    """The classifier wrapped for (Q)LoRA training. A k-bit backbone goes through PEFT's
+    `prepare_model_for_kbit_training` (float32 norms, input gradients for checkpointing), except where FSDP or
+    ZeRO-3 shards a 4-bit one: sharding flattens tensors of one dtype, so every parameter (norms, head, adapters)
+    stays in the quant storage dtype and gradient checkpointing is enabled on its own, as TRL does for sharded
+    QLoRA."""
+    sharded = args.sharded_qlora_dtype() if getattr(model, "is_loaded_in_4bit", False) else None
+    if sharded is not None:
+        for param in model.parameters():  # the head (float32 by default) and anything loaded in another dtype
+            if param.__class__.__name__ != "Params4bit" and param.dtype != sharded:
+                param.data = param.data.to(sharded)
+        if args.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs)
+            model.enable_input_require_grads()
+        return get_peft_model(model, peft_config, autocast_adapter_dtype=False)
+    if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=args.gradient_checkpointing)
+    return get_peft_model(model, peft_config)
 
 
 def default_lora_config(args: LastTokenClassifierTrainingArguments) -> LoraConfig:

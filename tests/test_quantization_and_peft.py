@@ -145,3 +145,40 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_lm_dirs, tokenizer
         assert model.model.gradient_checkpointing
     model(**batch, labels=labels).loss.backward()
     torch.testing.assert_close(model.model.layers[0].mlp.up_proj.weight.grad, reference)
+
+
+@pytest.mark.parametrize("launch", ["fsdp", "deepspeed_zero3", "single"])
+def test_sharded_qlora_keeps_one_parameter_dtype(launch, tiny_lm_dirs, tokenizer, tmp_path, monkeypatch):
+    """Under FSDP / ZeRO-3 (as `accelerate launch` announces them) a 4-bit backbone is stored, loaded and wrapped
+    in one dtype, since sharding flattens uniform tensors: no float32 upcast of norms, head or adapters. A single
+    process keeps PEFT's k-bit preparation (float32 norms and head)."""
+    from hf_clf_ext.last_token_trainer import default_lora_config, prepare_peft
+
+    from test_last_token_trainer import arguments, synthetic
+
+    args = arguments(tmp_path, quantization="4bit", gradient_checkpointing=True)
+    if launch == "fsdp":
+        monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    elif launch == "deepspeed_zero3":  # set after the arguments, which would import DeepSpeed (not installed here)
+        monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+        monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
+    config = args.bnb_config()
+    model = LastTokenClassifierForSequenceClassification.from_backbone(
+        tiny_lm_dirs["llama", "pad"], labels=["a", "b", "c"], tokenizer=tokenizer, quantization_config=config,
+        **({"dtype": args.sharded_qlora_dtype()} if launch != "single" else {}))
+    model = prepare_peft(model, args, default_lora_config(args))
+    dtypes = {param.dtype for param in model.parameters()}
+    quantized = [p for p in model.parameters() if p.__class__.__name__ == "Params4bit"]
+    if launch == "single":
+        assert config.bnb_4bit_quant_storage == torch.uint8 and torch.float32 in dtypes
+        return
+    assert config.bnb_4bit_quant_storage == torch.bfloat16 and dtypes == {torch.bfloat16}
+    assert quantized and all(p.dtype == torch.bfloat16 for p in quantized)
+    assert model.base_model.model.model.is_gradient_checkpointing
+    # It still trains: the adapters and the head get gradients.
+    batch = tokenizer(list(synthetic(4, seed=0)["text"]), padding=True, return_tensors="pt")
+    model.train()
+    loss = model(**batch, labels=torch.tensor([0, 1, 2, 0])).loss
+    loss.backward()
+    trained = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is not None]
+    assert any("lora_A" in name for name in trained) and any("score" in name for name in trained)
