@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from accelerate.utils import gather_object
 from datasets import Dataset
 from peft import LoraConfig, PeftModel
 from transformers import PreTrainedModel, set_seed
@@ -24,7 +25,7 @@ from .calibration import tune_thresholds
 from .metrics import load_metric, metrics_from_results, named_from_results, probabilities_from_results
 from .model_card import CardFacts, EvaluationFacts, lora_rows, metric_rows, parameter_counts, write_model_card
 from .prompt_cache import is_prompt_learning, supports_logits_to_keep
-from .arguments import first_split, name_best_metric_for_eval_sets
+from .arguments import first_split, name_best_metric_for_eval_sets, shards_parameters
 from .saving import hub_base, is_checkpoint_dir
 from .verbalizer import Verbalizer
 
@@ -72,6 +73,7 @@ class InstructionSFTRecipe(SFTTrainer):
         # An adapter names the Hub id its base loads from; a local or GGUF base saves merged instead.
         self._hub_base = None if init.get("gguf_file") else hub_base(model)
         self._adaptation = None  # (trainable, total, LoRA rows) as trained, kept across a merged save
+        self._card_evaluation = None  # (EvaluationFacts, label-scoring rows) of the split the card reports
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
 
@@ -216,9 +218,13 @@ class InstructionSFTRecipe(SFTTrainer):
     # --- classification and evaluation -------------------------------------------------------------------------------
 
     def train(self, *args, **kwargs):
+        """Train; then tune multi-label thresholds and evaluate once for the model card, on every process (so that
+        writing the card or pushing later classifies nothing)."""
         output = super().train(*args, **kwargs)
         if self.label_space.multi_label and self.eval_texts is not None and "score" in self.args.eval_methods:
             self.fit_thresholds()
+        if self.eval_texts is not None:
+            self._card_evaluation = self._evaluate_texts(self.eval_texts, self.eval_label_ids, "evaluation")[1]
         return output
 
     def fit_thresholds(self, texts: Sequence[str] | None = None, label_ids=None) -> list[float]:
@@ -236,30 +242,73 @@ class InstructionSFTRecipe(SFTTrainer):
 
     def classify(self, texts: Sequence[str], method: str = "generate", batch_size: int | None = None) -> list[dict]:
         """Labels for raw texts by constrained decoding (`"generate"`) or label scoring (`"score"`), under the
-        training's mixed precision (bf16/fp16 autocast), as the trainer's own evaluation runs."""
+        training's mixed precision (bf16/fp16 autocast), as the trainer's own evaluation runs. Under DDP each process
+        classifies its share and all get every result; where FSDP or ZeRO-3 shards the weights every forward is
+        collective, so every process classifies every text, in step."""
         self.classifier.model = self.model
+        batch_size = batch_size or self.args.per_device_eval_batch_size
+        count, rank = self.accelerator.num_processes, self.accelerator.process_index
+        if count == 1 or shards_parameters(self.args):
+            with self.accelerator.autocast():
+                return self.classifier.classify(texts, method=method, batch_size=batch_size)
+        if isinstance(texts, str):
+            raise TypeError("Pass a list of texts, not a single string.")
+        texts = list(texts)
         with self.accelerator.autocast():
-            return self.classifier.classify(texts, method=method, batch_size=batch_size or self.args.per_device_eval_batch_size)
+            mine = self.classifier.classify(texts[rank::count], method=method, batch_size=batch_size)
+        results: list[dict] = [{}] * len(texts)
+        for shard, rows in enumerate(gather_object([mine])):
+            results[shard::count] = rows
+        return results
 
     def classification_metrics(self, texts, label_ids, methods: Sequence[str] | None = None) -> dict[str, float]:
-        """Metrics of each classification method on `texts` (F1, accuracy, ECE, ...), keyed `<method>_<metric>`."""
-        references = self._references(label_ids)
-        metrics = {}
-        for method, (results, speed) in self._classify_for_metrics(texts, methods).items():
-            result = metrics_from_results(results, references, self.label_space.problem_type, self.label_space.id2label)
-            metrics.update({f"{method}_{key}": value for key, value in result.items()})
-            metrics[f"{method}_examples_per_second"] = speed
-        return metrics
+        """Metrics of each classification method on `texts` (F1, accuracy; ECE and Brier for label scoring), keyed
+        `<method>_<metric>`, plus each method's examples per second."""
+        return self._evaluate_texts(texts, label_ids, methods=methods)[0]
 
     def evaluate_dataset(self, dataset: Dataset, metric_key_prefix: str = "test") -> dict[str, float]:
-        """Classification metrics of every `eval_methods` method on raw rows (text and label columns)."""
+        """Classification metrics of every `eval_methods` method on raw rows (text and label columns). A `"test"`
+        split is held out from training, checkpoint selection and threshold tuning, so the model card reports it."""
         args = self.args
         dataset, encoded = encode_split(
             dataset, args.label_column, self.label_space, drop_unknown=args.drop_unknown_labels, split=metric_key_prefix
         )
         texts = build_texts(dataset, args.text_columns, args.text_template, metric_key_prefix)
-        metrics = self.classification_metrics(texts, self._label_id_lists(encoded))
+        metrics, card = self._evaluate_texts(texts, self._label_id_lists(encoded), metric_key_prefix)
+        if metric_key_prefix == "test":
+            self._card_evaluation = card
         return {f"{metric_key_prefix}_{key}": value for key, value in metrics.items()}
+
+    def _evaluate_texts(self, texts, label_ids, split: str = "evaluation", methods=None):
+        """One classification pass per method: the metrics (keyed `<method>_<metric>`), and what the card reports
+        (constrained decoding as the headline; label scoring's metrics, and its probabilities for the reliability
+        diagram, when it ran)."""
+        references = self._references(label_ids)
+        runs = self._classify_for_metrics(texts, methods)
+        space = self.label_space
+        results = {method: metrics_from_results(rows, references, space.problem_type, space.id2label)
+                   for method, (rows, _) in runs.items()}
+        metrics = {f"{method}_{key}": value for method, result in results.items() for key, value in result.items()}
+        metrics |= {f"{method}_examples_per_second": speed for method, (_, speed) in runs.items()}
+        primary = "generate" if "generate" in runs else "score"
+        probabilities = probabilities_from_results(runs["score"][0], space.names) if "score" in runs else None
+        predictions = named_from_results(runs[primary][0], space.names)
+        predictions = predictions.astype(int) if space.multi_label else predictions.argmax(-1)
+        reliability = None
+        if probabilities is not None:
+            reliability = load_metric("calibration", "multi_label" if space.multi_label else "single_label").compute(
+                probabilities=probabilities.tolist(), references=references.astype(int).tolist()
+            )["reliability"]
+        facts = EvaluationFacts(
+            metrics=results[primary],
+            probabilities=probabilities,
+            references=references.astype(int),
+            predictions=predictions,
+            reliability=reliability,
+            split=split,
+        )
+        scoring = metric_rows(results["score"]) if primary != "score" and "score" in results else None
+        return metrics, (facts, scoring)
 
     def _classify_for_metrics(self, texts, methods=None) -> dict[str, tuple[list[dict], float]]:
         """Per method: the results (labels, and probabilities from label scoring) and examples per second."""
@@ -351,8 +400,13 @@ class InstructionSFTRecipe(SFTTrainer):
             "scoring_metrics": None,
         }
         evaluation = None
-        if self.eval_texts is not None:
-            evaluation, extra["scoring_metrics"] = self._evaluation_facts()
+        # Cards written during training (TRL writes one per checkpoint, on the main process) classify nothing; an
+        # untrained recipe's card evaluates on demand where a single process runs.
+        if (self._card_evaluation is None and self.eval_texts is not None and not self.is_in_train
+                and self.accelerator.num_processes == 1):
+            self._card_evaluation = self._evaluate_texts(self.eval_texts, self.eval_label_ids, "evaluation")[1]
+        if self._card_evaluation is not None:
+            evaluation, extra["scoring_metrics"] = self._card_evaluation
         base_model = args.base_model_id or self._hub_base or getattr(self.model, "name_or_path", None) or ""
         return CardFacts(
             model_name=model_name or args.hub_model_id or os.path.basename(os.path.normpath(args.output_dir)),
@@ -375,33 +429,3 @@ class InstructionSFTRecipe(SFTTrainer):
             evaluation=evaluation,
             extra=extra,
         )
-
-    def _evaluation_facts(self):
-        """Card metrics: constrained decoding is the headline; label scoring adds probabilities (and the reliability
-        diagram) when it is among `eval_methods`."""
-        references = self._references(self.eval_label_ids)
-        runs = self._classify_for_metrics(self.eval_texts)
-        primary = "generate" if "generate" in runs else "score"
-        space = self.label_space
-        results = {method: metrics_from_results(r, references, space.problem_type, space.id2label)
-                   for method, (r, _) in runs.items()}
-        probabilities = probabilities_from_results(runs["score"][0], space.names) if "score" in runs else None
-        predictions = named_from_results(runs[primary][0], space.names)
-        predictions = predictions.astype(int) if space.multi_label else predictions.argmax(-1)
-        reliability = None
-        if probabilities is not None:
-            config_name = "multi_label" if self.label_space.multi_label else "single_label"
-            reliability = load_metric("calibration", config_name).compute(
-                probabilities=probabilities.tolist(), references=references.astype(int).tolist()
-            )["reliability"]
-        facts = EvaluationFacts(
-            metrics=results[primary],
-            probabilities=probabilities,
-            references=references.astype(int),
-            predictions=predictions,
-            reliability=reliability,
-        )
-        scoring = metric_rows(results["score"]) if primary != "score" and "score" in results else None
-        return facts, scoring
-
-

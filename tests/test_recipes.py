@@ -194,8 +194,18 @@ def test_two_cpu_processes_through_accelerate_launch(tmp_path, data_files, tiny_
     prefix = "test_" if approach == "last_token" else "test_generate_"
     assert cli.main(["evaluate", "--model", str(output), "--file", str(data_files["test"])]) == 0
     single = json.loads(capsys.readouterr().out)
+    card = json.loads((output / "eval_results.json").read_text())["metrics"]  # what the main process wrote
     for metric in ("accuracy", "f1_macro", "f1_micro"):
         assert single[metric] == pytest.approx(results[prefix + metric], abs=1e-6), metric
+        assert single[metric] == pytest.approx(card[metric], abs=1e-6), metric
+    assert "held-out test split" in (output / "README.md").read_text()
+    if approach == "instruction":  # each process scored half the texts; the gathered results are all of them
+        assert cli.main(["evaluate", "--model", str(output), "--file", str(data_files["test"]), "--method",
+                         "score"]) == 0
+        scored = json.loads(capsys.readouterr().out)
+        for metric in ("f1_macro", "ece", "brier"):
+            assert scored[metric] == pytest.approx(results["test_score_" + metric], abs=1e-5), metric
+        assert "test_generate_ece" not in results
 
 
 def test_compare_prints_both_approaches_side_by_side(tmp_path, data_files, tiny_lm_dirs, capsys):
