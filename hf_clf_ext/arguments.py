@@ -92,6 +92,18 @@ class QuantizationArguments:
                              "the dtype of the other parameters, e.g. bfloat16.")
         return getattr(torch, self.quant_storage)
 
+    def with_sharded_dtype(self, init: dict) -> dict:
+        """`from_pretrained` options with the dtype sharded QLoRA loads every parameter in (see
+        `sharded_qlora_dtype`); another dtype given there is an error, as FSDP would fail later on mixed dtypes."""
+        dtype = self.sharded_qlora_dtype()
+        if dtype is None:
+            return init
+        given = init.get("dtype", init.get("torch_dtype"))
+        if given not in (None, "auto") and (getattr(torch, given) if isinstance(given, str) else given) != dtype:
+            raise ValueError(f"Sharded QLoRA (FSDP / ZeRO-3) loads every parameter in {dtype}, the 4-bit weights' "
+                             f"storage dtype; got dtype={given!r}. Leave dtype unset, or set bnb_4bit_quant_storage.")
+        return {**{key: value for key, value in init.items() if key != "torch_dtype"}, "dtype": dtype}
+
 
 def shards_parameters(args) -> bool:
     """Whether FSDP or DeepSpeed ZeRO-3 shards the parameters in this run: from the training arguments or from

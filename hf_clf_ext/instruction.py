@@ -137,11 +137,12 @@ class InstructionClassifier:
     valid label (set); `method="score"` returns label probabilities from `score_labels` (one prompt pass each).
     """
 
-    def __init__(self, model, tokenizer, prompt: InstructionPrompt, verbalizer: Verbalizer, max_length: int | None = None,
-                 decision_thresholds: Sequence[float] | None = None):
-        if decision_thresholds is not None and (not verbalizer.multi_label or len(decision_thresholds) != len(verbalizer.labels)):
-            raise ValueError(f"decision_thresholds are one per label of a multi-label verbalizer ({len(verbalizer.labels)}"
-                             f" labels, multi_label={verbalizer.multi_label}), got {list(decision_thresholds)}.")
+    def __init__(self, model, tokenizer, prompt: InstructionPrompt, verbalizer: Verbalizer,
+                 max_length: int | None = None, decision_thresholds: Sequence[float] | None = None):
+        labels = len(verbalizer.labels)
+        if decision_thresholds is not None and (not verbalizer.multi_label or len(decision_thresholds) != labels):
+            raise ValueError(f"decision_thresholds are one per label of a multi-label verbalizer ({labels} labels, "
+                             f"multi_label={verbalizer.multi_label}), got {list(decision_thresholds)}.")
         self.decision_thresholds = None if decision_thresholds is None else [float(t) for t in decision_thresholds]
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -164,7 +165,7 @@ class InstructionClassifier:
         return VerbalizerLogitsProcessor(self.tokens)
 
     def prompt_ids(self, texts: Sequence[str]) -> list[list[int]]:
-        _check_texts(texts)
+        check_texts(texts)
         return [
             self.prompt.encode(self.tokenizer, self.verbalizer, text, self.max_length, self.max_answer_length)
             for text in texts
@@ -281,7 +282,7 @@ class InstructionClassifier:
         return cls(model, tokenizer, InstructionPrompt(**settings), verbalizer, max_length, thresholds)
 
 
-def _check_texts(texts) -> None:
+def check_texts(texts) -> None:
     if isinstance(texts, str):
         raise TypeError("Pass a list of texts, not a single string.")
     empty = [i for i, text in enumerate(texts) if not isinstance(text, str) or not text.strip()]

@@ -75,6 +75,8 @@ class InstructionSFTConfig(DataArguments, QuantizationArguments, LoraArguments, 
         self.check_lora_arguments(self.quantization)
         if isinstance(self.label_texts, str):
             self.label_texts = json.loads(self.label_texts)
+        if not self.eval_methods:
+            raise ValueError(f"eval_methods names no method: give at least one of {EVAL_METHODS}.")
         unknown = set(self.eval_methods) - set(EVAL_METHODS)
         if unknown:
             raise ValueError(f"eval_methods must be among {EVAL_METHODS}, got {sorted(unknown)}.")

@@ -19,7 +19,8 @@ from transformers import PreTrainedModel, set_seed
 from trl import SFTTrainer
 
 from .data import build_label_space, build_texts, encode_split, load_tokenizer
-from .instruction import DEFAULT_MULTI_LABEL_TEMPLATE, DEFAULT_TEMPLATE, InstructionClassifier, InstructionPrompt
+from .instruction import (DEFAULT_MULTI_LABEL_TEMPLATE, DEFAULT_TEMPLATE, InstructionClassifier, InstructionPrompt,
+                          check_texts)
 from .instruction_config import InstructionSFTConfig
 from .calibration import tune_thresholds
 from .metrics import load_metric, metrics_from_results, named_from_results, probabilities_from_results
@@ -66,9 +67,9 @@ class InstructionSFTRecipe(SFTTrainer):
             raise ValueError("InstructionSFTRecipe needs a train_dataset.")
         set_seed(args.seed)
         init = args.model_init_kwargs if isinstance(args.model_init_kwargs, dict) else {}
-        if args.sharded_qlora_dtype() is not None and isinstance(model, str):
-            # FSDP / ZeRO-3 flatten parameters of one dtype: load the rest in the 4-bit weights' storage dtype.
-            args.model_init_kwargs = init = {**init, "dtype": init.get("dtype", args.sharded_qlora_dtype())}
+        if isinstance(model, str) and args.sharded_qlora_dtype() is not None:
+            # FSDP / ZeRO-3 flatten one dtype: the rest loads in the 4-bit weights' storage dtype.
+            args.model_init_kwargs = init = args.with_sharded_dtype(init)
         tokenizer = processing_class or load_tokenizer(model, init.get("gguf_file"))
         # An adapter names the Hub id its base loads from; a local or GGUF base saves merged instead.
         self._hub_base = None if init.get("gguf_file") else hub_base(model)
@@ -251,8 +252,7 @@ class InstructionSFTRecipe(SFTTrainer):
         if count == 1 or shards_parameters(self.args):
             with self.accelerator.autocast():
                 return self.classifier.classify(texts, method=method, batch_size=batch_size)
-        if isinstance(texts, str):
-            raise TypeError("Pass a list of texts, not a single string.")
+        check_texts(texts)  # on every process, before any waits for the others
         texts = list(texts)
         with self.accelerator.autocast():
             mine = self.classifier.classify(texts[rank::count], method=method, batch_size=batch_size)

@@ -185,8 +185,7 @@ class LastTokenClassifierTrainer(Trainer):
             quantization_config = args.bnb_config()
             if quantization_config is not None:
                 model_init_kwargs.setdefault("quantization_config", quantization_config)
-            if args.sharded_qlora_dtype() is not None:
-                model_init_kwargs.setdefault("dtype", args.sharded_qlora_dtype())
+            model_init_kwargs = args.with_sharded_dtype(model_init_kwargs)
             model = LastTokenClassifierForSequenceClassification.from_backbone(
                 model,
                 labels=list(space.names),

@@ -114,7 +114,9 @@ class VerbalizerLogitsProcessor(LogitsProcessor):
                     "valid tokens uniformly there. Leave those options out of constrained classification."
                 )
                 self._warned = True
-            masked[stuck] = torch.where(allowed[stuck], 0.0, float("-inf")).to(masked.dtype)
+            # log(1/k) for k valid tokens: a uniform choice whether scores are logits or (beam search) log-probs.
+            uniform = -allowed[stuck].sum(-1, keepdim=True).float().log()
+            masked[stuck] = torch.where(allowed[stuck], uniform, float("-inf")).to(masked.dtype)
         return masked
 
     def _continues(self, input_ids: torch.LongTensor) -> bool:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 from transformers import Cache
+from transformers.cache_utils import LinearAttentionCacheLayerMixin
 
 
 @dataclass
@@ -42,7 +43,7 @@ class SharedPrefix:
                 or is_prompt_learning(model)):
             return cls.none(model)
         out = model(input_ids=torch.tensor([ids], device=device), use_cache=True, **last_logits_only(model))
-        if any(getattr(out.cache, "is_linear", ())):
+        if carries_state(out.cache):
             return cls.none(model)
         return cls(ids, out.cache, device)
 
@@ -77,6 +78,12 @@ def _common_prefix(prompts: Sequence[Sequence[int]]) -> list[int]:
     while length < shortest - 1 and all(ids[length] == first[length] for ids in prompts):
         length += 1
     return list(first[:length])
+
+
+def carries_state(cache) -> bool:
+    """Whether any layer of `cache` holds recurrent or convolutional state (Mamba, LFM2, hybrid layers that also
+    attend): that state runs through every token fed, pads and side-by-side sequences included."""
+    return any(isinstance(layer, LinearAttentionCacheLayerMixin) for layer in getattr(cache, "layers", ()))
 
 
 def attention_window(model) -> int | None:

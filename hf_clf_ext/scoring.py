@@ -23,7 +23,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .prompt_cache import SharedPrefix, attention_window, is_prompt_learning, last_logits_only, repeat_rows
+from .prompt_cache import (SharedPrefix, attention_window, carries_state, is_prompt_learning, last_logits_only,
+                           repeat_rows)
 from .verbalizer import LabelTokens
 
 TOKEN_CHUNK = 256  # label tokens fed per prompt and forward pass (bounds the logits tensor for large label sets)
@@ -94,7 +95,7 @@ def _single_label_logprobs(model, cache, last_logprobs, mask, tokens: LabelToken
             ids = tokens.first[i]
             for depth in range(1, len(ids)):  # the distribution after `depth` label tokens
                 columns.append(i), positions.append(start + depth - 1), targets.append(ids[depth])
-        normalizer = logits.logsumexp(-1)  # log-probabilities are picks minus this, without a vocab-sized copy
+        normalizer = _log_normalizer(logits)  # log-probabilities are picks minus this
         if columns:
             picked = _picks(logits, normalizer, positions, targets)
             total.index_add_(1, torch.tensor(columns, device=total.device), picked)
@@ -103,6 +104,13 @@ def _single_label_logprobs(model, cache, last_logprobs, mask, tokens: LabelToken
                 end = start + len(tokens.first[i]) - 1
                 total[:, i] += logits[:, end, stop].float().logsumexp(-1) - normalizer[:, end]
     return total.log_softmax(-1).cpu()
+
+
+def _log_normalizer(logits, rows: int = 32) -> torch.Tensor:
+    """`logsumexp` over the vocabulary in float32 (bf16 logits would round it by up to 0.1 nats), a few positions at
+    a time so that no float32 copy of the whole logits tensor is made."""
+    return torch.cat([logits[:, start : start + rows].float().logsumexp(-1)
+                      for start in range(0, logits.shape[1], rows)], dim=1)
 
 
 def _picks(logits, normalizer, positions: list[int], targets: list[int]) -> torch.Tensor:
@@ -134,7 +142,7 @@ def _tree_attention(model, cache, mask) -> bool:
         getattr(config, "_attn_implementation", None) in TREE_ATTENTION
         and config.model_type not in NO_TREE_FAMILIES
         and not is_prompt_learning(model)
-        and not any(getattr(cache, "is_linear", ()))
+        and not carries_state(cache)
         and (window is None or mask.shape[1] + TOKEN_CHUNK < window)
     )
 
@@ -192,7 +200,7 @@ def _answer_logprobs(model, cache, last_logprobs, mask, answers: list[list[int]]
         for j, start in zip(chosen, starts):
             for depth, token in enumerate(answers[j][1:]):
                 columns.append(j), positions.append(start + depth), targets.append(token)
-        picked = _picks(logits, logits.logsumexp(-1), positions, targets)
+        picked = _picks(logits, _log_normalizer(logits), positions, targets)
         total.index_add_(1, torch.tensor(columns, device=total.device), picked)
     return total
 
@@ -208,14 +216,21 @@ def _multi_label_scores(model, cache, last, mask, tokens: LabelTokens, pad_token
     rows = list(range(mask.shape[0]))  # the prompts still decoding, in cache order
     chosen: dict[int, list[int]] = {row: [] for row in rows}
     step = 0
+    stops = sorted(set(tokens.stop))
     while rows:
         lead = list(tokens.delimiter) if step else []
         pieces = tokens.after_delimiter if step else tokens.first
-        # A label counts as named when its tokens are followed by the delimiter or the stop token.
-        answers = [lead + list(pieces[i]) + [end] for i in range(num_labels)
-                   for end in (tokens.delimiter[0], tokens.stop[0])] + [[tokens.stop[0]]]
+        # A label counts as named when its tokens are followed by what decoding allows after it: a stop token, or
+        # the delimiter where another label may follow.
+        answers, owners = [], []
+        for i in range(num_labels):
+            ends = ([tokens.delimiter[0]] if step + 1 < limit and i < num_labels - 1 else []) + stops
+            answers += [lead + list(pieces[i]) + [end] for end in ends]
+            owners += [i] * len(ends)
+        answers += [[stop] for stop in stops]
+        owners += [num_labels] * len(stops)
         logp = _answer_logprobs(model, cache, last, mask, answers, pad_token_id)
-        options = torch.cat([logp[:, :-1].view(len(rows), num_labels, 2).logsumexp(-1), logp[:, -1:]], dim=1)
+        options = _group_logsumexp(logp, torch.tensor(owners, device=logp.device), num_labels + 1)
         allowed = torch.zeros_like(options, dtype=torch.bool)
         for position, row in enumerate(rows):
             allowed[position, (chosen[row][-1] + 1 if chosen[row] else 0) : num_labels] = True
@@ -239,6 +254,12 @@ def _multi_label_scores(model, cache, last, mask, tokens: LabelTokens, pad_token
             last, mask = _extend(model, cache, mask[index], extension, pad_token_id)
         step += 1
     return scores
+
+
+def _group_logsumexp(values: torch.Tensor, groups: torch.Tensor, count: int) -> torch.Tensor:
+    """`(rows, count)`: the logsumexp of each row's `values` whose column belongs to each group."""
+    member = groups[None, :] == torch.arange(count, device=values.device)[:, None]  # (count, columns)
+    return values[:, None, :].masked_fill(~member, float("-inf")).logsumexp(-1)
 
 
 def _extend(model, cache, mask, new_ids: list[list[int]], pad_token_id: int):

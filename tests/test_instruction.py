@@ -325,6 +325,8 @@ def test_bad_prompt_and_verbalizer_settings_are_rejected(llama_dir, tokenizer, t
         InstructionPrompt(template="{text} {}")
     with pytest.raises(ValueError, match="not a valid str.format template"):
         InstructionPrompt(template="{text} {")
+    with pytest.raises(ValueError, match="eval_methods names no method"):
+        config(tmp_path, eval_methods=[])
     with pytest.raises(ValueError, match="share the label texts"):
         recipe(llama_dir, tokenizer, tmp_path, label_texts={"sport": "business"})
     with pytest.raises(ValueError, match="use_chat_template=True, but the tokenizer has no chat template"):
@@ -378,10 +380,13 @@ def _brute_force_scores(model, prompt, tokens):
         candidates = [i for i in range(n) if not chosen or i > chosen[-1]]
         lead = list(tokens.delimiter) if chosen else []
         pieces = tokens.after_delimiter if chosen else tokens.first
-        options = [np.logaddexp(logp(answer, lead + list(pieces[i]) + [tokens.delimiter[0]]),
-                                logp(answer, lead + list(pieces[i]) + [tokens.stop[0]])) for i in candidates]
+        stops, more = sorted(set(tokens.stop)), len(chosen) + 1 < (tokens.max_labels or n)
+        # A label is named when what decoding allows after it follows: a stop token, or the delimiter before another.
+        options = [np.logaddexp.reduce([logp(answer, lead + list(pieces[i]) + [end]) for end in
+                                        ([tokens.delimiter[0]] if more and i < n - 1 else []) + stops])
+                   for i in candidates]
         if chosen:  # stopping is allowed once a label is named
-            options.append(logp(answer, [tokens.stop[0]]))
+            options.append(np.logaddexp.reduce([logp(answer, [stop]) for stop in stops]))
         shares = torch.tensor(options).softmax(-1).numpy()
         scores[candidates] = shares[: len(candidates)]
         best = int(np.argmax(shares))
@@ -405,8 +410,10 @@ def test_score_labels_matches_a_brute_force_forward(tiny_lm_dirs, tokenizer, fam
     if not tree:
         monkeypatch.setattr(scoring, "TREE_ATTENTION", ())
     model = AutoModelForCausalLM.from_pretrained(tiny_lm_dirs[family, "pad"]).eval()
-    verbalizer = Verbalizer(["pos", "positive", "positive-ish", "négatif", "film award"], multi_label=multi_label)
-    tokens = verbalizer.label_tokens(tokenizer, "Label:", lead=" ")
+    verbalizer = Verbalizer(["pos", "positive", "positive-ish", "négatif", "film award"], multi_label=multi_label,
+                            max_labels=3 if multi_label else None)
+    stops = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<unk>")]  # e.g. end-of-turn and eos
+    tokens = verbalizer.label_tokens(tokenizer, "Label:", lead=" ", stop_ids=stops)
     assert max(len(ids) for ids in tokens.first) > 3
     texts = ["Text: good film\nLabel:", "Text: the striker scored twice in the final match\nLabel:", "Text: ok\nLabel:"]
     if family == "gemma3":  # past the tiny Gemma's 8-token window: one prompt, as left pads count as window slots

@@ -4,7 +4,7 @@ decoding answers the same with and without it."""
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, Gemma3TextConfig, Lfm2Config
+from transformers import AutoModelForCausalLM, FalconH1Config, Gemma3TextConfig, Lfm2Config
 
 from hf_clf_ext import InstructionClassifier, InstructionPrompt, Verbalizer, scoring
 from hf_clf_ext.prompt_cache import SharedPrefix
@@ -119,9 +119,15 @@ def test_no_sharing_when_the_answer_would_run_past_a_sliding_window():
         np.testing.assert_allclose(np.log(row), np.log(_brute_force_scores(model, prompt, FIVE_TOKEN_LABELS)), atol=1e-4)
 
 
-def test_no_sharing_with_convolutional_or_recurrent_layers():
-    # Their state runs through the pads between prefix and text; plain left padding keeps them exact.
-    model = _tiny(Lfm2Config, layer_types=["conv", "full_attention"])
+@pytest.mark.parametrize("family", ["lfm2", "falcon_h1"])
+def test_no_sharing_with_convolutional_or_recurrent_layers(family):
+    # Their state runs through the pads between prefix and text, and through labels fed side by side; plain left
+    # padding and one label per row keep them exact. Falcon-H1's layers both attend and carry Mamba state.
+    if family == "lfm2":
+        model = _tiny(Lfm2Config, layer_types=["conv", "full_attention"])
+    else:
+        model = _tiny(FalconH1Config, head_dim=16, mamba_d_ssm=32, mamba_n_heads=4, mamba_d_head=8, mamba_d_state=8,
+                      mamba_n_groups=1, mamba_chunk_size=4)
     prompts = [[5, 6, 7, 8], [5, 6, 7, 9, 10, 11, 12, 13]]
     assert SharedPrefix.encode(model, prompts).ids == []
     got = scoring.score_labels(model, prompts, FIVE_TOKEN_LABELS, pad_token_id=0, batch_size=2)

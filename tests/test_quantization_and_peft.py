@@ -173,6 +173,8 @@ def test_sharded_qlora_keeps_one_parameter_dtype(launch, tiny_lm_dirs, tokenizer
         assert config.bnb_4bit_quant_storage == torch.uint8 and torch.float32 in dtypes
         return
     assert config.bnb_4bit_quant_storage == torch.bfloat16 and dtypes == {torch.bfloat16}
+    with pytest.raises(ValueError, match=r"loads every parameter in torch.bfloat16.*got dtype='float16'"):
+        args.with_sharded_dtype({"dtype": "float16"})
     assert quantized and all(p.dtype == torch.bfloat16 for p in quantized)
     assert model.base_model.model.model.is_gradient_checkpointing
     # It still trains: the adapters and the head get gradients.
