@@ -3,8 +3,8 @@ tree attention mask (the default) and with the prompt's cache repeated for every
 
     python benchmarks/scoring_memory.py            # writes benchmarks/results/scoring_memory.md and .json
 
-Model: SmolLM2-135M-Instruct (bundled), the instruction approach's default prompt through its chat template, one
-BBC News article cut to 256 tokens of text, float32. Labels are `topic 0` ... `topic N-1` (three tokens each). Each
+Model: SmolLM2-135M-Instruct (bundled), the instruction approach's default prompt through its chat template, BBC
+News test articles (one per prompt) cut to 256 tokens of text, float32. Labels are `topic 0` ... `topic N-1` (three tokens each). Each
 setting runs in a fresh process; memory is the peak resident set size during scoring minus the resident size before
 it (Linux `VmHWM`, reset through `/proc/self/clear_refs`) on the first call, so it counts the caches, the logits and
 their copies; seconds are the best of the later calls.
@@ -39,9 +39,9 @@ def measure(labels: int, batch: int, tree: bool, repeats: int) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(folder)
     verbalizer = Verbalizer([f"topic {i}" for i in range(labels)])
     classifier = InstructionClassifier(model, tokenizer, InstructionPrompt(), verbalizer)
-    article = bbc_news_splits()["test"]["text"][0]
-    text = tokenizer.decode(tokenizer(article, add_special_tokens=False)["input_ids"][:256])
-    prompts = classifier.prompt_ids([text + f" ({i})" for i in range(batch)])  # distinct prompts, one shared opening
+    articles = bbc_news_splits()["test"]["text"][:batch]  # distinct articles: only the instructions are shared
+    prompts = classifier.prompt_ids(
+        [tokenizer.decode(tokenizer(article, add_special_tokens=False)["input_ids"][:256]) for article in articles])
     def run():
         return scoring.score_labels(model, prompts, classifier.tokens, pad_token_id=tokenizer.pad_token_id,
                                     batch_size=batch)
@@ -93,15 +93,17 @@ def main(argv=None) -> None:
     (RESULTS / "scoring_memory.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
     lines = [
         "# Label scoring with many labels", "",
-        f"`benchmarks/scoring_memory.py`: SmolLM2-135M-Instruct, float32, the default chat prompt with one BBC article "
-        f"({rows[0]['prompt_tokens']} prompt tokens), labels `topic 0` ... `topic N-1`. Machine: {machine}. "
+        "`benchmarks/scoring_memory.py`: SmolLM2-135M-Instruct, float32, the default chat prompt (which lists the "
+        "labels) around BBC test articles cut to 256 tokens, a different article per prompt; labels `topic 0` ... "
+        f"`topic N-1`. Machine: {machine}. "
         "Memory: peak resident size during scoring minus the size before it. Seconds: best of "
         f"{args.repeats} runs, per prompt.", "",
-        "| labels | label tokens | batch | path | seconds / prompt | added peak MiB | MiB / prompt |",
-        "|--:|--:|--:|:--|--:|--:|--:|",
+        "| labels | label tokens | prompt tokens (first) | batch | path | seconds / prompt | added peak MiB | "
+        "MiB / prompt |",
+        "|--:|--:|--:|--:|:--|--:|--:|--:|",
     ]
     for row in rows:
-        lines.append(f"| {row['labels']} | {row['label_tokens']} | {row['batch']} | {row['path']} | "
+        lines.append(f"| {row['labels']} | {row['label_tokens']} | {row['prompt_tokens']} | {row['batch']} | {row['path']} | "
                      f"{row['seconds_per_prompt']:.2f} | {row['peak_mib']:.0f} | {row['peak_mib_per_prompt']:.0f} |")
     (RESULTS / "scoring_memory.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
