@@ -2,7 +2,7 @@
 
     from hf_clf_ext import TextClassifier
 
-    classifier = TextClassifier.from_pretrained("my-org/news-classifier")
+    classifier = TextClassifier.from_pretrained("outputs/smollm2-135m-bbc-last-token")  # or a Hub repo id
     classifier.classify(["Shares rose after the results."])
     # [{"label": "business", "score": 0.97, "probabilities": {"business": 0.97, ...}}]
 
@@ -18,10 +18,9 @@ from collections.abc import Sequence
 from transformers.utils import CONFIG_NAME, cached_file
 
 from .configuration_last_token import LastTokenClassifierConfig
+from .instruction import HARD_LABEL_METHODS, HUB_OPTIONS, METHODS, PROMPT_FILE, InstructionClassifier
 
 MODEL_TYPE = LastTokenClassifierConfig.model_type
-
-HUB_OPTIONS = ("revision", "cache_dir", "token", "local_files_only")
 
 
 class TextClassifier:
@@ -44,13 +43,9 @@ class TextClassifier:
         """Load a folder or Hub repo saved by either trainer. `kwargs` go to the model's `from_pretrained` (e.g.
         `dtype`, `device_map`); Hub options (`revision`, `cache_dir`, `token`, `local_files_only`) apply to every
         file."""
-        from .instruction import PROMPT_FILE
-
         name_or_path = str(name_or_path)
         hub = {key: kwargs[key] for key in HUB_OPTIONS if key in kwargs}
         if cached_file(name_or_path, PROMPT_FILE, _raise_exceptions_for_missing_entries=False, **hub) is not None:
-            from .instruction import InstructionClassifier
-
             instruction = InstructionClassifier.from_pretrained(name_or_path, **kwargs)
             verbalizer = instruction.verbalizer
             return cls("instruction", verbalizer.labels, verbalizer.multi_label, instruction.decision_thresholds,
@@ -82,14 +77,10 @@ class TextClassifier:
     @property
     def methods(self) -> tuple[str, ...]:
         """The ways it can classify, the default first."""
-        from .instruction import METHODS
-
         return METHODS if self.approach == "instruction" else ("forward",)
 
     def gives_probabilities(self, method: str | None = None) -> bool:
         """Whether `classify(texts, method)` returns probabilities (calibration metrics apply) or labels only."""
-        from .instruction import HARD_LABEL_METHODS
-
         return self._method(method) not in HARD_LABEL_METHODS
 
     def classify(self, texts: Sequence[str], method: str | None = None, batch_size: int = 16) -> list[dict]:

@@ -193,7 +193,8 @@ class InstructionClassifier:
                 scores = dict(zip(names, row.tolist()))
                 if self.tokens.multi_label:
                     # Decoding names at least one label: the most probable one when none reaches its threshold.
-                    hits = (row >= thresholds) if (row >= thresholds).any() else (row == row.max())
+                    hits = row >= thresholds
+                    hits = hits if hits.any() else row == row.max()
                     results.append({"labels": [n for n, hit in zip(names, hits) if hit], "probabilities": scores})
                 else:
                     results.append({"label": names[int(row.argmax())], "score": float(row.max()), "probabilities": scores})

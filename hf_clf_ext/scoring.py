@@ -77,33 +77,16 @@ def _is_prefix(tokens: LabelTokens) -> list[bool]:
 
 
 def _single_label_logprobs(model, cache, last_logprobs, mask, tokens: LabelTokens, prefixes, pad_token_id: int):
-    """`(batch, num_labels)` log-probabilities: a log-softmax over the labels' answer log-likelihoods."""
-    stop = sorted(set(tokens.stop))
-    total = last_logprobs[:, [ids[0] for ids in tokens.first]]  # summed on the model's device, copied out once
-    # A label's last token is read only when a stop token must follow it (labels that start a longer one).
-    fed = {i: list(ids) if prefixes[i] else list(ids[:-1]) for i, ids in enumerate(tokens.first)
-           if len(ids) > 1 or prefixes[i]}
-    longer = list(fed)
-    tree = _tree_attention(model, cache, mask)
-    chunks = _chunks([len(fed[i]) for i in longer], tree)
-    for number, chunk in enumerate(chunks):
-        labels = [longer[k] for k in chunk]
-        logits, starts = _continue(model, cache, mask, [fed[i] for i in labels], pad_token_id, tree,
-                                   consume=number == len(chunks) - 1)
-        columns, positions, targets = [], [], []
-        for i, start in zip(labels, starts):
-            ids = tokens.first[i]
-            for depth in range(1, len(ids)):  # the distribution after `depth` label tokens
-                columns.append(i), positions.append(start + depth - 1), targets.append(ids[depth])
-        normalizer = _log_normalizer(logits)  # log-probabilities are picks minus this
-        if columns:
-            picked = _picks(logits, normalizer, positions, targets)
-            total.index_add_(1, torch.tensor(columns, device=total.device), picked)
-        for i, start in zip(labels, starts):
-            if prefixes[i]:
-                end = start + len(tokens.first[i]) - 1
-                total[:, i] += logits[:, end, stop].float().logsumexp(-1) - normalizer[:, end]
-    return total.log_softmax(-1).cpu()
+    """`(batch, num_labels)` log-probabilities: a log-softmax over the labels' answer log-likelihoods, a label that
+    starts a longer one followed by any stop token."""
+    stops = sorted(set(tokens.stop))
+    answers, owners = [], []
+    for i, ids in enumerate(tokens.first):
+        ends = [[stop] for stop in stops] if prefixes[i] else [[]]
+        answers += [list(ids) + end for end in ends]
+        owners += [i] * len(ends)
+    logp = _answer_logprobs(model, cache, last_logprobs, mask, answers, pad_token_id)
+    return _group_logsumexp(logp, torch.tensor(owners, device=logp.device), len(tokens.first)).log_softmax(-1).cpu()
 
 
 def _log_normalizer(logits, rows: int = 32) -> torch.Tensor:
@@ -147,17 +130,16 @@ def _tree_attention(model, cache, mask) -> bool:
     )
 
 
-def _continue(model, cache, mask, sequences: list[list[int]], pad_token_id: int, tree: bool, consume: bool = False):
+def _continue(model, cache, mask, sequences: list[list[int]], pad_token_id: int, tree: bool):
     """Logits `(batch, positions, vocab)` after each token of each sequence, fed right after every encoded prompt,
-    and the position each sequence starts at. The cache is left as it was (the repeated-cache path consumes it when
-    `consume`)."""
+    and the position each sequence starts at. The cache is left as it was."""
     if tree:
         return _continue_as_tree(model, cache, mask, sequences)
     device, batch, count = mask.device, mask.shape[0], len(sequences)
     width = max(len(ids) for ids in sequences)
     seq = torch.tensor([ids + [pad_token_id] * (width - len(ids)) for ids in sequences], device=device)
     seq_mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids in sequences], device=device)
-    repeated = cache if consume else copy.deepcopy(cache)
+    repeated = copy.deepcopy(cache)
     repeat_rows(repeated, torch.arange(batch, device=device).repeat_interleave(count))
     attention = torch.cat([mask.repeat_interleave(count, 0), seq_mask.repeat(batch, 1)], dim=1)
     positions = mask.sum(-1).repeat_interleave(count)[:, None] + torch.arange(width, device=device)
