@@ -269,3 +269,28 @@ def test_loading_is_offline(monkeypatch):
     compute_metrics = build_compute_metrics("single_label_classification", {0: "a", 1: "b"})
     logits = np.array([[2.0, 0.0], [0.0, 2.0]])
     assert compute_metrics(EvalPrediction(predictions=logits, label_ids=np.array([0, 1])))["accuracy"] == 1.0
+
+
+@pytest.mark.parametrize("multi_label", [False, True])
+def test_metrics_from_results_match_the_trainers_metrics_on_the_same_probabilities(multi_label):
+    """Results of `classify` (named labels + probabilities) score exactly like the logits they came from."""
+    from hf_clf_ext.metrics import metrics_from_results
+
+    rng = np.random.default_rng(0)
+    names = ["a", "b", "c"]
+    logits = rng.normal(size=(40, 3)) * 3
+    problem = "multi_label_classification" if multi_label else "single_label_classification"
+    probabilities = probabilities_from_logits(logits, problem)
+    if multi_label:
+        references = (rng.random((40, 3)) < probabilities).astype(float)
+        results = [{"labels": [n for n, q in zip(names, p) if q >= 0.5], "probabilities": dict(zip(names, p))}
+                   for p in probabilities]
+    else:
+        references = np.array([rng.choice(3, p=p) for p in probabilities])
+        results = [{"label": names[int(p.argmax())], "score": float(p.max()), "probabilities": dict(zip(names, p))}
+                   for p in probabilities]
+    expected = build_compute_metrics(problem, dict(enumerate(names)))(EvalPrediction(logits, references))
+    got = metrics_from_results(results, references, problem, dict(enumerate(names)))
+    assert expected["f1_macro"] > 0.3
+    for key in ("accuracy", "f1_macro", "f1_micro", "ece", "brier", "roc_auc"):
+        assert got[key] == pytest.approx(expected[key], abs=1e-6), key

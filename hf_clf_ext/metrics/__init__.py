@@ -171,4 +171,5 @@ def logits_from_probabilities(probabilities: Any, problem_type: str) -> np.ndarr
     """Logits whose softmax (single-label) or sigmoid (multi-label) gives back `probabilities`, so that scores from
     other classifiers go through `build_compute_metrics` too."""
     p = np.clip(np.asarray(probabilities, dtype=np.float64), 1e-7, 1 - 1e-7)
-    return np.log(p / (1 - p)) if _check_problem_type(problem_type) == "multi_label_classification" else np.log(p)
+    _check_problem_type(problem_type)
+    return np.log(p / (1 - p)) if problem_type == "multi_label_classification" else np.log(p)
