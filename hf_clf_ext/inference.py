@@ -13,12 +13,7 @@ def predict_texts(model, tokenizer, texts: Sequence[str], *, batch_size: int = 1
     padding. Returns, in input order, `{"label", "score", "probabilities"}` (single-label) or `{"labels",
     "probabilities"}` (multi-label, using the config's tuned `decision_thresholds`, else 0.5).
     """
-    if isinstance(texts, str):
-        raise TypeError("predict_texts takes a list of texts, not a single string.")
-    texts = list(texts)
-    empty = [i for i, text in enumerate(texts) if not isinstance(text, str) or not text.strip()]
-    if empty:
-        raise ValueError(f"Texts {empty[:20]} are empty or not strings ({len(empty)} in all).")
+    texts = check_texts(texts)
     if not texts:
         return []
     if tokenizer.pad_token_id is None:
@@ -26,7 +21,7 @@ def predict_texts(model, tokenizer, texts: Sequence[str], *, batch_size: int = 1
     config = model.config
     names = [config.id2label[i] for i in range(len(config.id2label))]
     multi_label = config.problem_type == "multi_label_classification"
-    thresholds = torch.tensor(config.decision_thresholds or [0.5] * len(names))
+    thresholds = torch.tensor(getattr(config, "decision_thresholds", None) or [0.5] * len(names))  # none in stock
     encoded = tokenizer(texts, truncation=True)["input_ids"]
     order = sorted(range(len(texts)), key=lambda i: len(encoded[i]), reverse=True)
     device = next(model.parameters()).device
@@ -50,3 +45,14 @@ def predict_texts(model, tokenizer, texts: Sequence[str], *, batch_size: int = 1
     finally:
         model.train(was_training)
     return results
+
+
+def check_texts(texts) -> list:
+    """`texts` as a list, or an error naming the rows that are empty or not strings."""
+    if isinstance(texts, str):
+        raise TypeError("Pass a list of texts, not a single string.")
+    texts = list(texts)
+    empty = [i for i, text in enumerate(texts) if not isinstance(text, str) or not text.strip()]
+    if empty:
+        raise ValueError(f"Texts {empty[:20]} are empty or not strings ({len(empty)} in all).")
+    return texts

@@ -12,6 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessorList
 from transformers.utils import ADAPTER_CONFIG_NAME, cached_file
 
+from .inference import check_texts
 from .logits_process import VerbalizerLogitsProcessor
 from .prompt_cache import SharedPrefix
 from .scoring import score_labels
@@ -282,10 +283,3 @@ class InstructionClassifier:
         verbalizer = Verbalizer.from_pretrained(directory, **hub)
         return cls(model, tokenizer, InstructionPrompt(**settings), verbalizer, max_length, thresholds)
 
-
-def check_texts(texts) -> None:
-    if isinstance(texts, str):
-        raise TypeError("Pass a list of texts, not a single string.")
-    empty = [i for i, text in enumerate(texts) if not isinstance(text, str) or not text.strip()]
-    if empty:
-        raise ValueError(f"Texts {empty[:20]} are empty or not strings ({len(empty)} in all).")

@@ -19,8 +19,8 @@ from transformers import PreTrainedModel, set_seed
 from trl import SFTTrainer
 
 from .data import build_label_space, build_texts, encode_split, load_tokenizer
-from .instruction import (DEFAULT_MULTI_LABEL_TEMPLATE, DEFAULT_TEMPLATE, InstructionClassifier, InstructionPrompt,
-                          check_texts)
+from .inference import check_texts
+from .instruction import DEFAULT_MULTI_LABEL_TEMPLATE, DEFAULT_TEMPLATE, InstructionClassifier, InstructionPrompt
 from .instruction_config import InstructionSFTConfig
 from .calibration import tune_thresholds
 from .metrics import load_metric, metrics_from_results, named_from_results, probabilities_from_results
