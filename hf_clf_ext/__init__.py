@@ -22,16 +22,20 @@ AutoModelForSequenceClassification.register(
 register_pipeline()
 
 _LAZY = {
+    "DistillationConfig": "distill_config",
     "InstructionClassifier": "instruction",
     "InstructionPrompt": "instruction",
     "InstructionSFTConfig": "instruction_config",
     "InstructionSFTRecipe": "instruction_trainer",
     "LabelTokens": "verbalizer",
+    "LastTokenDistillationTrainer": "distill_trainer",
     "LastTokenClassifierTrainer": "last_token_trainer",
     "LastTokenClassifierTrainingArguments": "last_token_config",
     "TextClassifier": "classifier",
+    "TfidfClassifier": "tfidf",
     "Verbalizer": "verbalizer",
     "VerbalizerLogitsProcessor": "logits_process",
+    "label_pool": "pool_labels",
     "predict_texts": "inference",
     "score_labels": "scoring",
 }

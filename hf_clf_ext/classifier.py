@@ -8,7 +8,8 @@
 
 Results, in input order: single-label `{"label", "score", "probabilities"}`, multi-label `{"labels",
 "probabilities"}`. An instruction classifier's constrained decoding (`method="generate"`, its default) names labels
-without probabilities, so its results hold `"label"` / `"labels"` only; `method="score"` adds them.
+without probabilities, so its results hold `"label"` / `"labels"` only; `method="score"` adds them. A TF-IDF student
+(`hf-clf distill`) loads and classifies the same way.
 """
 
 import json
@@ -17,6 +18,7 @@ from collections.abc import Sequence
 
 from transformers.utils import CONFIG_NAME, cached_file
 
+from . import tfidf
 from .configuration_last_token import LastTokenClassifierConfig
 from .instruction import HARD_LABEL_METHODS, HUB_OPTIONS, METHODS, PROMPT_FILE, InstructionClassifier
 
@@ -27,16 +29,19 @@ class TextClassifier:
     """A last-token or instruction classifier behind one `classify`.
 
     Attributes:
-        approach: `"last_token"` or `"instruction"`.
+        approach: `"last_token"` (also a stock `*ForSequenceClassification`), `"instruction"` or `"tfidf"`.
+        name_or_path: the folder or repo id it was loaded from.
         labels: class names in id order. multi_label: whether answers name several labels.
         thresholds: the multi-label decision thresholds it applies (one per label), or None.
-        model, tokenizer: the loaded model and tokenizer (an instruction classifier's are `self.instruction.model`).
+        model, tokenizer: the loaded model and tokenizer (an instruction classifier's are `self.instruction.model`;
+            a TF-IDF student's model is its `TfidfClassifier`, without tokenizer).
     """
 
     def __init__(self, approach: str, labels: Sequence[str], multi_label: bool, thresholds, model=None, tokenizer=None,
-                 instruction=None):
+                 instruction=None, name_or_path: str | None = None):
         self.approach, self.labels, self.multi_label, self.thresholds = approach, list(labels), multi_label, thresholds
         self.model, self.tokenizer, self.instruction = model, tokenizer, instruction
+        self.name_or_path = name_or_path
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs) -> "TextClassifier":
@@ -49,12 +54,17 @@ class TextClassifier:
             instruction = InstructionClassifier.from_pretrained(name_or_path, **kwargs)
             verbalizer = instruction.verbalizer
             return cls("instruction", verbalizer.labels, verbalizer.multi_label, instruction.decision_thresholds,
-                       instruction=instruction)
+                       instruction=instruction, name_or_path=name_or_path)
+        if cached_file(name_or_path, tfidf.SETTINGS_FILE, _raise_exceptions_for_missing_entries=False, **hub):
+            model = tfidf.TfidfClassifier.from_pretrained(name_or_path, **hub)
+            return cls("tfidf", model.labels, model.multi_label, model.decision_thresholds, model=model,
+                       name_or_path=name_or_path)
         config_file = cached_file(name_or_path, CONFIG_NAME, _raise_exceptions_for_missing_entries=False, **hub)
         if config_file is None:
             raise FileNotFoundError(
-                f"{name_or_path} holds neither a classifier config ({CONFIG_NAME}) nor instruction settings "
-                f"({PROMPT_FILE}): it is not a folder or repo saved by hf-clf-ext."
+                f"{name_or_path} holds neither a classifier config ({CONFIG_NAME}), instruction settings "
+                f"({PROMPT_FILE}) nor a TF-IDF student ({tfidf.SETTINGS_FILE}): it is not a folder or repo saved by "
+                "hf-clf-ext."
             )
         with open(config_file, encoding="utf-8") as file:
             config = json.load(file)
@@ -72,7 +82,8 @@ class TextClassifier:
         names = [model.config.id2label[i] for i in range(model.config.num_labels)]
         multi_label = model.config.problem_type == "multi_label_classification"
         thresholds = getattr(model.config, "decision_thresholds", None) if multi_label else None
-        return cls("last_token", names, multi_label, thresholds, model=model, tokenizer=tokenizer)
+        return cls("last_token", names, multi_label, thresholds, model=model, tokenizer=tokenizer,
+                   name_or_path=name_or_path)
 
     @property
     def methods(self) -> tuple[str, ...]:
@@ -89,6 +100,8 @@ class TextClassifier:
         method = self._method(method)
         if self.approach == "instruction":
             return self.instruction.classify(texts, method=method, batch_size=batch_size)
+        if self.approach == "tfidf":
+            return self.model.classify(texts)
         from .inference import predict_texts
 
         return predict_texts(self.model, self.tokenizer, texts, batch_size=batch_size)

@@ -4,6 +4,7 @@
     hf-clf evaluate --model outputs/smollm2-bbc --dataset bundled:bbc_news --split test
     hf-clf predict --model outputs/smollm2-bbc "Shares rose after the results." < more_texts.txt
     hf-clf export --model outputs/smollm2-bbc --output outputs/smollm2-bbc-stock    # stock architecture, for vLLM
+    hf-clf distill --config recipes/configs/distill_smollm2_bbc_tfidf.yaml   # teacher labels a pool -> student
 """
 
 import argparse
@@ -28,7 +29,9 @@ def main(argv=None) -> int:
         return predict(rest)
     if command == "export":
         return export(rest)
-    print(f"hf-clf: unknown command {command!r}; use train, evaluate, predict or export.", file=sys.stderr)
+    if command == "distill":
+        return distill(rest)
+    print(f"hf-clf: unknown command {command!r}; use train, evaluate, predict, export or distill.", file=sys.stderr)
     return 2
 
 
@@ -50,6 +53,17 @@ def train(argv) -> int:
     results = run(script_args, training_args, splits)
     if training_args.process_index == 0:
         jobs.print_results(results, training_args.output_dir, known.approach)
+    return 0
+
+
+def distill(argv) -> int:
+    """A trained classifier labels an unlabelled pool; a student (decoder, any sequence classifier, TF-IDF) learns it."""
+    from . import jobs
+
+    script_args, args, splits, pool_texts = jobs.prepare_distillation(argv)
+    results = jobs.distill(script_args, args, splits, pool_texts)
+    if args.process_index == 0:
+        jobs.print_results(results, args.output_dir, "tfidf" if args.student_type == "tfidf" else "last_token")
     return 0
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
-from .data import check_columns, template_fields
+from .data import build_texts, check_columns, template_fields
 from .model_card import parameter_counts
 
 BUNDLED_MODELS = {
@@ -62,13 +62,32 @@ class ScriptArguments:
     bbc_validation_per_class: int = field(default=20, metadata={"help": "bundled:bbc_news: validation articles per topic."})
 
 
-def parse_config(training_arguments_class, argv: Sequence[str] | None = None):
+@dataclass
+class DistillScriptArguments(ScriptArguments):
+    """What to distill on: the student's backbone, the labelled splits and the unlabelled pool."""
+
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "The student's backbone: a causal LM (last_token student), any sequence classifier "
+                  "(sequence_classification student); unused by a tfidf student."},
+    )
+    pool_file: str | None = field(
+        default=None, metadata={"help": "Unlabelled texts: a CSV / JSON(L) / Parquet file with the text columns."}
+    )
+    pool_split: str = field(
+        default="pool",
+        metadata={"help": "The split of `dataset` holding the unlabelled texts (bundled:bbc_news: every article "
+                  "outside test and train). Its labels, if any, are never read."},
+    )
+
+
+def parse_config(training_arguments_class, argv: Sequence[str] | None = None, script_class=None):
     """`(ScriptArguments, training arguments)` from `--config file.yaml` plus `--key value` overrides.
 
     Unknown keys, in the file or on the command line, are errors naming them; so are missing required keys."""
     from trl import TrlParser
 
-    parser = TrlParser((ScriptArguments, training_arguments_class))
+    parser = TrlParser((script_class or ScriptArguments, training_arguments_class))
     try:
         script_args, training_args, remaining = parser.parse_args_and_config(argv, return_remaining_strings=True)
     except ValueError as error:
@@ -120,12 +139,13 @@ def _resume_value(value, output_dir: str):
     return value
 
 
-def load_splits(script_args: ScriptArguments) -> DatasetDict:
-    """train / validation / test splits from local files, a saved folder, a Hub dataset or the bundled BBC News."""
+def load_splits(script_args: ScriptArguments, pool: bool = False) -> DatasetDict:
+    """train / validation / test splits from local files, a saved folder, a Hub dataset or the bundled BBC News;
+    with `pool`, also the unlabelled `pool` split (`pool_file`, or the dataset's `pool_split`)."""
     if script_args.dataset in BUNDLED_DATASETS:
         from .bundled import bbc_news_splits
 
-        splits = bbc_news_splits(script_args.bbc_train_per_class, script_args.bbc_validation_per_class)
+        splits = bbc_news_splits(script_args.bbc_train_per_class, script_args.bbc_validation_per_class, pool=pool)
     elif script_args.train_file:
         files = {
             split: path
@@ -143,6 +163,8 @@ def load_splits(script_args: ScriptArguments) -> DatasetDict:
             loaded = DatasetDict(train=loaded)
         names = {"train": script_args.train_split, "validation": script_args.validation_split,
                  "test": script_args.test_split}
+        if pool and not script_args.pool_file:
+            names["pool"] = script_args.pool_split
         if names["train"] not in loaded:
             raise SystemExit(f"hf-clf: {script_args.dataset} has no split {names['train']!r}; it has {list(loaded)}.")
         splits = DatasetDict({split: loaded[name] for split, name in names.items() if name in loaded})
@@ -150,6 +172,12 @@ def load_splits(script_args: ScriptArguments) -> DatasetDict:
         raise SystemExit("hf-clf: give a dataset (Hub id, saved folder or 'bundled:bbc_news') or a train_file.")
     if script_args.max_train_samples is not None:
         splits["train"] = splits["train"].select(range(min(script_args.max_train_samples, len(splits["train"]))))
+    if pool:
+        if script_args.pool_file:
+            splits["pool"] = _read_file(script_args.pool_file)
+        elif "pool" not in splits:
+            raise SystemExit(f"hf-clf: no unlabelled pool: give pool_file, or a dataset with a {script_args.pool_split!r} "
+                             "split.")
     return splits
 
 
@@ -166,11 +194,11 @@ def _read_file(path: str) -> Dataset:
 
 
 def check_data(splits: DatasetDict, training_args) -> None:
-    """Every split has the text and label columns the config names."""
+    """Every split has the text and label columns the config names (the unlabelled pool, the text columns)."""
     columns = template_fields(training_args.text_template) if training_args.text_template else training_args.text_columns
     for split, dataset in splits.items():
         try:
-            check_columns(dataset, [*columns, training_args.label_column], split)
+            check_columns(dataset, [*columns, *[training_args.label_column] * (split != "pool")], split)
         except ValueError as error:
             raise SystemExit(f"hf-clf: {error}") from error
 
@@ -205,6 +233,40 @@ def prepare(training_arguments_class, argv=None):
     splits = load_splits(script_args)
     check_data(splits, training_args)
     return script_args, training_args, splits
+
+
+def prepare_distillation(argv=None):
+    """Everything before a model loads, for `hf-clf distill`: config, output folder, labelled splits, and the pool's
+    texts (empty or over-long ones are errors here, before the teacher loads)."""
+    from .distill_config import DistillationConfig
+    from .pool_labels import check_pool_texts
+
+    script_args, args = parse_config(DistillationConfig, argv, DistillScriptArguments)
+    if args.student_type != "tfidf" and not script_args.model_name_or_path:
+        raise SystemExit(f"hf-clf: a {args.student_type} student needs model_name_or_path (its backbone).")
+    check_output_dir(args.output_dir, script_args.overwrite_output_dir)
+    splits = load_splits(script_args, pool=True)
+    check_data(splits, args)
+    try:
+        pool_texts = check_pool_texts(build_texts(splits["pool"], args.text_columns, args.text_template, "pool"),
+                                      args.max_pool_chars)
+    except (TypeError, ValueError) as error:
+        raise SystemExit(f"hf-clf: {error}") from error
+    return script_args, args, splits, pool_texts
+
+
+def distill(script_args, args, splits: DatasetDict, pool_texts: list[str]) -> dict:
+    """Teacher labels the pool (resumably) -> the student trains on it -> test split, save, card."""
+    from .distill_trainer import run_distillation
+
+    model, model_kwargs = resolve_model(script_args) if script_args.model_name_or_path else (None, {})
+    if args.base_model_id is None:
+        args.base_model_id = BUNDLED_MODEL_IDS.get(script_args.model_name_or_path)
+    results = run_distillation(args, splits, pool_texts, model, model_kwargs, dataset_name(script_args))
+    if args.process_index == 0:
+        with open(os.path.join(args.output_dir, RESULTS_FILE), "w", encoding="utf-8") as file:
+            json.dump(results, file, indent=2)
+    return results
 
 
 def dataset_name(script_args: ScriptArguments) -> str:

@@ -122,9 +122,10 @@ def _card_data(facts: CardFacts) -> ModelCardData:
     return ModelCardData(
         model_name=facts.model_name,
         base_model=facts.base_model if _is_hub_id(facts.base_model) else None,
-        library_name="transformers",
+        library_name=facts.extra.get("library_name", "transformers"),
         pipeline_tag="text-classification",
-        tags=["hf-clf-ext", "text-classification", "last-token-classifier", *facts.tags],
+        tags=["hf-clf-ext", "text-classification", *facts.extra.get("kind_tags", ["last-token-classifier"]),
+              *facts.tags],
         # Only names that can be Hub dataset ids ("imdb", "org/name"); a description stays in the text.
         datasets=[facts.dataset_name] if re.fullmatch(r"[\w.-]+(/[\w.-]+)?", facts.dataset_name or "") else None,
         eval_results=eval_results or None,

@@ -1,0 +1,174 @@
+"""Distillation on BBC News: students of the main job's classifier, through `recipes/distill.py`.
+
+    python benchmarks/distill.py --students tfidf 10_layers --seeds 0 1 2    # runs -> results/distill_runs.jsonl
+    python benchmarks/distill.py --throughput 100                            # teacher and students, one process
+    python benchmarks/distill.py --report                                    # -> results/distill.md
+
+Teacher: the main job's model (`outputs/smollm2-135m-bbc-last-token`, 100 gold articles; train it first). Pool: the
+other 1,680 training-side articles, their labels unread by the recipe (the report compares the teacher's labels
+with them). Test: the fixed 445 articles. Every student reads the teacher labels written once to
+`outputs/distill/bbc_teacher_labels.jsonl`. Throughput: the teacher and every student classify the same test
+articles in one process, each as users load it (`TextClassifier.from_pretrained`).
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+RESULTS = ROOT / "benchmarks" / "results"
+RUNS = RESULTS / "distill_runs.jsonl"
+THROUGHPUT = RESULTS / "distill_throughput.json"
+TEACHER = ROOT / "outputs" / "smollm2-135m-bbc-last-token"
+LABELS = ROOT / "outputs" / "distill" / "bbc_teacher_labels.jsonl"
+STUDENTS = {  # name -> (config, description)
+    "tfidf": ("distill_smollm2_bbc_tfidf", "TF-IDF (1-2 grams, sublinear) + logistic regression"),
+    "10_layers": ("distill_smollm2_bbc_10_layers", "SmolLM2, first 10 of 30 layers, last-token head, LoRA r=8"),
+    "self_training": ("distill_smollm2_bbc_self_training", "SmolLM2, all 30 layers (self-training)"),
+}
+
+
+def run_students(names, seeds, extra) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("distill", ROOT / "recipes" / "distill.py")
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    from baselines import machine
+
+    for name in names:
+        for seed in seeds:
+            config, _ = STUDENTS[name]
+            output = ROOT / "outputs" / "distill" / f"{name}-seed{seed}"
+            started = time.perf_counter()
+            results = recipe.main(["--config", str(ROOT / "recipes" / "configs" / f"{config}.yaml"), "--seed",
+                                   str(seed), "--output_dir", str(output), *extra])
+            row = {"student": name, "seed": seed, "output": str(output), "wall_seconds": time.perf_counter() - started,
+                   "machine": machine(), "extra": extra, **results}
+            with open(RUNS, "a", encoding="utf-8") as file:
+                file.write(json.dumps(row) + "\n")
+
+
+def throughput(n: int) -> None:
+    """Examples/s of the teacher and of each student saved so far (seed 0), on the same n test articles."""
+    import torch
+
+    from baselines import machine
+    from hf_clf_ext import TextClassifier
+    from hf_clf_ext.bundled import bbc_news_splits
+
+    texts = list(bbc_news_splits()["test"]["text"])[:n]
+    subjects = {"teacher": TEACHER}
+    for name in STUDENTS:
+        if (ROOT / "outputs" / "distill" / f"{name}-seed0").is_dir():
+            subjects[name] = ROOT / "outputs" / "distill" / f"{name}-seed0"
+    rows = {}
+    for name, folder in subjects.items():
+        classifier = TextClassifier.from_pretrained(folder)
+        classifier.classify(texts[:4])  # warm-up
+        passes = 1 if classifier.approach != "tfidf" else 20
+        started = time.perf_counter()
+        for _ in range(passes):
+            classifier.classify(texts, batch_size=16)
+        seconds = (time.perf_counter() - started) / passes
+        model = classifier.model
+        parameters = model.num_parameters if classifier.approach == "tfidf" else sum(
+            p.numel() for p in model.parameters())
+        rows[name] = {"examples_per_second": n / seconds, "parameters": int(parameters)}
+        del classifier, model
+    THROUGHPUT.write_text(json.dumps({"machine": machine(), "articles": n, "threads": torch.get_num_threads(),
+                                      "subjects": rows}, indent=2))
+
+
+def pool_agreement() -> dict:
+    """How often the teacher's labels on the pool match the hidden gold labels."""
+    from hf_clf_ext.bundled import bbc_news_splits
+
+    splits = bbc_news_splits(pool=True)
+    lines = LABELS.read_text().splitlines()
+    header, rows = json.loads(lines[0]), [json.loads(line) for line in lines[1:]]
+    probabilities = {row["index"]: row["probabilities"] for row in rows}
+    pool = splits["pool"]
+    names = pool.features["label"].names
+    assert header["labels"] == names
+    predicted = np.array([np.argmax(probabilities[i]) for i in range(len(pool))])
+    return {"pool": len(pool), "agreement": float((predicted == np.array(pool["label"])).mean())}
+
+
+def report() -> None:
+    runs = [json.loads(line) for line in RUNS.read_text().splitlines()] if RUNS.exists() else []
+    speed = json.loads(THROUGHPUT.read_text()) if THROUGHPUT.exists() else None
+    pool = pool_agreement()
+    teacher = next((run for run in runs), {})
+    lines = [
+        "# Distillation on BBC News: students of the main job's classifier",
+        "",
+        f"Machine: {runs[0]['machine'] if runs else '?'} (float32: no native bf16 on this CPU). Teacher: the main "
+        "job's SmolLM2-135M last-token classifier (100 gold articles). Pool: the other 1,680 training-side articles, "
+        f"labelled by the teacher once (its labels agree with the hidden gold on {100 * pool['agreement']:.1f} % of "
+        f"the {pool['pool']:,}). Students train on the pool plus the 100 gold articles (KL to the teacher at T = 2, "
+        "0.5 cross-entropy on gold rows), calibrate on the 100 validation articles, and are measured on the fixed "
+        "445 test articles. Produced by `python benchmarks/distill.py`.",
+        "",
+        "| model | runs | macro-F1 | accuracy | ECE | agreement with teacher (test) | training s | parameters |"
+        " examples/s | x teacher |",
+        "|:--|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    subjects = (speed or {}).get("subjects", {})
+    teacher_speed = subjects.get("teacher", {}).get("examples_per_second")
+    if teacher:
+        lines.append(
+            f"| teacher (main job) | 1 | {teacher['teacher_test_f1_macro']:.3f} | {teacher['teacher_test_accuracy']:.3f}"
+            f" | {teacher['teacher_test_ece']:.3f} | - | - | {subjects.get('teacher', {}).get('parameters', 0):,} | "
+            f"{teacher_speed or float('nan'):.2f} | 1 |")
+    groups = {}
+    for run in runs:
+        groups.setdefault((run["student"], " ".join(run["extra"])), []).append(run)
+    for (name, extra), mine in sorted(groups.items(), key=lambda item: (list(STUDENTS).index(item[0][0]), item[0][1])):
+        description = STUDENTS[name][1] + (f", `{extra}`" if extra else "")
+
+        def stat(key):
+            values = np.array([run[key] for run in mine])
+            return f"{values.mean():.3f}" + (f" ± {values.std(ddof=1):.3f}" if len(values) > 1 else "")
+
+        rate = subjects.get(name, {}).get("examples_per_second") if not extra else None
+        ratio = f"{rate / teacher_speed:.1f}" if rate and teacher_speed else "-"
+        lines.append(
+            f"| {description} | {len(mine)} | {stat('test_f1_macro')} | {stat('test_accuracy')} | {stat('test_ece')} | "
+            f"{stat('test_agreement')} | {np.mean([run['train_seconds'] for run in mine]):.0f} | "
+            f"{subjects.get(name, {}).get('parameters', mine[0]['student_parameters']):,} | "
+            f"{f'{rate:.2f}' if rate else '-'} | {ratio} |")
+    lines += ["", "Runs (macro-F1 by seed):", ""]
+    for (name, extra), mine in groups.items():
+        lines.append(f"- {name} {extra}".rstrip() + ": " + ", ".join(
+            f"seed {run['seed']}: {run['test_f1_macro']:.4f}" for run in mine))
+    if speed:
+        lines += ["", f"Throughput: {speed['articles']} test articles, batch 16, {speed['threads']} threads, "
+                  "each model loaded with `TextClassifier.from_pretrained`, one process, in turn (TF-IDF: mean of 20 "
+                  "passes)."]
+    (RESULTS / "distill.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--students", nargs="*", choices=sorted(STUDENTS), default=[])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--throughput", type=int, metavar="N", help="Measure examples/s on N test articles.")
+    parser.add_argument("--report", action="store_true")
+    args, extra = parser.parse_known_args(argv)
+    if args.students:
+        run_students(args.students, args.seeds, extra)
+    if args.throughput:
+        throughput(args.throughput)
+    if args.report or args.students or args.throughput:
+        report()
+
+
+if __name__ == "__main__":
+    main()

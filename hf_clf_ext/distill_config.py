@@ -1,0 +1,83 @@
+"""Arguments of distillation (`hf-clf distill`, `recipes/distill.py`): a trained classifier labels an unlabelled pool
+and a student learns its softened probabilities. Every last-token training field applies to a decoder student."""
+
+from dataclasses import dataclass, field
+
+from .last_token_config import LastTokenClassifierTrainingArguments
+from .pool_labels import DEFAULT_MAX_CHARS
+
+STUDENT_TYPES = ("last_token", "sequence_classification", "tfidf")
+
+
+@dataclass
+class DistillationConfig(LastTokenClassifierTrainingArguments):
+    r"""
+    Arguments of distillation. The student's backbone is the script's `model_name_or_path` (unused by a TF-IDF
+    student); the last-token fields (LoRA, learning rates, schedule, max_length, ...) train a decoder student.
+    """
+
+    # --- Teacher ----------------------------------------------------------------------------------------------------
+    teacher: str | None = field(
+        default=None, metadata={"help": "The teacher: a classifier saved by hf-clf-ext (either approach), folder or "
+                                "Hub repo id."}
+    )
+    teacher_method: str | None = field(
+        default=None, metadata={"help": "How the teacher gives probabilities; an instruction teacher: 'score' (label "
+                                "scoring, the default and its only method with probabilities)."}
+    )
+    teacher_batch_size: int = field(default=16, metadata={"help": "Batch size of the teacher labelling the pool."})
+    teacher_labels_file: str | None = field(
+        default=None,
+        metadata={"help": "JSONL file of the teacher's probabilities, written as labelling goes and resumed from "
+                  "(default: <output_dir>/teacher_labels.jsonl)."},
+    )
+    max_pool_chars: int = field(
+        default=DEFAULT_MAX_CHARS, metadata={"help": "Pool texts longer than this many characters are an error."}
+    )
+
+    # --- Student ----------------------------------------------------------------------------------------------------
+    student_type: str = field(
+        default="last_token",
+        metadata={"help": "'last_token' (a causal LM through our last-token classifier: a smaller checkpoint, the "
+                  "teacher's backbone cut to `student_layers`, or the same model: self-training), "
+                  "'sequence_classification' (any AutoModelForSequenceClassification, e.g. an encoder, fully "
+                  "fine-tuned) or 'tfidf' (TF-IDF + logistic regression)."},
+    )
+    student_layers: int | None = field(
+        default=None, metadata={"help": "Keep only the first k decoder layers of the student's backbone."}
+    )
+
+    # --- Loss -------------------------------------------------------------------------------------------------------
+    distill_temperature: float = field(
+        default=2.0, metadata={"help": "Temperature T softening the teacher's distribution (and the student's logits "
+                               "in the KL term, scaled by T^2 as in Hinton et al. 2015)."}
+    )
+    gold_weight: float = field(
+        default=0.5,
+        metadata={"help": "On rows with a gold label: loss = gold_weight * CE(gold) + (1 - gold_weight) * KL(teacher). "
+                  "Pool rows have the KL term alone."},
+    )
+    include_gold: bool = field(default=True, metadata={"help": "Train the student on the gold rows too."})
+
+    # --- TF-IDF student ---------------------------------------------------------------------------------------------
+    tfidf_ngram_max: int = field(default=2, metadata={"help": "Word n-grams from 1 to this."})
+    tfidf_C: float = field(default=10.0, metadata={"help": "Inverse L2 regularisation of the logistic regression."})
+    tfidf_sublinear_tf: bool = field(default=True, metadata={"help": "1 + log(tf) instead of raw term counts."})
+    tfidf_min_df: int = field(default=1, metadata={"help": "Ignore terms in fewer documents than this."})
+
+    def __post_init__(self):
+        if not self.teacher:
+            raise ValueError("teacher is required: a classifier saved by hf-clf-ext (folder or Hub repo id).")
+        if self.student_type not in STUDENT_TYPES:
+            raise ValueError(f"student_type must be one of {STUDENT_TYPES}, got {self.student_type!r}.")
+        if self.distill_temperature <= 0:
+            raise ValueError(f"distill_temperature must be positive, got {self.distill_temperature}.")
+        if not 0 <= self.gold_weight <= 1:
+            raise ValueError(f"gold_weight must lie in [0, 1], got {self.gold_weight}.")
+        if self.student_layers is not None and self.student_layers < 1:
+            raise ValueError(f"student_layers must be at least 1, got {self.student_layers}.")
+        if self.student_layers is not None and self.student_type != "last_token":
+            raise ValueError("student_layers applies to a 'last_token' student only.")
+        if self.max_pool_chars < 1:
+            raise ValueError(f"max_pool_chars must be positive, got {self.max_pool_chars}.")
+        super().__post_init__()
