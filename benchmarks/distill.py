@@ -44,7 +44,8 @@ def run_students(names, seeds, extra) -> None:
     for name in names:
         for seed in seeds:
             config, _ = STUDENTS[name]
-            output = ROOT / "outputs" / "distill" / f"{name}-seed{seed}"
+            variant = "".join(c if c.isalnum() or c == "." else "-" for c in "_".join(extra).lstrip("-"))
+            output = ROOT / "outputs" / "distill" / (f"{name}-{variant}-seed{seed}" if extra else f"{name}-seed{seed}")
             started = time.perf_counter()
             results = recipe.main(["--config", str(ROOT / "recipes" / "configs" / f"{config}.yaml"), "--seed",
                                    str(seed), "--output_dir", str(output), *extra])
@@ -147,12 +148,37 @@ def report() -> None:
     for (name, extra), mine in groups.items():
         lines.append(f"- {name} {extra}".rstrip() + ": " + ", ".join(
             f"seed {run['seed']}: {run['test_f1_macro']:.4f}" for run in mine))
+    lines += targets(teacher, groups, subjects, teacher_speed)
     if speed:
         lines += ["", f"Throughput: {speed['articles']} test articles, batch 16, {speed['threads']} threads, "
                   "each model loaded with `TextClassifier.from_pretrained`, one process, in turn (TF-IDF: mean of 20 "
                   "passes)."]
     (RESULTS / "distill.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def targets(teacher: dict, groups: dict, subjects: dict, teacher_speed) -> list[str]:
+    """The issue's targets, met or not, from the default settings' runs."""
+    if not teacher:
+        return []
+    f1 = teacher["teacher_test_f1_macro"]
+    lines = ["", "Targets (default settings; ratios against the teacher's macro-F1 and examples/s above):", ""]
+    for name, wanted, speedup, what in (("tfidf", 1.0, 100, "TF-IDF student >= the teacher at >= 100x"),
+                                        ("10_layers", 0.97, 3, "decoder student >= 0.97 x the teacher at >= 3x")):
+        runs = groups.get((name, ""))
+        if not runs:
+            lines.append(f"- {what}: not run.")
+            continue
+        ratio = np.mean([run["test_f1_macro"] for run in runs]) / f1
+        rate = subjects.get(name, {}).get("examples_per_second")
+        fast = rate / teacher_speed if rate and teacher_speed else float("nan")
+        met = ratio >= wanted and fast >= speedup
+        lines.append(f"- {what}: macro-F1 {ratio:.3f} x the teacher, {fast:.1f}x its throughput: "
+                     f"{'met' if met else 'missed'}.")
+    runs = groups.get(("self_training", ""))
+    lines.append("- self-training >= 0.975: " + (
+        f"{np.mean([run['test_f1_macro'] for run in runs]):.3f}" if runs else "not run."))
+    return lines
 
 
 def main(argv=None) -> None:
