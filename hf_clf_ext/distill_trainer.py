@@ -278,7 +278,7 @@ def run_distillation(args, splits, pool_texts: list[str], model: str | None, mod
     from transformers import EvalPrediction
 
     from .classifier import TextClassifier
-    from .data import build_texts, encode_split, label_values
+    from .data import build_texts, encode_labels, encode_split, label_values
     from .metrics import logits_from_probabilities
     from .pool_labels import label_pool
 
@@ -310,6 +310,7 @@ def run_distillation(args, splits, pool_texts: list[str], model: str | None, mod
     has_gold = np.r_[np.zeros(n_pool, bool), np.ones(n_gold, bool)]
     names = hard_labels(train_p[:n_pool], space.names, space.multi_label, thresholds)
     train_names = [*names, *(train[2] if n_gold else [])]
+    train_encoded = [*encode_labels(names, space)[0], *(train[1] if n_gold else [])]  # ids or multi-hot
     soft = soften(train_p, args.distill_temperature, space.multi_label)
     results = {"pool_size": n_pool, "gold_rows": n_gold, "teacher_labelling_seconds": teacher_seconds}
     teacher_test = None
@@ -317,7 +318,8 @@ def run_distillation(args, splits, pool_texts: list[str], model: str | None, mod
         teacher_metrics = build_compute_metrics(space.problem_type, space.id2label, threshold=thresholds or 0.5)(
             EvalPrediction(predictions=logits_from_probabilities(test_p, space.problem_type), label_ids=np.asarray(test[1])))
         results.update({f"teacher_test_{key}": value for key, value in teacher_metrics.items()})
-        teacher_test = _named(hard_labels(test_p, space.names, space.multi_label, thresholds), space)
+        teacher_test = np.asarray(encode_labels(hard_labels(test_p, space.names, space.multi_label, thresholds),
+                                                space)[0])
     distillation = {"teacher": args.teacher, "pool_size": n_pool, "gold_rows": n_gold,
                     "teacher_approach": "instruction (label scoring)" if approach == "instruction" else approach,
                     "student": args.student_type, "teacher_test_f1_macro": results.get("teacher_test_f1_macro"),
@@ -358,8 +360,7 @@ def run_distillation(args, splits, pool_texts: list[str], model: str | None, mod
                            else "-", **distillation_hyperparameters(args)}
     else:
         model_object, tokenizer = stock_student(model, space, **model_kwargs)
-        encoded = [*[_target(p, space, thresholds) for p in train_p[:n_pool]], *(train[1] if n_gold else [])]
-        stock = train_stock_student(args, space, model_object, tokenizer, train_texts, encoded, soft, has_gold,
+        stock = train_stock_student(args, space, model_object, tokenizer, train_texts, train_encoded, soft, has_gold,
                                     validation[:2] if validation else None)
         stock.save_model(args.output_dir)
         parameters, base_model = sum(p.numel() for p in stock.model.parameters()), args.base_model_id or model
@@ -380,12 +381,12 @@ def run_distillation(args, splits, pool_texts: list[str], model: str | None, mod
         results["test_examples_per_second"] = len(test_texts) / (time.perf_counter() - started)
         metrics = metrics_from_results(student_results, test[1], space.problem_type, space.id2label)
         results.update({f"test_{key}": value for key, value in metrics.items()})
-        results["test_agreement"] = agreement(_named(student_results, space), teacher_test)
+        named = named_from_results(student_results, space.names)
+        results["test_agreement"] = agreement(named if space.multi_label else named.argmax(axis=1), teacher_test)
         distillation.update(test_agreement=results["test_agreement"], student_test_f1_macro=results.get("test_f1_macro"))
     write_student_card(args.output_dir, student=args.student_type if model is None else model, space=space,
                        distillation=distillation, train_texts=train_texts,
-                       train_labels=[*[_target(p, space, thresholds) for p in train_p[:n_pool]],
-                                     *(train[1] if n_gold else [])],
+                       train_labels=train_encoded,
                        parameters=parameters, hyperparameters=hyperparameters, results=student_results,
                        references=test[1] if test is not None else None, base_model=base_model,
                        dataset_name=dataset_name)
@@ -414,19 +415,3 @@ def _last_token_student(args, space, model, model_kwargs, texts, names, soft, ha
 
 def _rows(texts, names) -> Dataset:
     return Dataset.from_dict({"text": list(texts), "label": list(names)})
-
-
-def _target(probabilities, space: LabelSpace, thresholds):
-    """The teacher's hard label for one row: a class id, or a multi-hot float list."""
-    named = hard_labels([probabilities], space.names, space.multi_label, thresholds)[0]
-    if not space.multi_label:
-        return space.label2id[named]
-    return [float(name in named) for name in space.names]
-
-
-def _named(results_or_names, space: LabelSpace) -> np.ndarray:
-    """Class ids (single-label) or multi-hot rows, from label names or classifier results."""
-    rows = [r if not isinstance(r, dict) else (r["labels"] if "labels" in r else r["label"]) for r in results_or_names]
-    if space.multi_label:
-        return np.array([[name in row for name in space.names] for row in rows], dtype=int)
-    return np.array([space.label2id[name] for name in rows])

@@ -2,6 +2,7 @@
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 
@@ -21,7 +22,7 @@ def predict_texts(model, tokenizer, texts: Sequence[str], *, batch_size: int = 1
     config = model.config
     names = [config.id2label[i] for i in range(len(config.id2label))]
     multi_label = config.problem_type == "multi_label_classification"
-    thresholds = torch.tensor(getattr(config, "decision_thresholds", None) or [0.5] * len(names))  # none in stock
+    thresholds = getattr(config, "decision_thresholds", None)  # none in a stock export
     encoded = tokenizer(texts, truncation=True)["input_ids"]
     order = sorted(range(len(texts)), key=lambda i: len(encoded[i]), reverse=True)
     device = next(model.parameters()).device
@@ -35,15 +36,26 @@ def predict_texts(model, tokenizer, texts: Sequence[str], *, batch_size: int = 1
                 batch = tokenizer.pad({"input_ids": [encoded[i] for i in rows]}, return_tensors="pt")
                 logits = model(**{key: value.to(device) for key, value in batch.items()}).logits.float().cpu()
                 probabilities = logits.sigmoid() if multi_label else logits.softmax(dim=-1)
-                for row, p in zip(rows, probabilities):
-                    scores = dict(zip(names, p.tolist()))
-                    if multi_label:
-                        results[row] = {"labels": [n for n, hit in zip(names, p >= thresholds) if hit], "probabilities": scores}
-                    else:
-                        best = int(p.argmax())
-                        results[row] = {"label": names[best], "score": float(p[best]), "probabilities": scores}
+                for row, result in zip(rows, results_from_probabilities(probabilities.numpy(), names, multi_label,
+                                                                        thresholds)):
+                    results[row] = result
     finally:
         model.train(was_training)
+    return results
+
+
+def results_from_probabilities(probabilities, names: Sequence[str], multi_label: bool, thresholds=None) -> list[dict]:
+    """The result format of every classifier: `{"label", "score", "probabilities"}`, or multi-label `{"labels",
+    "probabilities"}` naming the labels at or above their `thresholds` (0.5 when None)."""
+    limits = np.asarray(thresholds if thresholds is not None else [0.5] * len(names))
+    results = []
+    for p in np.asarray(probabilities):
+        scores = dict(zip(names, p.tolist()))
+        if multi_label:
+            results.append({"labels": [n for n, hit in zip(names, p >= limits) if hit], "probabilities": scores})
+        else:
+            best = int(p.argmax())
+            results.append({"label": names[best], "score": float(p[best]), "probabilities": scores})
     return results
 
 

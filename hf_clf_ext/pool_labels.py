@@ -23,14 +23,11 @@ DEFAULT_MAX_CHARS = 100_000
 def check_pool_texts(texts: Sequence, max_chars: int = DEFAULT_MAX_CHARS, what: str = "pool") -> list[str]:
     """The texts as a list, or a ValueError naming the rows that are not strings, are empty, or are longer than
     `max_chars` characters (usually a broken row: a whole file in one cell)."""
-    if isinstance(texts, str):
-        raise TypeError(f"The {what} must be a list of texts, not a single string.")
-    texts = list(texts)
+    from .inference import check_texts
+
+    texts = check_texts(texts)
     if not texts:
         raise ValueError(f"The {what} holds no texts.")
-    empty = [i for i, text in enumerate(texts) if not isinstance(text, str) or not text.strip()]
-    if empty:
-        raise ValueError(f"The {what} has {len(empty)} empty or non-string texts, rows {empty[:20]}: drop them first.")
     long = [i for i, text in enumerate(texts) if len(text) > max_chars]
     if long:
         shown = ", ".join(f"row {i} ({len(texts[i]):,} characters)" for i in long[:10])
@@ -121,7 +118,7 @@ def _read(path, header: dict) -> dict[int, list[float]]:
             f"{path} holds teacher labels for other {', '.join(differs)} than this run's; remove it to relabel, or "
             "choose another teacher_labels_file."
         )
-    done = {}
+    done, cut = {}, False
     rows = lines[1:]
     for number, line in enumerate(rows, start=2):
         if not line:
@@ -130,10 +127,11 @@ def _read(path, header: dict) -> dict[int, list[float]]:
             row = json.loads(line)
         except json.JSONDecodeError:
             if number == len(rows) + 1:
-                break  # the partial last line of an interrupted run
+                cut = True  # the partial last line of an interrupted run
+                break
             raise ValueError(f"{path}, line {number}, is not valid JSON: the file is damaged; remove it.") from None
         done[int(row["index"])] = row["probabilities"]
-    if done:  # keep only complete rows, so that appends follow a clean line
+    if cut:  # keep only complete rows, so that appends follow a clean line
         _write_header(path, header)
         _append(path, done)
     return done

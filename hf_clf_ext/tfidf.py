@@ -87,20 +87,10 @@ class TfidfClassifier:
 
     def classify(self, texts: Sequence[str], batch_size: int = 16) -> list[dict]:
         """Results in the format of `predict_texts` (`batch_size` is accepted for the shared interface)."""
-        from .inference import check_texts
+        from .inference import check_texts, results_from_probabilities
 
-        probabilities = self.predict_proba(check_texts(texts))
-        thresholds = np.asarray(self.decision_thresholds or [0.5] * len(self.labels))
-        results = []
-        for p in probabilities:
-            scores = dict(zip(self.labels, p.tolist()))
-            if self.multi_label:
-                results.append({"labels": [n for n, hit in zip(self.labels, p >= thresholds) if hit],
-                                "probabilities": scores})
-            else:
-                best = int(p.argmax())
-                results.append({"label": self.labels[best], "score": float(p[best]), "probabilities": scores})
-        return results
+        return results_from_probabilities(self.predict_proba(check_texts(texts)), self.labels, self.multi_label,
+                                          self.decision_thresholds)
 
     @property
     def num_parameters(self) -> int:
