@@ -7,7 +7,8 @@
     # [{"label": "business", "score": 0.97, "probabilities": {"business": 0.97, ...}}]
 
 Results, in input order: single-label `{"label", "score", "probabilities"}`, multi-label `{"labels",
-"probabilities"}`. An instruction classifier's constrained decoding (`method="generate"`, its default) names labels
+"probabilities"}`. `compile=True` (loader or `classify`) runs a last-token classifier through its `torch.compile`d
+forward (`hf_clf_ext.compiled`); the default compiles long jobs where that pays. An instruction classifier's constrained decoding (`method="generate"`, its default) names labels
 without probabilities, so its results hold `"label"` / `"labels"` only; `method="score"` adds them. A TF-IDF student
 (`hf-clf distill`) loads and classifies the same way.
 """
@@ -33,32 +34,35 @@ class TextClassifier:
         name_or_path: the folder or repo id it was loaded from.
         labels: class names in id order. multi_label: whether answers name several labels.
         thresholds: the multi-label decision thresholds it applies (one per label), or None.
+        compile: whether `classify` compiles the forward: True, False or None (where it pays; see `predict_texts`).
         model, tokenizer: the loaded model and tokenizer (an instruction classifier's are `self.instruction.model`;
             a TF-IDF student's model is its `TfidfClassifier`, without tokenizer).
     """
 
     def __init__(self, approach: str, labels: Sequence[str], multi_label: bool, thresholds, model=None, tokenizer=None,
-                 instruction=None, name_or_path: str | None = None):
+                 instruction=None, name_or_path: str | None = None, compile: bool | None = None):
         self.approach, self.labels, self.multi_label, self.thresholds = approach, list(labels), multi_label, thresholds
         self.model, self.tokenizer, self.instruction = model, tokenizer, instruction
         self.name_or_path = name_or_path
+        self.compile = self._check_compile(compile)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs) -> "TextClassifier":
-        """Load a folder or Hub repo saved by either trainer. `kwargs` go to the model's `from_pretrained` (e.g.
-        `dtype`, `device_map`); Hub options (`revision`, `cache_dir`, `token`, `local_files_only`) apply to every
-        file."""
+    def from_pretrained(cls, name_or_path: str | os.PathLike, compile: bool | None = None,
+                        **kwargs) -> "TextClassifier":
+        """Load a folder or Hub repo saved by either trainer. `compile`: `classify`'s default (see the class).
+        `kwargs` go to the model's `from_pretrained` (e.g. `dtype`, `device_map`); Hub options (`revision`,
+        `cache_dir`, `token`, `local_files_only`) apply to every file."""
         name_or_path = str(name_or_path)
         hub = {key: kwargs[key] for key in HUB_OPTIONS if key in kwargs}
         if cached_file(name_or_path, PROMPT_FILE, _raise_exceptions_for_missing_entries=False, **hub) is not None:
             instruction = InstructionClassifier.from_pretrained(name_or_path, **kwargs)
             verbalizer = instruction.verbalizer
             return cls("instruction", verbalizer.labels, verbalizer.multi_label, instruction.decision_thresholds,
-                       instruction=instruction, name_or_path=name_or_path)
+                       instruction=instruction, name_or_path=name_or_path, compile=compile)
         if cached_file(name_or_path, tfidf.SETTINGS_FILE, _raise_exceptions_for_missing_entries=False, **hub):
             model = tfidf.TfidfClassifier.from_pretrained(name_or_path, **hub)
             return cls("tfidf", model.labels, model.multi_label, model.decision_thresholds, model=model,
-                       name_or_path=name_or_path)
+                       name_or_path=name_or_path, compile=compile)
         config_file = cached_file(name_or_path, CONFIG_NAME, _raise_exceptions_for_missing_entries=False, **hub)
         if config_file is None:
             raise FileNotFoundError(
@@ -83,7 +87,7 @@ class TextClassifier:
         multi_label = model.config.problem_type == "multi_label_classification"
         thresholds = getattr(model.config, "decision_thresholds", None) if multi_label else None
         return cls("last_token", names, multi_label, thresholds, model=model, tokenizer=tokenizer,
-                   name_or_path=name_or_path)
+                   name_or_path=name_or_path, compile=compile)
 
     @property
     def methods(self) -> tuple[str, ...]:
@@ -94,17 +98,29 @@ class TextClassifier:
         """Whether `classify(texts, method)` returns probabilities (calibration metrics apply) or labels only."""
         return self._method(method) not in HARD_LABEL_METHODS
 
-    def classify(self, texts: Sequence[str], method: str | None = None, batch_size: int = 16) -> list[dict]:
+    def classify(self, texts: Sequence[str], method: str | None = None, batch_size: int = 16,
+                 compile: bool | None = None) -> list[dict]:
         """Results for `texts` in input order (see the module docstring). `method`: an instruction classifier's
-        `"generate"` (constrained decoding, the default) or `"score"` (label probabilities)."""
+        `"generate"` (constrained decoding, the default) or `"score"` (label probabilities). `compile`: overrides
+        the loader's setting for this call."""
         method = self._method(method)
+        compile = self._check_compile(self.compile if compile is None else compile)
         if self.approach == "instruction":
             return self.instruction.classify(texts, method=method, batch_size=batch_size)
         if self.approach == "tfidf":
             return self.model.classify(texts)
         from .inference import predict_texts
 
-        return predict_texts(self.model, self.tokenizer, texts, batch_size=batch_size)
+        return predict_texts(self.model, self.tokenizer, texts, batch_size=batch_size,
+                             compile=compile)
+
+    def _check_compile(self, compile: bool | None) -> bool | None:
+        if compile and self.approach != "last_token":
+            raise ValueError(
+                f"compile=True applies to last-token classifiers and their stock exports; {self.name_or_path} is "
+                f"{'an' if self.approach == 'instruction' else 'a'} {self.approach} classifier, which runs eagerly."
+            )
+        return compile
 
     def _method(self, method: str | None) -> str:
         if method is None:

@@ -80,6 +80,7 @@ def _data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--drop_unknown_labels", action="store_true",
                         help="Drop rows whose labels the model does not know (and report how many).")
+    _compile_option(parser)
 
 
 def evaluate(argv) -> int:
@@ -97,7 +98,7 @@ def evaluate(argv) -> int:
         raise SystemExit("hf-clf: give --dataset or --file.")
     splits = jobs.load_splits(script)
     dataset = splits[args.split] if args.split in splits else splits["test"] if "test" in splits else splits["train"]
-    classifier = _load(args.model, args.method)
+    classifier = _load(args.model, args.method, args.compile)
     space = LabelSpace(names=tuple(classifier.labels), multi_label=classifier.multi_label)
     try:
         dataset, encoded = encode_split(
@@ -109,6 +110,7 @@ def evaluate(argv) -> int:
     results = classifier.classify(texts, args.method, args.batch_size)
     metrics = metrics_from_results(results, encoded, space.problem_type, space.id2label)
     print(json.dumps({"examples": len(texts), **metrics}, indent=2))
+    _report_compile(classifier)
     return 0
 
 
@@ -120,6 +122,7 @@ def predict(argv) -> int:
     parser.add_argument("--method", choices=("generate", "score"), default=None,
                         help="Instruction models: constrained decoding (the default) or label scoring.")
     parser.add_argument("--batch_size", type=int, default=16)
+    _compile_option(parser)
     parser.add_argument("texts", nargs="*")
     args = parser.parse_args(argv)
     if args.texts:
@@ -130,8 +133,10 @@ def predict(argv) -> int:
             texts = [line.rstrip("\n") for line in stream if line.strip()]
     if not texts:
         raise SystemExit("hf-clf: no texts to classify (give them as arguments, with --input, or on stdin).")
-    for text, result in zip(texts, _load(args.model, args.method).classify(texts, args.method, args.batch_size)):
+    classifier = _load(args.model, args.method, args.compile)
+    for text, result in zip(texts, classifier.classify(texts, args.method, args.batch_size)):
         print(json.dumps({"text": text, **result}, ensure_ascii=False))
+    _report_compile(classifier)
     return 0
 
 
@@ -158,12 +163,27 @@ def export(argv) -> int:
     return 0
 
 
-def _load(model: str, method: str | None):
+def _compile_option(parser) -> None:
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="Run a last-token classifier through torch.compile (bucketed shapes); by default only "
+                             "long jobs on hardware where it pays are compiled (see hf_clf_ext.compiled).")
+
+
+def _report_compile(classifier) -> None:
+    """What compiling cost, on stderr, when the job ran compiled."""
+    from .compiled import compile_stats
+
+    stats = compile_stats(classifier.model)
+    if stats is not None:
+        print(stats, file=sys.stderr)
+
+
+def _load(model: str, method: str | None, compile: bool | None = None):
     """The classifier, with `method` checked against what it offers before any text is classified."""
     from .classifier import TextClassifier
 
     try:
-        classifier = TextClassifier.from_pretrained(model)
+        classifier = TextClassifier.from_pretrained(model, compile=compile)
         classifier.gives_probabilities(method)
     except (OSError, ValueError) as error:
         raise SystemExit(f"hf-clf: {error}") from error

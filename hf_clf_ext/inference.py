@@ -2,17 +2,26 @@
 
 from collections.abc import Sequence
 
+import logging
+
 import numpy as np
 import torch
 
+from .compiled import compile_pays, compiled_forward
 
-def predict_texts(model, tokenizer, texts: Sequence[str], *, batch_size: int = 16) -> list[dict]:
-    """Classify `texts` with a last-token classifier (plain or wrapped by PEFT).
+logger = logging.getLogger(__name__)
+
+
+def predict_texts(model, tokenizer, texts: Sequence[str], *, batch_size: int = 16,
+                  compile: bool | None = None) -> list[dict]:
+    """Classify `texts` with a last-token classifier (plain or wrapped by PEFT) or its stock export.
 
     Texts are tokenized once, truncated to `tokenizer.model_max_length` (the trainer sets it to the training
     length minus the pooling suffix), and run longest first in batches of similar length, so little compute goes to
-    padding. Returns, in input order, `{"label", "score", "probabilities"}` (single-label) or `{"labels",
-    "probabilities"}` (multi-label, using the config's tuned `decision_thresholds`, else 0.5).
+    padding. `compile=True` runs them through the model's `torch.compile`d forward over bucketed shapes (see
+    `hf_clf_ext.compiled`); `None` compiles where that pays (long jobs on hardware where it was measured to help).
+    Returns, in input order, `{"label", "score", "probabilities"}` (single-label) or `{"labels", "probabilities"}`
+    (multi-label, using the config's tuned `decision_thresholds`, else 0.5).
     """
     texts = check_texts(texts)
     if not texts:
@@ -26,6 +35,7 @@ def predict_texts(model, tokenizer, texts: Sequence[str], *, batch_size: int = 1
     encoded = tokenizer(texts, truncation=True)["input_ids"]
     order = sorted(range(len(texts)), key=lambda i: len(encoded[i]), reverse=True)
     device = next(model.parameters()).device
+    compiled = compiled_forward(model) if (compile_pays(model, len(texts)) if compile is None else compile) else None
     results: list[dict | None] = [None] * len(texts)
     was_training = model.training
     model.eval()
@@ -33,14 +43,24 @@ def predict_texts(model, tokenizer, texts: Sequence[str], *, batch_size: int = 1
         with torch.no_grad():
             for start in range(0, len(order), batch_size):
                 rows = order[start : start + batch_size]
-                batch = tokenizer.pad({"input_ids": [encoded[i] for i in rows]}, return_tensors="pt")
-                logits = model(**{key: value.to(device) for key, value in batch.items()}).logits.float().cpu()
+                ids = [encoded[i] for i in rows]
+                # The compiled forward meets few shapes: lengths padded up to its buckets (on the tokenizer's side).
+                padding = {} if compiled is None else {
+                    "padding": "max_length", "max_length": compiled.bucket_length(max(map(len, ids)))}
+                batch = tokenizer.pad({"input_ids": ids}, return_tensors="pt", **padding)
+                batch = {key: value.to(device) for key, value in batch.items()}
+                if compiled is None:
+                    logits = model(**batch).logits.float().cpu()
+                else:
+                    logits = compiled(batch["input_ids"], batch["attention_mask"], rows=batch_size)
                 probabilities = logits.sigmoid() if multi_label else logits.softmax(dim=-1)
                 for row, result in zip(rows, results_from_probabilities(probabilities.numpy(), names, multi_label,
                                                                         thresholds)):
                     results[row] = result
     finally:
         model.train(was_training)
+    if compiled is not None:
+        logger.info("%s", compiled.stats)
     return results
 
 
