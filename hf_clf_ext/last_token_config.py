@@ -57,7 +57,8 @@ class LastTokenClassifierTrainingArguments(
 
     # --- Early stopping and calibration -----------------------------------------------------------------------------
     early_stopping_patience: int | None = field(
-        default=3, metadata={"help": "Evaluations without improvement of `metric_for_best_model` before stopping."}
+        default=3, metadata={"help": "Evaluations without improvement of `metric_for_best_model` before stopping "
+                                     "(only where the trainer evaluates: `eval_strategy` other than 'no')."}
     )
     calibrate: bool = field(
         default=True,

@@ -141,7 +141,7 @@ class LastTokenClassifierTrainer(Trainer):
         if compute_metrics is None:
             compute_metrics = build_compute_metrics(self.label_space.problem_type, self.label_space.id2label)
         callbacks = list(callbacks or [])
-        if evaluation is not None and args.early_stopping_patience:
+        if evaluation is not None and args.early_stopping_patience and args.eval_strategy != "no":
             callbacks.append(EarlyStoppingCallback(early_stopping_patience=args.early_stopping_patience))
         super().__init__(
             model=model,
@@ -334,13 +334,16 @@ class LastTokenClassifierTrainer(Trainer):
             self._card_evaluation = facts
         return metrics
 
-    def predict_texts(self, texts: Sequence[str], batch_size: int | None = None) -> list[dict]:
-        """Labels and probabilities for raw texts (see `hf_clf_ext.predict_texts`)."""
+    def predict_texts(self, texts: Sequence[str], batch_size: int | None = None,
+                      compile: bool | None = None) -> list[dict]:
+        """Labels and probabilities for raw texts (see `hf_clf_ext.predict_texts`); compiled by default when the
+        trainer trains compiled (`torch_compile=True`)."""
         return predict_texts(
             self.model,
             self.processing_class,
             texts,
             batch_size=batch_size or self.args.per_device_eval_batch_size,
+            compile=compile if compile is not None else (True if self.args.torch_compile else None),
         )
 
     # --- model card and Hub ------------------------------------------------------------------------------------------
