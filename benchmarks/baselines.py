@@ -48,14 +48,16 @@ def stock_encode(split, tokenizer, max_length: int):
 
 
 def stock_training_arguments(output_dir: str, seed: int, **overrides):
-    """The embedded default's schedule (5 epochs, batch 8, lr 3e-4, linear warmup 10%, bf16 autocast)."""
+    """The embedded default's schedule (5 epochs, batch 8, lr 3e-4, linear warmup 10%, bf16 autocast where the
+    hardware has native bf16: our trainer falls back to float32 elsewhere, and so does this one)."""
     from transformers import TrainingArguments
 
     settings = dict(
         output_dir=output_dir, num_train_epochs=5, per_device_train_batch_size=8, per_device_eval_batch_size=16,
         learning_rate=3e-4, lr_scheduler_type="linear", warmup_steps=0.1, optim="adamw_torch", eval_strategy="epoch",
         save_strategy="epoch", save_total_limit=1, load_best_model_at_end=True, metric_for_best_model="f1_macro",
-        bf16=True, use_cpu=not torch.cuda.is_available(), seed=seed, report_to="none", disable_tqdm=True,
+        bf16=torch.cuda.is_available() or torch.ops.mkldnn._is_mkldnn_bf16_supported(),
+        use_cpu=not torch.cuda.is_available(), seed=seed, report_to="none", disable_tqdm=True,
         logging_steps=5,
     )
     return TrainingArguments(**{**settings, **overrides})

