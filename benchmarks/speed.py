@@ -64,6 +64,7 @@ TRAINING = ["train_ours", "train_stock", "train_ours_grouped", "train_stock_grou
             "train_stock_compiled"]
 SUBJECT_NAMES = INFERENCE + SERVING + TRAINING
 PROFILED = ["head_predict", "head_predict_compiled"]
+PROFILED_TRAINING = ["train_ours", "train_ours_compiled"]  # --profile_training: two steady steps, own process
 COMPILE_STEPS = 2  # training steps that may compile (first shape, then the dynamic-shape graph); "steady" excludes them
 DTYPE = torch.float32  # set by main() from --dtype
 
@@ -351,6 +352,10 @@ def profile(function, top: int = 12) -> list[dict]:
 
     with torch_profile(activities=[ProfilerActivity.CPU]) as profiler:
         function()
+    return top_ops(profiler, top)
+
+
+def top_ops(profiler, top: int = 12) -> list[dict]:
     events = profiler.key_averages()
     total = sum(event.self_cpu_time_total for event in events)
     ranked = sorted(events, key=lambda event: event.self_cpu_time_total, reverse=True)[:top]
@@ -393,16 +398,25 @@ class StepClock(TrainerCallback):
 
     started = ended = None
 
-    def __init__(self):
+    def __init__(self, profile_steps: int = 0):
         self.step_ends = []
+        self.profile_steps, self.profiler, self.profile = profile_steps, None, None
 
     def on_step_begin(self, args, state, control, **kwargs):
         if self.started is None:
             self.started = time.perf_counter()
+        if self.profile_steps and state.global_step == COMPILE_STEPS:  # after the steps that may compile
+            from torch.profiler import ProfilerActivity, profile as torch_profile
+
+            self.profiler = torch_profile(activities=[ProfilerActivity.CPU])
+            self.profiler.__enter__()
 
     def on_step_end(self, args, state, control, **kwargs):
         self.ended = time.perf_counter()
         self.step_ends.append(self.ended)
+        if self.profiler is not None and state.global_step == COMPILE_STEPS + self.profile_steps:
+            self.profiler.__exit__(None, None, None)
+            self.profile = top_ops(self.profiler)
 
     def steady(self, batch: int) -> dict:
         """Examples per second after the first COMPILE_STEPS steps (where a compiled run compiles), and their time."""
@@ -412,14 +426,16 @@ class StepClock(TrainerCallback):
 
 
 def _train(ours: bool, grouped: bool, max_length: int, compile: bool = False):
-    def subject(_texts):
+    def subject(_texts, profile_steps: int = 0):
         from hf_clf_ext.bundled import bbc_news_splits
 
         train = bbc_news_splits(train_per_class=TRAIN_PER_CLASS, validation_per_class=20)["train"]
         workdir = tempfile.mkdtemp()
-        clock = StepClock()
+        clock = StepClock(profile_steps)
         sampling = "group_by_length" if grouped else "random"
-        trainer = (_our_trainer if ours else _stock_trainer)(train, workdir, max_length, sampling, clock, compile)
+        steps = COMPILE_STEPS + profile_steps if profile_steps else TRAIN_STEPS
+        trainer = (_our_trainer if ours else _stock_trainer)(train, workdir, max_length, sampling, clock, compile,
+                                                             steps)
 
         def run(_batch):
             trainer.train()
@@ -429,13 +445,13 @@ def _train(ours: bool, grouped: bool, max_length: int, compile: bool = False):
     return subject
 
 
-def _our_trainer(train, workdir, max_length, sampling, clock, compile):
+def _our_trainer(train, workdir, max_length, sampling, clock, compile, steps):
     from hf_clf_ext import LastTokenClassifierTrainer
     from hf_clf_ext.jobs import parse_config, resolve_model
     from hf_clf_ext.last_token_config import LastTokenClassifierTrainingArguments
 
     script, args = parse_config(LastTokenClassifierTrainingArguments, [
-        "--config", str(LAST_TOKEN_CONFIG), "--output_dir", workdir, "--max_steps", str(TRAIN_STEPS), "--max_length",
+        "--config", str(LAST_TOKEN_CONFIG), "--output_dir", workdir, "--max_steps", str(steps), "--max_length",
         str(max_length), "--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false",
         "--calibrate", "false", "--train_sampling_strategy", sampling, "--disable_tqdm", "true",
         "--use_cpu", str(not torch.cuda.is_available()).lower(), "--torch_compile", str(compile).lower(),
@@ -443,7 +459,7 @@ def _our_trainer(train, workdir, max_length, sampling, clock, compile):
     return LastTokenClassifierTrainer(resolve_model(script)[0], args=args, train_dataset=train, callbacks=[clock])
 
 
-def _stock_trainer(train, workdir, max_length, sampling, clock, compile):
+def _stock_trainer(train, workdir, max_length, sampling, clock, compile, steps):
     from transformers import AutoTokenizer, DataCollatorWithPadding, Trainer
 
     from hf_clf_ext.bundled import smollm2_model_dir
@@ -451,7 +467,7 @@ def _stock_trainer(train, workdir, max_length, sampling, clock, compile):
     path = smollm2_model_dir()
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = stock_classifier(path, train.features["label"].names, tokenizer)
-    args = stock_training_arguments(workdir, 0, max_steps=TRAIN_STEPS, eval_strategy="no", save_strategy="no",
+    args = stock_training_arguments(workdir, 0, max_steps=steps, eval_strategy="no", save_strategy="no",
                                     load_best_model_at_end=False, train_sampling_strategy=sampling,
                                     torch_compile=compile)
     return Trainer(model=model, args=args, train_dataset=stock_encode(train, tokenizer, max_length),
@@ -479,9 +495,15 @@ SUBJECTS = {
 }
 
 
-def run_subjects(names: list[str], examples: int, repeats: int, vllm_python: str | None = None) -> dict:
+def run_subjects(names: list[str], examples: int, repeats: int, vllm_python: str | None = None,
+                 profile_training: bool = False) -> dict:
     """Results by subject name, for subjects that share this process."""
     texts, _ = _test_texts(examples)
+    if profile_training:  # a short run of its own whose two steady steps are profiled, not timed
+        (name,) = names
+        run, clock = SUBJECTS[name](texts, profile_steps=2)
+        run(None)
+        return {name: {"profile": clock.profile}}
     if names == ["vllm_offline"]:
         return {"vllm_offline": vllm_offline(texts, repeats, vllm_python)}
     if names[0].startswith("train_"):  # once: a training run is long enough to average itself
@@ -622,10 +644,12 @@ def _flop_rows(results: dict) -> list[str]:
 
 def _profile_rows(results: dict) -> list[str]:
     lines = []
-    for name in PROFILED:
+    for name in PROFILED + PROFILED_TRAINING:
         if "profile" not in results.get(name, {}):
             continue
-        lines += ["", f"### Where `{name}` spends its time (torch.profiler, self CPU time over two batches)", "",
+        what = "two batches" if name in PROFILED else (
+            f"training steps {COMPILE_STEPS + 1}-{COMPILE_STEPS + 2} of a short run of its own")
+        lines += ["", f"### Where `{name}` spends its time (torch.profiler, self CPU time over {what})", "",
                   "| op | self seconds | share | calls |", "|---|---|---|---|"]
         lines += [f"| `{row['op']}` | {row['self_seconds']:.2f} | {row['share']:.1%} | {row['calls']} |"
                   for row in results[name]["profile"]]
@@ -721,6 +745,9 @@ def main(argv=None) -> None:
     parser.add_argument("--dtype", choices=("auto", "bfloat16", "float32"), default="auto",
                         help="Weights (and training autocast): auto = bf16 where native, else float32.")
     parser.add_argument("--vllm_python", help="The python of vLLM's virtualenv (for vllm_offline).")
+    parser.add_argument("--profile_training", action="store_true",
+                        help="Profile two steady training steps of " + ", ".join(PROFILED_TRAINING) + " (each in a "
+                             "short process of its own) and add the tables to the saved results; nothing is timed.")
     parser.add_argument("--merge", action="store_true",
                         help="Keep the saved results of the subjects not run now (to re-measure a few).")
     parser.add_argument("--subject", nargs="+", choices=SUBJECT_NAMES, help=argparse.SUPPRESS)
@@ -732,11 +759,19 @@ def main(argv=None) -> None:
     if "vllm_offline" in (args.subject or args.subjects) and not args.vllm_python:
         parser.error("vllm_offline needs --vllm_python (see the README's vLLM section for its virtualenv)")
     if args.subject:
-        measured = run_subjects(args.subject, args.examples, args.repeats, args.vllm_python)
+        measured = run_subjects(args.subject, args.examples, args.repeats, args.vllm_python, args.profile_training)
         Path(args.out).write_text(json.dumps(measured))
         return
     saved_path = args.results / "speed.json"
-    if args.report:
+    if args.profile_training:
+        saved = json.loads(saved_path.read_text())
+        for name in PROFILED_TRAINING:
+            with tempfile.NamedTemporaryFile(suffix=".json") as out:
+                subprocess.run([sys.executable, __file__, "--subject", name, "--profile_training", "--dtype",
+                                str(DTYPE).removeprefix("torch."), "--out", out.name], check=True)
+                saved["results"][name]["profile"] = json.loads(Path(out.name).read_text())[name]["profile"]
+        saved_path.write_text(json.dumps(saved, indent=2))
+    elif args.report:
         saved = json.loads(saved_path.read_text())
     else:
         started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())

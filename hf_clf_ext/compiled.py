@@ -9,8 +9,8 @@ floating-point rounding. The compiled module lives as long as the model, and `st
 
 `compile=None` (the default) compiles only where it pays: at least `COMPILE_MIN_TEXTS` texts, and a device whose
 eager forward runs well below its matrix-product rate. On CPUs without native bf16 (AVX2 only) the float32 forward
-already runs at about 90 % of the matmul rate of the model's own shapes, and compiling gave 0.95-1.1x after a minute
-of compilation (benchmarks/results/speed.md), so there `None` stays eager.
+already runs at 86 % of the matmul rate of the model's own shapes, and compiling gave 0.94x after 150-160 s of
+compilation (SmolLM2-135M, benchmarks/results/speed.md), so there `None` stays eager.
 """
 
 import logging
