@@ -1,11 +1,12 @@
 """Speed and peak memory, in one run on one machine, as ratios (SmolLM2-135M-Instruct, BBC News test articles).
 
-    python benchmarks/speed.py                                   # everything (about 2 hours on 2 CPU cores, 21 GiB)
+    python benchmarks/speed.py                                   # all but vLLM (2-3 hours on 2 CPU cores, 21 GiB)
     python benchmarks/speed.py --examples 64 --subjects head_predict backbone_forward   # a quick look
     python benchmarks/speed.py --subjects train_ours train_stock --merge    # re-measure two, keep the other results
-    python benchmarks/speed.py --merge --examples 160 --subjects head_predict head_predict_compiled backbone_forward \
-        backbone_forward_compiled vllm_offline train_ours train_ours_compiled train_stock train_stock_compiled \
-        --vllm_python /opt/vllm-venv/bin/python                 # the compiled path, the ceiling and vLLM
+    python benchmarks/speed.py --merge --examples 128 --train_repeats 1 --subjects head_predict head_predict_compiled \
+        backbone_forward backbone_forward_compiled vllm_offline train_ours train_ours_compiled train_stock \
+        train_stock_compiled --vllm_python /opt/vllm-venv/bin/python      # the compiled path, the ceiling, vLLM
+    python benchmarks/speed.py --profile_training       # where two steady training steps go, eager and compiled
 
 Inference subjects that are compared with each other run in one process, in alternating passes (the order rotates
 each round), after one warm-up batch each: on a shared VM the speed of one process differs from the next by 10-20%,

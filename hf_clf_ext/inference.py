@@ -1,8 +1,7 @@
 """Predictions for raw texts: batches of similar length (sorted by token count), labels and probabilities."""
 
-from collections.abc import Sequence
-
 import logging
+from collections.abc import Sequence
 
 import numpy as np
 import torch
