@@ -13,6 +13,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from hf_clf_ext import LastTokenClassifierForSequenceClassification, TextClassifier, predict_texts
 from hf_clf_ext import compiled as compiled_module
+from hf_clf_ext import last_token_trainer
 from hf_clf_ext.compiled import BUCKET_TOKENS, compile_pays, compiled_forward
 from hf_clf_ext.export import export_stock
 
@@ -144,7 +145,7 @@ def _train_twice(build):
     return eager, compiled
 
 
-def test_last_token_trainer_trains_compiled_like_eager(tiny_lm_dirs, tokenizer, tmp_path):
+def test_last_token_trainer_trains_compiled_like_eager(tiny_lm_dirs, tokenizer, tmp_path, monkeypatch):
     from test_last_token_trainer import make_trainer, synthetic
 
     def build(torch_compile):
@@ -155,7 +156,12 @@ def test_last_token_trainer_trains_compiled_like_eager(tiny_lm_dirs, tokenizer, 
 
     _, compiled = _train_twice(build)
     texts = _texts(6, seed=3)
-    expected = compiled.predict_texts(texts)
+    asked = []
+    monkeypatch.setattr(last_token_trainer, "predict_texts", lambda *a, **k: asked.append(k["compile"]) or [])
+    compiled.predict_texts(texts)
+    assert asked == [True]  # a trainer that trains compiled predicts compiled (checked in the tests above)
+    monkeypatch.undo()
+    expected = compiled.predict_texts(texts, compile=False)
     compiled.save_model()
     loaded = TextClassifier.from_pretrained(compiled.args.output_dir)  # no "_orig_mod." prefixes in the save
     _assert_same(loaded.classify(texts), expected)
