@@ -66,7 +66,7 @@ TRAINING = ["train_ours", "train_stock", "train_ours_grouped", "train_stock_grou
 SUBJECT_NAMES = INFERENCE + SERVING + TRAINING
 PROFILED = ["head_predict", "head_predict_compiled"]
 PROFILED_TRAINING = ["train_ours", "train_ours_compiled"]  # --profile_training: two steady steps, own process
-COMPILE_STEPS = 2  # training steps that may compile (first shape, then the dynamic-shape graph); "steady" excludes them
+COMPILE_STEPS = 2  # training steps that may compile (first shape, then a dynamic-shape graph); "steady" skips them
 DTYPE = torch.float32  # set by main() from --dtype
 
 # (name, numerator, denominator, how the ratio is read, target[, speed key]): ratio = speed(numerator) /
@@ -96,7 +96,6 @@ RATIOS = [
      STEADY),
 ]
 CEILING_TARGET = 0.5  # achieved FLOP rate of predict / the model-shaped matmul rate
-
 
 
 # --- measuring -------------------------------------------------------------------------------------------------------
@@ -298,29 +297,32 @@ def input_tokens(name: str, texts: list[str]) -> float:
     return statistics.mean(len(ids) + suffix for ids in tokenizer(texts, truncation=True)["input_ids"])
 
 
+def _projections(config) -> list[tuple[str, int, int, int]]:
+    """A decoder layer's projections: (names, in features, out features, how many per layer)."""
+    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    d, inner = config.hidden_size, config.intermediate_size
+    return [("q_proj, o_proj", d, heads * head_dim, 2), ("k_proj, v_proj", d, kv_heads * head_dim, 2),
+            ("gate_proj, up_proj", d, inner, 2), ("down_proj", inner, d, 1)]
+
+
 def forward_flops(config, lengths, attention: bool = True) -> float:
     """FLOPs of the backbone's forward over sequences of these lengths, each at its own length (no padding): every
     layer's projections (2 x tokens x weights) and attention's two products over the whole length (what SDPA
     computes under a padding mask). The classification head is a rounding error."""
-    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    weights = config.hidden_size * head_dim * (2 * heads + 2 * kv_heads) + 3 * config.hidden_size * config.intermediate_size
-    return sum(2 * config.num_hidden_layers * (weights * length + attention * 2 * length * length * heads * head_dim)
+    projections = _projections(config)
+    weights = sum(k * n * count for _, k, n, count in projections)
+    width = projections[0][2]  # heads x head_dim: the width of attention's products
+    return sum(2 * config.num_hidden_layers * (weights * length + attention * 2 * length * length * width)
                for length in lengths)
 
 
 def matmul_ceiling(config, tokens: int, seconds: float = 2.0) -> dict:
     """GFLOP/s of the model's own matrix products (`F.linear` on `tokens` rows, each projection's weight shape, the
     run's dtype), and their rate combined as in one layer (total FLOPs over total time)."""
-    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    d, inner = config.hidden_size, config.intermediate_size
-    # (projection, in features, out features, how many per layer)
-    shapes = [("q_proj, o_proj", d, heads * head_dim, 2), ("k_proj, v_proj", d, kv_heads * head_dim, 2),
-              ("gate_proj, up_proj", d, inner, 2), ("down_proj", inner, d, 1)]
     rates, flops, total = {}, 0.0, 0.0
     with torch.no_grad():
-        for name, k, n, count in shapes:
+        for name, k, n, count in _projections(config):
             x = torch.randn(tokens, k, dtype=DTYPE, device=_device())
             w = torch.randn(n, k, dtype=DTYPE, device=_device())
             F.linear(x, w)
@@ -378,7 +380,7 @@ def vllm_offline(texts: list[str], repeats: int, vllm_python: str) -> dict:
     ids = [row + suffix for row in tokenizer(texts, truncation=True)["input_ids"]]
     (work / "reference.json").write_text(json.dumps({
         "stock_dir": str(work / "stock"), "ids": ids, "max_tokens": max(map(len, ids)), "serve": False,
-        "repeats": repeats, "dtype": str(DTYPE).removeprefix("torch."),
+        "repeats": repeats, "dtype": _dtype_name(),
     }))
     # vLLM's CPU engine drops to one thread less than it is given unless OMP_NUM_THREADS is set: give it ours.
     threads = str(torch.get_num_threads())
@@ -573,7 +575,7 @@ def run(subjects: list[str], examples: int, repeats: int, train_repeats: int, vl
         print(f"== {' '.join(names)}", flush=True)
         with tempfile.NamedTemporaryFile(suffix=".json") as out:
             command = [sys.executable, __file__, "--subject", *names, "--examples", str(examples), "--repeats",
-                       str(repeats), "--dtype", str(DTYPE).removeprefix("torch."), "--out", out.name]
+                       str(repeats), "--dtype", _dtype_name(), "--out", out.name]
             subprocess.run(command + (["--vllm_python", vllm_python] if vllm_python else []), check=True)
             measured = json.loads(Path(out.name).read_text())
         for name in names:
@@ -591,14 +593,6 @@ def run(subjects: list[str], examples: int, repeats: int, train_repeats: int, vl
     return results
 
 
-def _run_of(saved: dict, name: str) -> int:
-    """The run a saved result comes from (results saved before rows named their run: the last run listing it)."""
-    row = saved["results"][name]
-    if "run" in row:
-        return row["run"]
-    return max(i for i, run in enumerate(saved["runs"]) if name in run["subjects"] or run["subjects"] == ["all"])
-
-
 def _ratio_rows(saved: dict) -> list[str]:
     results = saved["results"]
     lines = ["| ratio | value | target | met |", "|---|---|---|---|"]
@@ -606,15 +600,15 @@ def _ratio_rows(saved: dict) -> list[str]:
         if top not in results or bottom not in results:
             continue
         key = key[0] if key else "examples_per_second"
-        if _run_of(saved, top) != _run_of(saved, bottom) or key not in results[top] or key not in results[bottom]:
-            lines.append(f"| {label} | - (measured in different runs) | {'-' if sense is None else f'{sense} {target}'} "
-                         "| - |")
+        wanted = "-" if sense is None else f"{sense} {target}"
+        if results[top]["run"] != results[bottom]["run"] or key not in results[top] or key not in results[bottom]:
+            lines.append(f"| {label} | - (measured in different runs) | {wanted} | - |")
             continue
         # Speed of `top` over speed of `bottom`; with the head on top and an instruction method below, this is the
         # method's cost per example in head costs.
         value = results[top][key] / results[bottom][key]
         met = "-" if sense is None else ("yes" if (value >= target if sense == ">=" else value <= target) else "no")
-        lines.append(f"| {label} | {value:.3f} | {'-' if sense is None else f'{sense} {target}'} | {met} |")
+        lines.append(f"| {label} | {value:.3f} | {wanted} | {met} |")
     return lines
 
 
@@ -661,19 +655,18 @@ def report(saved: dict) -> str:
     """speed.md from speed.json: the ratios against their targets, then every subject's measurements."""
     results = saved["results"]
     runs = "; ".join(
-        f"run {i}: {run['date']} on {run['machine']}, {run.get('dtype', 'bfloat16')} weights, "
-        f"{run.get('examples', saved.get('examples', 445))} test articles: {', '.join(run['subjects'])}"
-        for i, run in enumerate(saved["runs"]))
+        f"run {i}: {run['date']} on {run['machine']}, {run['dtype']} weights, {run['examples']} test articles, "
+        f"{run['repeats']} inference passes and {run['train_repeats']} training runs a subject: "
+        f"{', '.join(run['subjects'])}" for i, run in enumerate(saved["runs"]))
     groups = "; ".join(", ".join(group) for group in INTERLEAVED)
-    repeats, train_repeats = saved["repeats"], saved["train_repeats"]
     lines = ["# Speed and peak memory (SmolLM2-135M-Instruct, BBC News)", "",
              f"Runs of `benchmarks/speed.py` (a later run replaces the subjects it measures; a ratio compares two "
              f"subjects of one run): {runs}.", "",
              (f"Inference on the run's test articles, batch {BATCH}, after one warm-up batch (where compiled subjects "
               f"compile); subjects compared with each other share one process and take turns pass by pass ({groups}); "
-              f"speeds at 256 tokens are the median of {repeats} passes (range in brackets), at 1024 tokens one pass; "
+              "speeds at 256 tokens are the median of the run's passes (range in brackets), at 1024 tokens one pass; "
               "vllm_offline runs in its own process (vLLM's virtualenv) on the same token ids. Training: each run in "
-              f"a fresh process, the median of {train_repeats} runs at 256 tokens taken round-robin (range in "
+              "a fresh process, the median of the run's training runs at 256 tokens taken round-robin (range in "
               f"brackets), one run at 1024 tokens; {TRAIN_STEPS} steps of batch 8 drawn from {5 * TRAIN_PER_CLASS} "
               "training articles (one length-grouping mega-batch), LoRA r=8, AdamW, bf16 autocast where the weights "
               f"are bf16, the first step included; \"steady\" leaves out the first {COMPILE_STEPS} steps, where a "
@@ -692,7 +685,7 @@ def report(saved: dict) -> str:
         memory = ("-", "-") if row["peak_memory_gib"] is None else (f"{row['peak_memory_gib']:.2f}",
                                                                      f"{row['extra_memory_gib']:.2f}")
         first = row.get("warmup_seconds", row.get("first_steps_seconds"))
-        lines.append(f"| {name} | {_run_of(saved, name)} | {row['examples_per_second']:.2f}{spread} | "
+        lines.append(f"| {name} | {row['run']} | {row['examples_per_second']:.2f}{spread} | "
                      f"{row['seconds']:.1f} | {row['examples']} | {tokens} | {memory[0]} | {memory[1]} | "
                      f"{'-' if first is None else f'{first:.1f}'} | "
                      f"{f'{row[STEADY]:.2f}' if STEADY in row else '-'} |")
@@ -722,6 +715,10 @@ def plot(results: dict, path: Path, machine_name: str) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+def _dtype_name() -> str:
+    return str(DTYPE).removeprefix("torch.")
 
 
 def _dtype(name: str) -> torch.dtype:
@@ -769,7 +766,7 @@ def main(argv=None) -> None:
         for name in PROFILED_TRAINING:
             with tempfile.NamedTemporaryFile(suffix=".json") as out:
                 subprocess.run([sys.executable, __file__, "--subject", name, "--profile_training", "--dtype",
-                                str(DTYPE).removeprefix("torch."), "--out", out.name], check=True)
+                                _dtype_name(), "--out", out.name], check=True)
                 saved["results"][name]["profile"] = json.loads(Path(out.name).read_text())[name]["profile"]
         saved_path.write_text(json.dumps(saved, indent=2))
     elif args.report:
@@ -777,22 +774,17 @@ def main(argv=None) -> None:
     else:
         started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         results = run(args.subjects, args.examples, args.repeats, args.train_repeats, args.vllm_python)
-        run_facts = [{"date": started, "machine": machine(), "dtype": str(DTYPE).removeprefix("torch."),
-                      "examples": args.examples,
+        run_facts = [{"date": started, "machine": machine(), "dtype": _dtype_name(), "examples": args.examples,
+                      "repeats": args.repeats, "train_repeats": args.train_repeats,
                       "subjects": ["all"] if set(args.subjects) == set(everything) else args.subjects}]
         if args.merge and saved_path.exists():
             kept = json.loads(saved_path.read_text())
-            for facts in kept["runs"]:  # runs saved before runs named these ran 445 articles in bf16
-                facts.setdefault("examples", kept.get("examples", 445))
-                facts.setdefault("dtype", "bfloat16")
-            for name in kept["results"]:  # name the run of results saved before rows did
-                kept["results"][name].setdefault("run", _run_of(kept, name))
             run_facts = kept["runs"] + run_facts
             results = {name: results.get(name, kept["results"].get(name)) for name in SUBJECT_NAMES
                        if name in results or name in kept["results"]}
         for name in args.subjects:
             results[name]["run"] = len(run_facts) - 1
-        saved = {"repeats": args.repeats, "train_repeats": args.train_repeats, "runs": run_facts, "results": results}
+        saved = {"runs": run_facts, "results": results}
         args.results.mkdir(parents=True, exist_ok=True)
         saved_path.write_text(json.dumps(saved, indent=2))
     text = report(saved)
