@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -93,8 +94,6 @@ def vllm_worker(work: Path) -> None:
     """Runs in vLLM's virtualenv: classify the same ids offline, then through `vllm serve`. `reference.json` may ask
     for another dtype, several timed offline passes (`repeats`, median kept) and no server (`serve: false`), as
     `benchmarks/speed.py` does."""
-    import statistics
-
     reference = json.loads((work / "reference.json").read_text())
     stock_dir, ids = reference["stock_dir"], reference["ids"]
     dtype = reference.get("dtype", "float32")

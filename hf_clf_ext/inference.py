@@ -34,7 +34,9 @@ def predict_texts(model, tokenizer, texts: Sequence[str], *, batch_size: int = 1
     encoded = tokenizer(texts, truncation=True)["input_ids"]
     order = sorted(range(len(texts)), key=lambda i: len(encoded[i]), reverse=True)
     device = next(model.parameters()).device
-    compiled = compiled_forward(model) if (compile_pays(model, len(texts)) if compile is None else compile) else None
+    if compile is None:
+        compile = compile_pays(model, len(texts))
+    compiled = compiled_forward(model) if compile else None
     results: list[dict | None] = [None] * len(texts)
     was_training = model.training
     model.eval()
