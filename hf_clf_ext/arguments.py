@@ -1,7 +1,9 @@
 """Argument groups shared by both approaches' training configs (data, quantization, LoRA, saving), as dataclass
 mixins."""
 
+import dataclasses
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -146,6 +148,28 @@ class SavingArguments:
                   "file: named as `base_model` in the model card (and config). Such a backbone always saves merged: "
                   "an adapter could not name a base that loads on another machine."},
     )
+
+
+def check_finite_options(args) -> None:
+    """Every float option of a config (its own and the inherited `TrainingArguments` / `SFTConfig` ones), and every
+    number in a list or comma-separated option, is finite: NaN passes range checks such as `w <= 0` (False for NaN),
+    and NaN class weights trained to loss 0 and a model predicting NaN."""
+    for option in dataclasses.fields(args):
+        value = getattr(args, option.name, None)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            raise ValueError(f"{option.name} must be a finite number, got {value!r}.")
+
+
+def parse_number_list(name: str, text: str, count: int | None = None) -> list[float]:
+    """`"1,2.5,3"` as floats, each finite and positive (`count` of them where given), or an error naming `name`."""
+    try:
+        values = [float(item) for item in text.split(",")]
+    except ValueError:
+        raise ValueError(f"{name} must be comma-separated numbers, got {text!r}.") from None
+    if not all(math.isfinite(v) and v > 0 for v in values) or (count is not None and len(values) != count):
+        raise ValueError(f"{name} must be {f'{count} ' if count else ''}finite positive numbers, got {text!r}.")
+    return values
 
 
 def name_best_metric_for_eval_sets(args, eval_dataset) -> None:

@@ -22,6 +22,7 @@ from transformers.utils import CONFIG_NAME, cached_file
 from . import tfidf
 from .configuration_last_token import LastTokenClassifierConfig
 from .instruction import HARD_LABEL_METHODS, HUB_OPTIONS, METHODS, PROMPT_FILE, InstructionClassifier
+from .texts import check_batch_size
 
 MODEL_TYPE = LastTokenClassifierConfig.model_type
 
@@ -54,31 +55,16 @@ class TextClassifier:
         `cache_dir`, `token`, `local_files_only`) apply to every file."""
         name_or_path = str(name_or_path)
         hub = {key: kwargs[key] for key in HUB_OPTIONS if key in kwargs}
-        if cached_file(name_or_path, PROMPT_FILE, _raise_exceptions_for_missing_entries=False, **hub) is not None:
+        approach = saved_approach(name_or_path, **hub)
+        if approach == "instruction":
             instruction = InstructionClassifier.from_pretrained(name_or_path, **kwargs)
             verbalizer = instruction.verbalizer
             return cls("instruction", verbalizer.labels, verbalizer.multi_label, instruction.decision_thresholds,
                        instruction=instruction, name_or_path=name_or_path, compile=compile)
-        if cached_file(name_or_path, tfidf.SETTINGS_FILE, _raise_exceptions_for_missing_entries=False, **hub):
+        if approach == "tfidf":
             model = tfidf.TfidfClassifier.from_pretrained(name_or_path, **hub)
             return cls("tfidf", model.labels, model.multi_label, model.decision_thresholds, model=model,
                        name_or_path=name_or_path, compile=compile)
-        config_file = cached_file(name_or_path, CONFIG_NAME, _raise_exceptions_for_missing_entries=False, **hub)
-        if config_file is None:
-            raise FileNotFoundError(
-                f"{name_or_path} holds neither a classifier config ({CONFIG_NAME}), instruction settings "
-                f"({PROMPT_FILE}) nor a TF-IDF student ({tfidf.SETTINGS_FILE}): it is not a folder or repo saved by "
-                "hf-clf-ext."
-            )
-        with open(config_file, encoding="utf-8") as file:
-            config = json.load(file)
-        architectures = config.get("architectures") or []
-        if config.get("model_type") != MODEL_TYPE and not any(a.endswith("ForSequenceClassification")
-                                                               for a in architectures):
-            raise ValueError(
-                f"{name_or_path} is not a sequence classifier (model_type {config.get('model_type')!r}, architectures "
-                f"{architectures}): load a folder or repo saved by hf-clf-ext, or its stock export."
-            )
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         model = AutoModelForSequenceClassification.from_pretrained(name_or_path, **kwargs).eval()
@@ -104,6 +90,7 @@ class TextClassifier:
         `"generate"` (constrained decoding, the default) or `"score"` (label probabilities). `compile`: overrides
         the loader's setting for this call."""
         method = self._method(method)
+        check_batch_size(batch_size)
         compile = self._check_compile(self.compile if compile is None else compile)
         if self.approach == "instruction":
             return self.instruction.classify(texts, method=method, batch_size=batch_size)
@@ -130,3 +117,46 @@ class TextClassifier:
                 f"A {self.approach} classifier classifies with {' or '.join(map(repr, self.methods))}, not {method!r}."
             )
         return method
+
+
+def saved_approach(name_or_path: str, **hub) -> str:
+    """`"instruction"`, `"tfidf"`, `"last_token"` or `"stock"` (any `*ForSequenceClassification`, e.g. our stock
+    export or a sequence-classification student) for a folder or Hub repo id, read from its small files before any weights load; otherwise an error saying what it is instead
+    (a missing folder, a plain causal LM, ...). `hub`: `revision`, `cache_dir`, `token`, `local_files_only`."""
+    name_or_path = str(name_or_path)
+    if not os.path.isdir(name_or_path):
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+        try:
+            validate_repo_id(name_or_path)
+        except HFValidationError:
+            raise FileNotFoundError(f"{name_or_path} is neither a folder nor a Hub repo id (no such folder).") from None
+
+    def find(filename):
+        try:
+            return cached_file(name_or_path, filename, _raise_exceptions_for_missing_entries=False, **hub)
+        except OSError as error:  # an unknown repo, no network and no cached copy, ...
+            raise OSError(f"{name_or_path} is no local folder, and as a Hub repo it could not be read: {error}") from None
+
+    if find(PROMPT_FILE) is not None:
+        return "instruction"
+    if find(tfidf.SETTINGS_FILE) is not None:
+        return "tfidf"
+    config_file = find(CONFIG_NAME)
+    if config_file is None:
+        raise FileNotFoundError(
+            f"{name_or_path} holds neither a classifier config ({CONFIG_NAME}), instruction settings "
+            f"({PROMPT_FILE}) nor a TF-IDF student ({tfidf.SETTINGS_FILE}): it is not a folder or repo saved by "
+            "hf-clf-ext."
+        )
+    with open(config_file, encoding="utf-8") as file:
+        config = json.load(file)
+    architectures = config.get("architectures") or []
+    if config.get("model_type") == MODEL_TYPE:
+        return "last_token"
+    if not any(a.endswith("ForSequenceClassification") for a in architectures):
+        raise ValueError(
+            f"{name_or_path} is not a sequence classifier (model_type {config.get('model_type')!r}, architectures "
+            f"{architectures}): load a folder or repo saved by hf-clf-ext, or its stock export."
+        )
+    return "stock"

@@ -15,6 +15,8 @@ from datasets import ClassLabel, Dataset, Sequence as SequenceFeature
 from transformers import AutoTokenizer
 from transformers.utils.quantization_config import QuantizationMethod
 
+from .texts import normalize_text
+
 logger = logging.getLogger(__name__)
 
 
@@ -133,8 +135,9 @@ def encode_labels(
         if isinstance(item, int):
             if not space.from_ids:
                 raise ValueError(
-                    f"Label {item} in the {split} data is a class id, but the training labels are names: use names "
-                    "(or a ClassLabel feature) so that ids cannot be read in the wrong order."
+                    f"Label {item} in the {split} data is a class id, but this label space knows its classes by name "
+                    f"{list(space.names)}: name the ids in id order (labels=[...]; `hf-clf evaluate --labels ...`), "
+                    "or use names or a ClassLabel feature, so that ids cannot be read in the wrong order."
                 )
             return item if 0 <= item < len(space.names) else None
         return label2id.get(item)
@@ -169,6 +172,27 @@ def encode_labels(
     return encoded, dropped
 
 
+def name_class_ids(dataset: Dataset, column: str, labels: Sequence[str], space: LabelSpace,
+                   split: str = "evaluation") -> Dataset:
+    """`dataset` with the bare class ids of `column` replaced by `labels[id]` (names in id order), so that data
+    labelled by ids evaluates a model that knows its classes by name; each name must be one of `space`'s."""
+    labels = [str(name) for name in labels]
+    unknown = sorted(set(labels) - set(space.names))
+    if unknown:
+        raise ValueError(f"labels {unknown} are not among the model's labels {list(space.names)}.")
+
+    def name(item):
+        if isinstance(item, bool) or not isinstance(item, int):
+            raise ValueError(f"labels names class ids, but the {split} data's {column!r} holds {item!r}.")
+        if not 0 <= item < len(labels):
+            raise ValueError(f"Class id {item} in the {split} data is outside 0..{len(labels) - 1} of labels {labels}.")
+        return labels[item]
+
+    named = [[name(item) for item in value] if isinstance(value, (list, tuple)) else name(value)
+             for value in dataset[column]]
+    return dataset.remove_columns(column).add_column(column, named)
+
+
 def encode_split(
     dataset: Dataset, label_column: str, space: LabelSpace, *, drop_unknown: bool = False, split: str = "evaluation"
 ) -> tuple[Dataset, list]:
@@ -176,6 +200,11 @@ def encode_split(
     encoded, dropped = encode_labels(
         label_values(dataset, label_column, split), space, drop_unknown=drop_unknown and split != "training", split=split
     )
+    if dropped and len(dropped) == len(dataset):
+        raise ValueError(
+            f"All {len(dataset)} rows of the {split} data were dropped: none carries a label among "
+            f"{list(space.names)}. Check the label column {label_column!r} and the labels the model was trained on."
+        )
     if dropped:
         dataset = dataset.select(sorted(set(range(len(dataset))) - set(dropped)))
     return dataset, encoded
@@ -188,7 +217,8 @@ def template_fields(template: str) -> list[str]:
 
 def build_texts(dataset: Dataset, text_columns: Sequence[str], template: str | None, split: str) -> list[str]:
     """One string per row: the single text column, or several columns joined by `template` (default: blank lines
-    between them). Empty texts are an error naming the rows."""
+    between them), each field and the whole normalised by `texts.normalize_text` (as every inference path
+    normalises). Empty texts are an error naming the rows."""
     if template is None:
         template = "\n\n".join("{" + column + "}" for column in text_columns)
     fields = template_fields(template)
@@ -202,7 +232,7 @@ def build_texts(dataset: Dataset, text_columns: Sequence[str], template: str | N
         bad = [name for name, value in values.items() if not isinstance(value, str)]
         if bad:
             raise ValueError(f"Row {row} of the {split} data has non-text values in {bad}: {values}.")
-        texts.append(template.format(**{name: value.strip() for name, value in values.items()}).strip())
+        texts.append(normalize_text(template.format(**{name: normalize_text(value) for name, value in values.items()})))
     empty = [row for row, text in enumerate(texts) if not text]
     if empty:
         raise ValueError(f"Rows {empty[:20]} of the {split} data have empty text ({len(empty)} in all).")

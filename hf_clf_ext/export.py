@@ -4,7 +4,8 @@ transformers, `pipeline()`, vLLM (`runner="pooling"`) and ONNX exporters serve w
 What moves where: the LoRA adapter is merged into the backbone; the temperature is folded into the head weights
 (logits / T = (W / T) h); the pooling suffix moves into the tokenizer's post-processor, which appends it after
 truncation, so `tokenizer(text, truncation=True)` yields exactly the ids the classifier pools; the stock model pools
-the last non-pad token, which is then the suffix's last token. Multi-label decision thresholds stay in
+the last non-pad token, which is then the suffix's last token. The tokenizer strips white space at both ends of a
+text (`texts.normalize_text`, as training did) in its normalizer. Multi-label decision thresholds stay in
 `config.json` (`decision_thresholds`) and the card: stock heads return scores only.
 """
 
@@ -18,6 +19,7 @@ from transformers import AutoTokenizer
 from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
 
 from .modeling_last_token import LastTokenClassifierForSequenceClassification
+from .texts import add_strip_normalizer
 
 EXPORT_FACTS_FILE = "export.json"
 
@@ -74,6 +76,7 @@ def export_stock(source, output_dir: str | os.PathLike, tokenizer=None, **load_k
     stock.tie_weights()
     stock.save_pretrained(output_dir)
     stock_tokenizer = copy.deepcopy(tokenizer)
+    add_strip_normalizer(stock_tokenizer)  # texts stripped as in training, for users who never import this package
     append_suffix_to_tokenizer(stock_tokenizer, config.suffix_token_ids or [], config.pooling_suffix)
     stock_tokenizer.model_max_length = tokenizer.model_max_length + len(config.suffix_token_ids or [])
     stock_tokenizer.padding_side = "right"  # position ids count from the first token in stock models

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from .compiled import compile_pays, compiled_forward
+from .texts import check_batch_size, check_texts
 
 logger = logging.getLogger(__name__)
 
@@ -22,7 +23,8 @@ def predict_texts(model, tokenizer, texts: Sequence[str], *, batch_size: int = 1
     Returns, in input order, `{"label", "score", "probabilities"}` (single-label) or `{"labels", "probabilities"}`
     (multi-label, using the config's tuned `decision_thresholds`, else 0.5).
     """
-    texts = check_texts(texts)
+    texts = check_texts(texts)  # normalised as training normalised them
+    check_batch_size(batch_size)
     if not texts:
         return []
     if tokenizer.pad_token_id is None:
@@ -78,14 +80,3 @@ def results_from_probabilities(probabilities, names: Sequence[str], multi_label:
             best = int(p.argmax())
             results.append({"label": names[best], "score": float(p[best]), "probabilities": scores})
     return results
-
-
-def check_texts(texts) -> list:
-    """`texts` as a list, or an error naming the rows that are empty or not strings."""
-    if isinstance(texts, str):
-        raise TypeError("Pass a list of texts, not a single string.")
-    texts = list(texts)
-    empty = [i for i, text in enumerate(texts) if not isinstance(text, str) or not text.strip()]
-    if empty:
-        raise ValueError(f"Texts {empty[:20]} are empty or not strings ({len(empty)} in all).")
-    return texts

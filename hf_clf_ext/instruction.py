@@ -12,10 +12,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessorList
 from transformers.utils import ADAPTER_CONFIG_NAME, cached_file
 
-from .inference import check_texts
 from .logits_process import VerbalizerLogitsProcessor
 from .prompt_cache import SharedPrefix
 from .scoring import score_labels
+from .texts import check_batch_size, check_texts, normalize_text
 from .verbalizer import LabelTokens, Verbalizer
 
 PROMPT_FILE = "instruction_prompt.json"
@@ -107,8 +107,9 @@ class InstructionPrompt:
     def encode(self, tokenizer, verbalizer: Verbalizer, text: str, max_length: int | None, answer_length: int) -> list[int]:
         """Prompt token ids, with `text` cut (never the instructions, never the answer) so that the prompt plus an
         answer of `answer_length` tokens fit in `max_length`."""
-        if not isinstance(text, str) or not text.strip():
+        if not isinstance(text, str) or not normalize_text(text):
             raise ValueError(f"Empty text: {text!r}.")
+        text = normalize_text(text)  # training and inference prompts hold the text as data.build_texts gives it
         ids = self._ids(tokenizer, verbalizer, text)
         if max_length is None or len(ids) + answer_length <= max_length:
             return ids
@@ -166,7 +167,7 @@ class InstructionClassifier:
         return VerbalizerLogitsProcessor(self.tokens)
 
     def prompt_ids(self, texts: Sequence[str]) -> list[list[int]]:
-        check_texts(texts)
+        texts = check_texts(texts)
         return [
             self.prompt.encode(self.tokenizer, self.verbalizer, text, self.max_length, self.max_answer_length)
             for text in texts
@@ -179,6 +180,7 @@ class InstructionClassifier:
         by the recipe; 0.5 otherwise), and at least the most probable one, as decoding does."""
         if method not in METHODS:
             raise ValueError(f"method must be 'generate' or 'score', got {method!r}.")
+        check_batch_size(batch_size)
         prompts = self.prompt_ids(texts)
         # Longest first, so that batches hold prompts of similar length and little compute goes to padding.
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 from trl import SFTConfig
 
-from .arguments import DataArguments, LoraArguments, QuantizationArguments, SavingArguments
+from .arguments import DataArguments, LoraArguments, QuantizationArguments, SavingArguments, check_finite_options
 
 EVAL_METHODS = ("generate", "score")
 
@@ -70,6 +70,7 @@ class InstructionSFTConfig(DataArguments, QuantizationArguments, LoraArguments, 
     )
 
     def __post_init__(self):
+        check_finite_options(self)
         self.check_data_arguments()
         self.check_quantization_arguments()
         self.check_lora_arguments(self.quantization)

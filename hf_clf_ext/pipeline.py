@@ -8,12 +8,13 @@ from transformers import TextClassificationPipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_last_token import LastTokenClassifierConfig
+from .texts import normalize_text
 
 TASK = "text-classification"
 
 
 class LastTokenClassificationPipeline(TextClassificationPipeline):
-    """For a last-token classifier: texts are truncated to the trained length (the saved tokenizer's
+    """For a last-token classifier: texts are normalised as in training (`texts.normalize_text`) and truncated to the trained length (the saved tokenizer's
     `model_max_length`), as in training and `predict_texts`, unless `truncation=` says otherwise; and a multi-label
     model returns, by default, the labels whose probability reaches their tuned decision threshold (sorted by
     score; `top_k=` gives scores without a decision, as the stock pipeline does)."""
@@ -25,6 +26,11 @@ class LastTokenClassificationPipeline(TextClassificationPipeline):
         if self._ours():
             tokenizer_kwargs.setdefault("truncation", True)
         return super()._sanitize_parameters(function_to_apply=function_to_apply, top_k=top_k, **tokenizer_kwargs)
+
+    def preprocess(self, inputs, **tokenizer_kwargs):
+        if self._ours() and isinstance(inputs, str):
+            inputs = normalize_text(inputs)  # as training normalised it (the saved tokenizer strips too)
+        return super().preprocess(inputs, **tokenizer_kwargs)
 
     def __call__(self, inputs, **kwargs):
         config = self.model.config

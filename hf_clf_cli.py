@@ -1,0 +1,243 @@
+"""`hf-clf`: train, evaluate and predict from the command line, over the same YAML configs as the recipes.
+
+    hf-clf train --approach last_token --config recipes/configs/smollm2_135m_bbc_last_token.yaml [--key value ...]
+    hf-clf evaluate --model outputs/smollm2-bbc --dataset bundled:bbc_news --split test
+    hf-clf predict --model outputs/smollm2-bbc "Shares rose after the results." < more_texts.txt
+    hf-clf export --model outputs/smollm2-bbc --output outputs/smollm2-bbc-stock    # stock architecture, for vLLM
+    hf-clf distill --config recipes/configs/distill_smollm2_bbc_tfidf.yaml   # teacher labels a pool -> student
+
+Each command's --help lists its options. A failure the input causes (a missing file, an unknown split, an empty
+text, a folder that is not a classifier) prints one line `hf-clf: <what is wrong>` and exits with status 1; argument
+errors exit with 2.
+
+This module sits outside the `hf_clf_ext` package on purpose: importing the package registers the classifier with
+transformers' Auto classes, which imports torch (seconds). Help, argument errors and command dispatch run before
+anything of the package is imported; `train` and `distill` read their options from the training configs, so their
+--help imports them.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+APPROACHES = ("last_token", "instruction")
+COMMANDS = ("train", "evaluate", "predict", "export", "distill")
+METHOD_CHOICES = ("generate", "score")
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"hf-clf: unknown command {command!r}; use {', '.join(COMMANDS[:-1])} or {COMMANDS[-1]}.",
+              file=sys.stderr)
+        return 2
+    return {"train": train, "evaluate": evaluate, "predict": predict, "export": export, "distill": distill}[command](rest)
+
+
+def fail(message) -> SystemExit:
+    """The one-line error of a failure the user can fix (raise it)."""
+    return SystemExit(f"hf-clf: {message}")
+
+
+def train(argv) -> int:
+    parser = argparse.ArgumentParser(prog="hf-clf train", add_help=False)
+    parser.add_argument("--approach", choices=APPROACHES, default="last_token")
+    known, rest = parser.parse_known_args(argv)
+    from hf_clf_ext import jobs
+
+    if known.approach == "last_token":
+        from hf_clf_ext.last_token_config import LastTokenClassifierTrainingArguments as arguments
+
+        run = jobs.train_last_token
+    else:
+        from hf_clf_ext.instruction_config import InstructionSFTConfig as arguments
+
+        run = jobs.train_instruction
+    script_args, training_args, splits = jobs.prepare(arguments, rest)
+    results = run(script_args, training_args, splits)
+    if training_args.process_index == 0:
+        jobs.print_results(results, training_args.output_dir, known.approach)
+    return 0
+
+
+def distill(argv) -> int:
+    """A trained classifier labels an unlabelled pool; a student (decoder, any sequence classifier, TF-IDF) learns it."""
+    from hf_clf_ext import jobs
+
+    script_args, args, splits, pool_texts = jobs.prepare_distillation(argv)
+    results = jobs.distill(script_args, args, splits, pool_texts)
+    if args.process_index == 0:
+        jobs.print_results(results, args.output_dir, "tfidf" if args.student_type == "tfidf" else "last_token")
+    return 0
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def _model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="A classifier of either approach: a folder or a Hub repo id.")
+    parser.add_argument("--method", choices=METHOD_CHOICES, default=None,
+                        help="Instruction models: constrained decoding (the default) or label scoring.")
+    parser.add_argument("--batch_size", type=positive_int, default=16)
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="Run a last-token classifier through torch.compile (bucketed shapes); by default only "
+                             "long jobs on hardware where it pays are compiled (see hf_clf_ext.compiled).")
+
+
+def evaluation_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hf-clf evaluate", description="Metrics of a saved model on a labelled "
+                                     "split, as JSON.")
+    _model_options(parser)
+    parser.add_argument("--dataset", help="Hub id, saved folder or 'bundled:bbc_news'.")
+    parser.add_argument("--dataset_config", default=None, help="Configuration name of a Hub dataset.")
+    parser.add_argument("--file", help="A CSV / JSON(L) / Parquet file (the split to evaluate).")
+    parser.add_argument("--split", default="test", help="The split of --dataset to evaluate (default: test).")
+    parser.add_argument("--text_columns", nargs="+", default=["text"])
+    parser.add_argument("--text_template", default=None)
+    parser.add_argument("--label_column", default="label")
+    parser.add_argument("--labels", nargs="+", default=None,
+                        help="Class names in id order, when the label column holds bare class ids.")
+    parser.add_argument("--drop_unknown_labels", action="store_true",
+                        help="Drop rows whose labels the model does not know (and report how many).")
+    return parser
+
+
+def evaluate(argv) -> int:
+    """Metrics of a saved model on a labelled split, as JSON."""
+    args = evaluation_parser().parse_args(argv)
+    if bool(args.dataset) == bool(args.file):
+        raise fail("give either --dataset (with --split) or --file.")
+    from hf_clf_ext import jobs
+    from hf_clf_ext.data import LabelSpace, build_texts, encode_split, name_class_ids
+    from hf_clf_ext.metrics import metrics_from_results
+
+    try:
+        dataset = jobs.read_data_file(args.file) if args.file else jobs.load_split(
+            args.dataset, args.split, args.dataset_config)
+    except (OSError, ValueError) as error:
+        raise fail(error) from error
+    classifier = _load(args.model, args.method, args.compile)
+    space = LabelSpace(names=tuple(classifier.labels), multi_label=classifier.multi_label)
+    try:
+        if args.labels:
+            dataset = name_class_ids(dataset, args.label_column, args.labels, space, args.split)
+        dataset, encoded = encode_split(
+            dataset, args.label_column, space, drop_unknown=args.drop_unknown_labels, split=args.split
+        )
+        texts = build_texts(dataset, args.text_columns, args.text_template, args.split)
+    except ValueError as error:
+        raise fail(str(error).replace("drop_unknown_labels=True", "--drop_unknown_labels")) from error
+    results = classifier.classify(texts, args.method, args.batch_size)
+    metrics = metrics_from_results(results, encoded, space.problem_type, space.id2label)
+    print(json.dumps({"examples": len(texts), **metrics}, indent=2))
+    _report_compile(classifier)
+    return 0
+
+
+def prediction_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hf-clf predict", description="One JSON line per text: from arguments, "
+                                     "--input (one text per line), or standard input.")
+    _model_options(parser)
+    parser.add_argument("--input", help="A file with one text per line (blank lines are skipped).")
+    parser.add_argument("texts", nargs="*")
+    return parser
+
+
+def predict(argv) -> int:
+    """One JSON line per text: from arguments, `--input` (one text per line), or standard input."""
+    args = prediction_parser().parse_args(argv)
+    if args.texts and args.input:
+        raise fail("give texts as arguments or with --input, not both.")
+    if args.texts:
+        texts = args.texts
+    else:
+        try:
+            stream = open(args.input, encoding="utf-8") if args.input else sys.stdin
+            with stream:
+                texts = [line.rstrip("\n") for line in stream if line.strip()]
+        except (OSError, UnicodeDecodeError) as error:
+            raise fail(f"cannot read --input {args.input}: {error}") from error
+    if not texts:
+        raise fail("no texts to classify (give them as arguments, with --input, or on stdin).")
+    from hf_clf_ext.texts import check_texts
+
+    try:
+        check_texts(texts)  # before the model loads
+    except ValueError as error:
+        raise fail(error) from error
+    classifier = _load(args.model, args.method, args.compile)
+    for text, result in zip(texts, classifier.classify(texts, args.method, args.batch_size)):
+        print(json.dumps({"text": text, **result}, ensure_ascii=False))
+    _report_compile(classifier)
+    return 0
+
+
+def export_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hf-clf export", description="A saved classifier (folder or Hub repo) in "
+                                     "the stock architecture: a last-token classifier as the backbone's "
+                                     "<Arch>ForSequenceClassification, an instruction classifier as a merged causal "
+                                     "LM with its verbalizer.")
+    parser.add_argument("--model", required=True, help="A classifier of either approach: a folder or a Hub repo id.")
+    parser.add_argument("--output", required=True, help="The folder to write the stock model and tokenizer to.")
+    return parser
+
+
+def export(argv) -> int:
+    args = export_parser().parse_args(argv)
+    if os.path.exists(args.output) and (not os.path.isdir(args.output) or os.listdir(args.output)):
+        raise fail(f"{args.output} is not empty; choose a new folder.")
+    from hf_clf_ext.classifier import saved_approach
+    from hf_clf_ext.export import export_instruction, export_stock
+
+    try:
+        approach = saved_approach(args.model)
+    except (OSError, ValueError) as error:
+        raise fail(error) from error
+    if approach == "tfidf":
+        raise fail(f"{args.model} is a TF-IDF student: it has no stock transformers architecture, and its folder "
+                   "(JSON + safetensors) is already what serves it: load it with TextClassifier.from_pretrained.")
+    if approach == "stock":
+        raise fail(f"{args.model} is a stock *ForSequenceClassification model already (an export): serve it as it is.")
+    try:
+        architecture = (export_instruction if approach == "instruction" else export_stock)(args.model, args.output)
+    except ValueError as error:
+        raise fail(error) from error
+    print(json.dumps({"output": args.output, "architecture": architecture}))
+    return 0
+
+
+def _report_compile(classifier) -> None:
+    """What compiling cost, on stderr, when the job ran compiled."""
+    from hf_clf_ext.compiled import compile_stats
+
+    stats = compile_stats(classifier.model)
+    if stats is not None:
+        print(stats, file=sys.stderr)
+
+
+def _load(model: str, method: str | None, compile: bool | None = None):
+    """The classifier, with `method` checked against what it offers before any text is classified."""
+    from hf_clf_ext.classifier import TextClassifier
+
+    try:
+        classifier = TextClassifier.from_pretrained(model, compile=compile)
+        classifier.gives_probabilities(method)
+    except (OSError, ValueError) as error:
+        raise fail(error) from error
+    return classifier
+
+
+if __name__ == "__main__":
+    sys.exit(main())

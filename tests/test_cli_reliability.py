@@ -1,0 +1,217 @@
+"""Bad input through the paths a user takes (the `hf-clf` command, the recipes, the configs): each is refused with one
+line naming what is wrong and what to do, before a model loads where it can be, and nothing of the user's is lost."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from datasets import Dataset, DatasetDict
+
+from hf_clf_ext import LastTokenClassifierForSequenceClassification, TextClassifier, TfidfClassifier, cli, predict_texts
+from hf_clf_ext.distill_config import DistillationConfig
+from hf_clf_ext.instruction_config import InstructionSFTConfig
+from hf_clf_ext.last_token_config import LastTokenClassifierTrainingArguments
+
+from test_recipes import NO_SUCH_MODEL, data_files, recipe, write_config  # noqa: F401 - fixture
+
+LABELS = ["business", "entertainment", "sport"]
+
+
+@pytest.fixture(scope="module")
+def classifier_dir(tmp_path_factory, tiny_lm_dirs, tokenizer_dirs):
+    """An (untrained) last-token classifier saved as the trainer saves a merged model: what the evaluate paths
+    need is its label space, not its accuracy."""
+    from transformers import AutoTokenizer
+
+    folder = tmp_path_factory.mktemp("classifier")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_lm_dirs["llama", "pad"])
+    model = LastTokenClassifierForSequenceClassification.from_backbone(
+        tiny_lm_dirs["llama", "pad"], labels=LABELS, tokenizer=tokenizer)
+    model.save_pretrained(folder)
+    tokenizer.model_max_length = 48
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def run_cli(*args, stdin=None):
+    return subprocess.run([sys.executable, "-m", "hf_clf_cli", *map(str, args)], capture_output=True, text=True,
+                          input=stdin, timeout=300, env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"})
+
+
+def one_line_error(done) -> str:
+    """The failure as the user sees it: exit status 1, one `hf-clf:` line, no traceback."""
+    assert done.returncode == 1, (done.returncode, done.stderr[-2000:])
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert lines[-1].startswith("hf-clf: "), done.stderr[-2000:]
+    return lines[-1]
+
+
+# --- help and argument errors answer without importing torch -------------------------------------------------------
+
+
+def test_help_and_argument_errors_do_not_import_torch():
+    code = """
+import sys, contextlib, io, hf_clf_cli
+codes = []
+for argv in (["--help"], ["predict", "--help"], ["evaluate", "--help"], ["export", "--help"], ["predict"],
+             ["predict", "--model", "m", "--batch_size", "0", "text"], ["nonsense"]):
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        try:
+            codes.append(hf_clf_cli.main(argv))
+        except SystemExit as stop:
+            codes.append(stop.code)
+print(codes, "torch" in sys.modules, "transformers" in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split("]")[1].split() == ["False", "False"], done.stdout + done.stderr
+    assert done.stdout.startswith("[0, 0, 0, 0, 2, 2, 2]"), done.stdout
+
+
+@pytest.mark.parametrize("size", ["0", "-1", "two"])
+def test_a_batch_size_below_one_is_refused_by_the_cli(size):
+    done = run_cli("predict", "--model", NO_SUCH_MODEL, "--batch_size", size, "some text")
+    assert done.returncode == 2 and f"--batch_size: must be a positive integer, got '{size}'" in done.stderr
+
+
+@pytest.mark.parametrize("size", [0, -1])
+def test_a_batch_size_below_one_is_refused_by_the_api(classifier_dir, size):
+    classifier = TextClassifier.from_pretrained(classifier_dir)
+    with pytest.raises(ValueError, match=f"batch_size must be a positive integer, got {size}"):
+        classifier.classify(["a text", "another"], batch_size=size)
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        predict_texts(classifier.model, classifier.tokenizer, ["a text"], batch_size=size)
+
+
+# --- one line for every failure the input causes -----------------------------------------------------------------
+
+
+def test_export_of_what_cannot_be_exported_says_why_in_one_line(tmp_path, tiny_lm_dirs):
+    missing = one_line_error(run_cli("export", "--model", tmp_path / "nope", "--output", tmp_path / "out"))
+    assert "nope is neither a folder nor a Hub repo id" in missing
+    plain = one_line_error(run_cli("export", "--model", tiny_lm_dirs["llama", "pad"], "--output", tmp_path / "out"))
+    assert "is not a sequence classifier (model_type 'llama'" in plain
+    student = TfidfClassifier.fit(["shares rose", "a goal", "markets fell", "the match"],
+                                  [[1, 0], [0, 1], [1, 0], [0, 1]], ["business", "sport"], multi_label=False)
+    student.save_pretrained(tmp_path / "tfidf")
+    tfidf = one_line_error(run_cli("export", "--model", tmp_path / "tfidf", "--output", tmp_path / "out"))
+    assert "is a TF-IDF student: it has no stock transformers architecture" in tfidf
+    assert not (tmp_path / "out").exists()
+
+
+def test_predict_refuses_empty_texts_and_missing_input_files_before_loading(tmp_path):
+    empty = one_line_error(run_cli("predict", "--model", NO_SUCH_MODEL, "fine", "  "))
+    assert "Texts [1] are empty, white space only, or not strings" in empty
+    missing = one_line_error(run_cli("predict", "--model", NO_SUCH_MODEL, "--input", tmp_path / "texts.txt"))
+    assert "cannot read --input" in missing and "texts.txt" in missing
+
+
+# --- evaluate: the split asked for, ids named, nothing silently empty --------------------------------------------
+
+
+def test_evaluate_refuses_a_split_the_dataset_does_not_have(tmp_path):
+    folder = tmp_path / "data"
+    rows = {"text": ["a", "b"], "label": ["business", "sport"]}
+    DatasetDict(train=Dataset.from_dict(rows), test=Dataset.from_dict(rows)).save_to_disk(folder)
+    for split in ("typo", "pool"):
+        with pytest.raises(SystemExit, match=rf"has no split '{split}'; its splits are \['train', 'test'\]"):
+            cli.main(["evaluate", "--model", NO_SUCH_MODEL, "--dataset", str(folder), "--split", split])
+
+
+def test_evaluate_reads_class_ids_named_by_labels(tmp_path, classifier_dir, capsys):
+    data = tmp_path / "ids.csv"
+    Dataset.from_dict({"text": ["shares rose", "the match", "a film", "markets fell"], "label": [0, 2, 1, 0]}).to_csv(data)
+    with pytest.raises(SystemExit, match=r"Label 0 in the test data is a class id.*--labels"):
+        cli.main(["evaluate", "--model", str(classifier_dir), "--file", str(data)])
+    capsys.readouterr()
+    assert cli.main(["evaluate", "--model", str(classifier_dir), "--file", str(data), "--labels", *LABELS]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["examples"] == 4
+    with pytest.raises(SystemExit, match=r"labels \['tech'\] are not among the model's labels"):
+        cli.main(["evaluate", "--model", str(classifier_dir), "--file", str(data), "--labels", "business", "tech"])
+
+
+def test_a_split_emptied_by_drop_unknown_labels_is_named(tmp_path, classifier_dir, data_files, tiny_lm_dirs):
+    data = tmp_path / "unknown.csv"
+    Dataset.from_dict({"text": ["a gadget", "a phone", "an app"], "label": ["tech"] * 3}).to_csv(data)
+    with pytest.raises(SystemExit, match="All 3 rows of the test data were dropped"):
+        cli.main(["evaluate", "--model", str(classifier_dir), "--file", str(data), "--drop_unknown_labels"])
+    # Training: a validation split with no known label at all (it used to end in an IndexError).
+    Dataset.from_dict({"text": ["a gadget", "a phone"], "label": ["tech"] * 2}).to_csv(data_files["validation"])
+    config = write_config(tmp_path, tiny_lm_dirs["llama", "pad"], data_files, drop_unknown_labels=True)
+    with pytest.raises(ValueError, match="All 2 rows of the evaluation data were dropped"):
+        recipe("train_last_token").main(["--config", str(config)])
+
+
+# --- output folders: nothing of the user's is replaced ------------------------------------------------------------
+
+
+def test_an_output_folder_with_the_users_files_or_old_checkpoints_is_refused(tmp_path, data_files):
+    config = write_config(tmp_path, NO_SUCH_MODEL, data_files)
+    output = Path(yaml.safe_load(config.read_text())["output_dir"])
+    output.mkdir()
+    (output / "README.md").write_text("my notes")
+    with pytest.raises(SystemExit, match=r"is not empty \(README.md\).*--overwrite_output_dir true.*"
+                                         "--resume_from_checkpoint true"):
+        recipe("train_last_token").main(["--config", str(config)])
+    (output / "README.md").unlink()
+    (output / "checkpoint-12").mkdir()
+    with pytest.raises(SystemExit, match=r"holds the checkpoints of an earlier run \(checkpoint-12\)"):
+        cli.main(["train", "--config", str(config)])
+    assert (output / "checkpoint-12").is_dir()
+    # Asked to overwrite, the job goes on: it fails at the (missing) model, not at the folder.
+    with pytest.raises(Exception) as error:
+        cli.main(["train", "--config", str(config), "--overwrite_output_dir", "true"])
+    assert "not empty" not in str(error.value) and "checkpoints of an earlier run" not in str(error.value)
+
+
+def test_a_tfidf_student_is_not_overwritten_but_its_teacher_labels_resume(tmp_path, data_files):
+    output = tmp_path / "student"
+    output.mkdir()
+    config = tmp_path / "distill.yaml"
+    config.write_text(yaml.safe_dump({
+        "teacher": str(tmp_path / "teacher"), "student_type": "tfidf", "output_dir": str(output),
+        "train_file": str(data_files["train"]), "pool_file": str(data_files["test"]), "use_cpu": True,
+        "report_to": "none"}))
+    (output / "teacher_labels.jsonl").write_text("{}\n")  # an interrupted run's labels: resumable
+    student = TfidfClassifier.fit(["shares rose", "a goal"], [[1, 0], [0, 1]], ["business", "sport"], False)
+    student.save_pretrained(output)
+    with pytest.raises(SystemExit, match=r"already holds a saved model \(a TF-IDF student\).*--overwrite_output_dir"):
+        cli.main(["distill", "--config", str(config)])
+    for name in os.listdir(output):
+        if name != "teacher_labels.jsonl":
+            os.remove(output / name)
+    with pytest.raises(BaseException) as error:  # past the folder check: the teacher does not exist
+        cli.main(["distill", "--config", str(config)])
+    assert "saved model" not in str(error.value) and "not empty" not in str(error.value)
+
+
+# --- float options are finite --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("config_class, option, value", [
+    (LastTokenClassifierTrainingArguments, "class_weights", "1,nan,1"),
+    (LastTokenClassifierTrainingArguments, "class_weights", "1,inf,1"),
+    (LastTokenClassifierTrainingArguments, "learning_rate", float("nan")),
+    (LastTokenClassifierTrainingArguments, "head_learning_rate", float("inf")),
+    (LastTokenClassifierTrainingArguments, "focal_gamma", float("nan")),
+    (LastTokenClassifierTrainingArguments, "lora_dropout", float("nan")),
+    (InstructionSFTConfig, "max_grad_norm", float("inf")),
+    (InstructionSFTConfig, "learning_rate", float("-inf")),
+    (DistillationConfig, "distill_temperature", float("nan")),
+    (DistillationConfig, "tfidf_C", float("inf")),
+])
+def test_non_finite_float_options_are_refused_naming_the_option(tmp_path, config_class, option, value):
+    extra = {"teacher": "t"} if config_class is DistillationConfig else {}
+    with pytest.raises(ValueError, match=rf"^{option} must be (a finite number|finite positive numbers)"):
+        config_class(output_dir=str(tmp_path), use_cpu=True, report_to="none", **extra, **{option: value})
+
+
+def test_nan_class_weights_are_refused_by_the_cli(tmp_path, data_files):
+    config = write_config(tmp_path, NO_SUCH_MODEL, data_files)
+    with pytest.raises(SystemExit, match=r"class_weights must be finite positive numbers, got '1,nan,1'"):
+        cli.main(["train", "--config", str(config), "--class_weights", "1,nan,1"])
