@@ -1,6 +1,7 @@
 """Arguments of distillation (`hf-clf distill`, `recipes/distill.py`): a trained classifier labels an unlabelled pool
 and a student learns its softened probabilities. Every last-token training field applies to a decoder student."""
 
+import os
 from dataclasses import dataclass, field
 
 from .last_token_config import LastTokenClassifierTrainingArguments
@@ -80,4 +81,22 @@ class DistillationConfig(LastTokenClassifierTrainingArguments):
             raise ValueError("student_layers applies to a 'last_token' student only.")
         if self.max_pool_chars < 1:
             raise ValueError(f"max_pool_chars must be positive, got {self.max_pool_chars}.")
+        for name in ("teacher_batch_size", "tfidf_ngram_max", "tfidf_min_df"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
+        if self.tfidf_C <= 0:
+            raise ValueError(f"tfidf_C must be positive, got {self.tfidf_C}.")
+        if self.output_dir and _same_path(self.output_dir, self.teacher):
+            raise ValueError(f"output_dir {self.output_dir} is the teacher's folder: the student would be saved over "
+                             "its teacher. Choose another output_dir.")
+        if self.teacher_labels_file and os.path.isdir(self.teacher_labels_file):
+            raise ValueError(f"teacher_labels_file {self.teacher_labels_file} is a folder: name a file in it, e.g. "
+                             f"{os.path.join(self.teacher_labels_file, 'teacher_labels.jsonl')}.")
         super().__post_init__()
+
+
+def _same_path(a: str, b: str) -> bool:
+    """Whether two paths name one folder (the teacher may be a Hub repo id: never a folder it names)."""
+    if not os.path.isdir(b):
+        return False
+    return (os.path.isdir(a) and os.path.samefile(a, b)) or os.path.realpath(a) == os.path.realpath(b)

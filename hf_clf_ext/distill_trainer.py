@@ -34,8 +34,24 @@ logger = logging.getLogger(__name__)
 TEACHER_COLUMNS = ("teacher_probs", "has_gold")
 
 
+def check_temperature(temperature) -> float:
+    """A distillation temperature: a positive finite number (NaN softened every target to NaN, inf to uniform)."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.floating, np.integer)) \
+            or not np.isfinite(temperature) or temperature <= 0:
+        raise ValueError(f"The distillation temperature must be a positive finite number, got {temperature!r}.")
+    return float(temperature)
+
+
+def check_gold_weight(gold_weight) -> float:
+    if isinstance(gold_weight, bool) or not isinstance(gold_weight, (int, float, np.floating, np.integer)) \
+            or not 0 <= gold_weight <= 1:  # NaN fails the comparison
+        raise ValueError(f"gold_weight must lie in [0, 1], got {gold_weight!r}.")
+    return float(gold_weight)
+
+
 def soften(probabilities, temperature: float, multi_label: bool) -> np.ndarray:
     """The teacher's distribution at temperature T: softmax(log p / T) per row, or per label sigmoid(logit(p) / T)."""
+    temperature = check_temperature(temperature)
     p = np.clip(np.asarray(probabilities, dtype=np.float64), 1e-12, 1 - 1e-12)
     if multi_label:
         return 1 / (1 + np.exp(-np.log(p / (1 - p)) / temperature))
@@ -57,6 +73,7 @@ def distillation_loss(logits, soft_targets, labels, has_gold, *, multi_label: bo
                       gold_weight: float) -> torch.Tensor:
     """Mean over rows of T^2 KL(teacher_T || student_T), plus, on rows with a gold label, `gold_weight` x CE(gold)
     in place of that share of the KL term. Multi-label: the binary KL and BCE of each label, averaged over labels."""
+    temperature, gold_weight = check_temperature(temperature), check_gold_weight(gold_weight)
     logits, q = logits.float(), soft_targets.to(torch.float32)
     scaled = logits / temperature
     if multi_label:
@@ -208,7 +225,10 @@ def stock_student(name_or_path: str, space: LabelSpace, **from_pretrained_kwargs
     """`(model, tokenizer)`: the stock sequence classifier of `name_or_path`, labelled like the teacher."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    # The tokenizer of the same revision (and cache, token, ...) as the weights.
+    hub = {key: from_pretrained_kwargs[key] for key in ("revision", "token", "cache_dir", "trust_remote_code",
+                                                        "local_files_only") if key in from_pretrained_kwargs}
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, **hub)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForSequenceClassification.from_pretrained(
@@ -218,10 +238,27 @@ def stock_student(name_or_path: str, space: LabelSpace, **from_pretrained_kwargs
     return model, tokenizer
 
 
+def prepare_stock_tokenizer(tokenizer, args):
+    """The student's tokenizer as it is saved: it cuts texts where training cut them (`model_max_length`, the side
+    of `truncation_side`), as `TextClassifier`, `predict_texts` and `pipeline(..., truncation=True)` cut with it, and
+    strips them as `texts.normalize_text` does (training texts are stripped), for users of plain transformers."""
+    from .texts import add_strip_normalizer
+
+    tokenizer.model_max_length = args.max_length
+    tokenizer.truncation_side = args.truncation_side
+    add_strip_normalizer(tokenizer)
+    return tokenizer
+
+
 def train_stock_student(args, space: LabelSpace, model, tokenizer, texts, encoded, soft_targets, has_gold,
                         validation=None) -> SequenceClassificationDistillationTrainer:
+    from .texts import normalize_texts
+
+    prepare_stock_tokenizer(tokenizer, args)
+
     def encode(split_texts, labels, extra=None):
-        columns = dict(tokenizer(list(split_texts), truncation=True, max_length=args.max_length))
+        # Exactly as predict_texts tokenizes: normalised texts, cut at the tokenizer's model_max_length.
+        columns = dict(tokenizer(normalize_texts(split_texts), truncation=True))
         return Dataset.from_dict({**columns, "labels": list(labels), **(extra or {})})
 
     train = encode(texts, encoded, {"teacher_probs": np.asarray(soft_targets, dtype=np.float32).tolist(),
@@ -282,6 +319,7 @@ def run_distillation(args, splits, pool_texts: list[str], model: str | None, mod
     from .metrics import logits_from_probabilities
     from .pool_labels import label_pool
 
+    check_student_folder(args.output_dir, args.student_type)
     teacher = TextClassifier.from_pretrained(args.teacher)
     space = LabelSpace(names=tuple(teacher.labels), multi_label=teacher.multi_label)
 
@@ -391,6 +429,23 @@ def run_distillation(args, splits, pool_texts: list[str], model: str | None, mod
                        references=test[1] if test is not None else None, base_model=base_model,
                        dataset_name=dataset_name)
     return results
+
+
+def check_student_folder(output_dir, student_type: str) -> None:
+    """An error if `output_dir` holds files of another kind of classifier that `TextClassifier.from_pretrained`
+    reads before the student's own (an instruction prompt, a TF-IDF student's settings): the student saved there
+    would not be the model that loads (nor the one this run evaluates)."""
+    from .instruction import PROMPT_FILE
+    from .tfidf import SETTINGS_FILE
+
+    shadowing = [PROMPT_FILE] if student_type == "tfidf" else [PROMPT_FILE, SETTINGS_FILE]
+    found = [name for name in shadowing if os.path.isfile(os.path.join(output_dir, name))]
+    if found:
+        raise ValueError(
+            f"{output_dir} holds {', '.join(found)} of another classifier, which TextClassifier.from_pretrained would "
+            f"load instead of this {student_type} student: choose another output_dir, or remove the old classifier's "
+            "files."
+        )
 
 
 def _last_token_student(args, space, model, model_kwargs, texts, names, soft, has_gold, validation, distillation):
