@@ -179,9 +179,16 @@ def predict(argv) -> int:
         raise fail(error) from error
     classifier = _load(args.model, args.method, args.compile)
     for text, result in zip(texts, classifier.classify(texts, args.method, args.batch_size)):
-        print(json.dumps({"text": text, **result}, ensure_ascii=False))
+        print(json_line({"text": text, **result}))
     _report_compile(classifier)
     return 0
+
+
+def json_line(record: dict) -> str:
+    """One JSON Lines record, unicode kept readable, but U+2028 / U+2029 escaped: JSON allows them raw inside strings,
+    and line readers (Python's `str.splitlines`, JavaScript) end a line there. NaN is refused (it is not JSON)."""
+    text = json.dumps(record, ensure_ascii=False, allow_nan=False)
+    return text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
 
 
 def export_parser() -> argparse.ArgumentParser:

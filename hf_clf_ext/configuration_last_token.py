@@ -68,6 +68,11 @@ class LastTokenClassifierConfig(PreTrainedConfig):
         base_model_name_or_path (`str`, *optional*):
             Hub id of the backbone the classifier was fine-tuned from (the model card's `base_model`). A folder saved
             as adapter + head loads its backbone from here.
+        base_model_revision (`str`, *optional*):
+            The commit of `base_model_name_or_path` the backbone was loaded from in training (a 40-hex commit hash,
+            also when training named a branch or tag, or none: the branch as it was then). An adapter + head save
+            loads its backbone at this commit, so a later push to the base repository does not change the
+            classifier; a revision given when loading the classifier applies to the classifier's own repository.
         adapter_subfolder (`str`, *optional*):
             Set in a folder saved as adapter + head: the subfolder holding the LoRA adapter and the head. A
             top-level `adapter_config.json` would make transformers' Auto classes load the base model alone.
@@ -95,6 +100,7 @@ class LastTokenClassifierConfig(PreTrainedConfig):
     decision_thresholds: list[float] | None = None
     head_bias: bool = False
     base_model_name_or_path: str | None = None
+    base_model_revision: str | None = None
     adapter_subfolder: str | None = None
     base_quantization_config: dict | None = None
     pad_token_id: int | None = None

@@ -27,14 +27,14 @@ from .metrics import load_metric, metrics_from_results, named_from_results, prob
 from .model_card import CardFacts, EvaluationFacts, lora_rows, metric_rows, parameter_counts, write_model_card
 from .prompt_cache import is_prompt_learning, supports_logits_to_keep
 from .arguments import first_split, name_best_metric_for_eval_sets, shards_parameters
-from .saving import hub_base, is_checkpoint_dir
+from .saving import CheckpointSaves, base_revision, check_not_source, hub_base, local_source
 from .verbalizer import Verbalizer
 
 logger = logging.getLogger(__name__)
 IGNORE_INDEX = -100
 
 
-class InstructionSFTRecipe(SFTTrainer):
+class InstructionSFTRecipe(CheckpointSaves, SFTTrainer):
     """Fine-tunes a causal LM to answer a classification prompt with a valid label (or label set).
 
     Args:
@@ -73,6 +73,12 @@ class InstructionSFTRecipe(SFTTrainer):
         tokenizer = processing_class or load_tokenizer(model, init.get("gguf_file"))
         # An adapter names the Hub id its base loads from; a local or GGUF base saves merged instead.
         self._hub_base = None if init.get("gguf_file") else hub_base(model)
+        self._local_source = local_source(model)  # never saved over
+        check_not_source(args.output_dir, self._local_source)
+        # ... and the commit it loads from (TRL loads a name a moment later, at the revision resolved here but for a
+        # push in between): the adapter's `revision`, which `InstructionClassifier.from_pretrained` loads the base at.
+        hub_keys = ("token", "cache_dir", "local_files_only") + (("revision",) if isinstance(model, str) else ())
+        self._base_revision = base_revision(model, self._hub_base, {key: init[key] for key in hub_keys if key in init})
         self._adaptation = None  # (trainable, total, LoRA rows) as trained, kept across a merged save
         self._card_evaluation = None  # (EvaluationFacts, label-scoring rows) of the split the card reports
         if tokenizer.pad_token_id is None:
@@ -131,6 +137,9 @@ class InstructionSFTRecipe(SFTTrainer):
             **kwargs,
         )
         self.classifier.model = self.model
+        if self._base_revision and isinstance(self.model, PeftModel):
+            for adapter_config in self.model.peft_config.values():  # adapter_config.json's `revision`
+                adapter_config.revision = self._base_revision
 
     # --- data --------------------------------------------------------------------------------------------------------
 
@@ -351,7 +360,8 @@ class InstructionSFTRecipe(SFTTrainer):
         merged when `merge_adapter` is set or the base has no Hub id the adapter could name (a local folder, a GGUF
         file), so that the folder loads on any machine; checkpoints keep the adapter."""
         output_dir = output_dir or self.args.output_dir
-        merge = isinstance(self.model, PeftModel) and not is_checkpoint_dir(output_dir) and (
+        check_not_source(output_dir, self._local_source)
+        merge = isinstance(self.model, PeftModel) and not self.saving_checkpoint and (
             self.args.merge_adapter or self._hub_base is None)
         if not merge:
             super()._save(output_dir, state_dict)

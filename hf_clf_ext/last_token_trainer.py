@@ -6,6 +6,7 @@ Like TRL's trainers it takes a model name/path or object plus a `peft_config`, a
 
 import copy
 import dataclasses
+import json
 import logging
 import os
 from collections.abc import Sequence
@@ -32,12 +33,11 @@ from .inference import predict_texts
 from .last_token_config import LastTokenClassifierTrainingArguments
 from .metrics import build_compute_metrics, load_metric, probabilities_from_logits
 from .model_card import CardFacts, EvaluationFacts, lora_rows, parameter_counts, write_model_card
-from .modeling_last_token import ADAPTER_SUBFOLDER, LastTokenClassifierForSequenceClassification
-from .saving import hub_base, is_checkpoint_dir
+from .modeling_last_token import ADAPTER_SUBFOLDER, HEAD_MODULE, LastTokenClassifierForSequenceClassification
+from .saving import CheckpointSaves, base_revision, check_not_source, hub_base, local_source
+from .texts import add_strip_normalizer
 
 logger = logging.getLogger(__name__)
-
-HEAD_MODULE = "score"
 
 
 def balanced_class_weights(labels: Sequence, space: LabelSpace) -> list[float]:
@@ -69,7 +69,7 @@ def focal_loss(logits: torch.Tensor, labels: torch.Tensor, multi_label: bool, ga
     return loss.mean()
 
 
-class LastTokenClassifierTrainer(Trainer):
+class LastTokenClassifierTrainer(CheckpointSaves, Trainer):
     """Fine-tunes [`LastTokenClassifierForSequenceClassification`] on raw rows of text and labels.
 
     Args:
@@ -108,6 +108,8 @@ class LastTokenClassifierTrainer(Trainer):
         # An adapter save names the Hub id its backbone loads from; a local or GGUF backbone saves merged instead.
         self._hub_base = None if model_init_kwargs.get("gguf_file") else hub_base(model)
         self._base_model_id = args.base_model_id or self._hub_base
+        self._local_source = local_source(model)  # never saved over
+        check_not_source(args.output_dir, self._local_source)
         if eval_dataset is None and args.eval_strategy != "no":
             logger.warning("No eval_dataset: evaluation, early stopping, best-model selection and calibration are off.")
             args = dataclasses.replace(args, eval_strategy="no", load_best_model_at_end=False, calibrate=False)
@@ -117,13 +119,25 @@ class LastTokenClassifierTrainer(Trainer):
         set_seed(args.seed)
         self.label_space = build_label_space(train_dataset, args.label_column, labels)
         _, train_labels = encode_split(train_dataset, args.label_column, self.label_space, split="training")
+        # The commit the backbone was loaded from: an adapter save loads its base there, whatever the branch holds then.
+        # `model_init_kwargs` load a name only: a model object's revision is what it records, or the default branch's.
+        hub_keys = ("token", "cache_dir", "local_files_only") + (("revision",) if isinstance(model, (str, os.PathLike))
+                                                                 else ())
+        hub_kwargs = {key: model_init_kwargs[key] for key in hub_keys if key in model_init_kwargs}
         model = self._build_model(model, args, tokenizer, train_labels, model_init_kwargs, peft_config)
         classifier = _unwrap_classifier(model)
+        self._base_revision = base_revision(model, self._hub_base, hub_kwargs)
+        if self._base_revision and isinstance(model, PeftModel):
+            for adapter_config in model.peft_config.values():  # adapter_config.json's `revision`, read by PEFT
+                adapter_config.revision = self._base_revision
         self._check_context(classifier, args)
         reserve = len(classifier.config.suffix_token_ids or [])
         # `pipeline(..., truncation=True)` then cuts texts exactly as training did.
         tokenizer.model_max_length = args.max_length - reserve
         tokenizer.truncation_side = args.truncation_side
+        # Texts are stripped before tokenizing (data.build_texts, texts.check_texts); the saved tokenizer strips too, so
+        # plain transformers users (`pipeline()`, AutoTokenizer) of the model see the same tokens.
+        add_strip_normalizer(tokenizer)
 
         self.truncated: dict[str, int] = {}  # rows cut to max_length, per split (for the model card)
         train, self.train_texts = self._prepare_dataset(train_dataset, tokenizer, args, reserve, "training")
@@ -199,7 +213,7 @@ class LastTokenClassifierTrainer(Trainer):
                 **(model_init_kwargs if isinstance(model, (str, os.PathLike)) else {}),
             )
             if args.pooling_suffix:
-                model.config.suffix_token_ids = tokenizer(args.pooling_suffix, add_special_tokens=False)["input_ids"]
+                model.config.suffix_token_ids = suffix_ids(tokenizer, args.pooling_suffix)
                 model.config.pooling_suffix = args.pooling_suffix
         if isinstance(model, PeftModel) or not args.use_peft:
             return model
@@ -470,6 +484,7 @@ class LastTokenClassifierTrainer(Trainer):
         `merge_adapter` is set or the backbone has no Hub id to load from. Checkpoints keep PEFT's own layout,
         which `Trainer` resumes from."""
         output_dir = output_dir or self.args.output_dir
+        check_not_source(output_dir, self._local_source)
         if not isinstance(self.model, PeftModel):
             return super()._save(output_dir, state_dict)
         if not self.args.should_save:  # the adapter is whole on every process: the main process writes
@@ -479,7 +494,7 @@ class LastTokenClassifierTrainer(Trainer):
         config.architectures = [type(classifier).__name__]
         quantization_config = config.__dict__.pop("quantization_config", None)  # the adapter holds float weights
         config.adapter_subfolder = config.base_quantization_config = None
-        if is_checkpoint_dir(output_dir):
+        if self.saving_checkpoint:
             super()._save(output_dir, state_dict)
         elif self.args.merge_adapter or self._hub_base is None:
             if not self.args.merge_adapter:
@@ -492,6 +507,7 @@ class LastTokenClassifierTrainer(Trainer):
             torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
             config.adapter_subfolder = ADAPTER_SUBFOLDER
             config.base_model_name_or_path = self._hub_base
+            config.base_model_revision = self._base_revision
             if quantization_config is not None:
                 config.base_quantization_config = quantization_config.to_dict()
         custom_object_save(classifier, output_dir, config=config)  # before the config is written: it adds auto_map
@@ -500,6 +516,7 @@ class LastTokenClassifierTrainer(Trainer):
     def save_merged(self, output_dir: str) -> None:
         """Merge the LoRA adapters into the backbone (de-quantizing a 4-bit/8-bit one) and save a plain classifier.
         The trainer's model is the merged model afterwards."""
+        check_not_source(output_dir, self._local_source)
         self._adaptation = self._adaptation_facts()
         if self._adaptation["quantization"] != "none":
             logger.warning(
@@ -510,9 +527,36 @@ class LastTokenClassifierTrainer(Trainer):
         if getattr(merged, "hf_quantizer", None) is not None:
             merged = merged.dequantize()
         merged.config.base_model_name_or_path = self._base_model_id
+        # Only a record: a merged save loads whole. It names the commit of the repository named above, or none.
+        merged.config.base_model_revision = self._base_revision if self._base_model_id == self._hub_base else None
         self.model = merged
         merged.save_pretrained(output_dir)
         self.processing_class.save_pretrained(output_dir)
+
+
+def suffix_ids(tokenizer, suffix: str) -> list[int]:
+    """Token ids of the pooling suffix, which follows a text: its white space kept (the leading newline of the default
+    suffix), also with a tokenizer that strips whole texts (`texts.add_strip_normalizer`: this trainer's, or one saved
+    with a model)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        from tokenizers import Tokenizer
+
+        state = json.loads(backend.to_str())
+        normalizer = _without_strip(state.get("normalizer"))
+        if normalizer != state.get("normalizer"):
+            state["normalizer"] = normalizer
+            return Tokenizer.from_str(json.dumps(state)).encode(suffix, add_special_tokens=False).ids
+    return tokenizer(suffix, add_special_tokens=False)["input_ids"]
+
+
+def _without_strip(normalizer: dict | None) -> dict | None:
+    if normalizer is None or normalizer.get("type") == "Strip":
+        return None
+    if normalizer.get("type") == "Sequence":
+        kept = [step for step in normalizer["normalizers"] if step.get("type") != "Strip"]
+        return {**normalizer, "normalizers": kept} if kept else None
+    return normalizer
 
 
 def prepare_peft(model, args: LastTokenClassifierTrainingArguments, peft_config) -> PeftModel:

@@ -5,8 +5,11 @@ Self-contained on purpose (relative imports only): `save_pretrained` copies this
 that never imports `hf_clf_ext`.
 """
 
+import contextvars
 import json
 import os
+import re
+import warnings
 
 import torch
 from torch import nn
@@ -17,10 +20,12 @@ from transformers.models.auto.modeling_auto import MODEL_MAPPING
 from transformers.utils import (
     ADAPTER_CONFIG_NAME,
     ADAPTER_SAFE_WEIGHTS_NAME,
+    CONFIG_NAME,
     SAFE_WEIGHTS_INDEX_NAME,
     SAFE_WEIGHTS_NAME,
     WEIGHTS_NAME,
     cached_file,
+    extract_commit_hash,
 )
 from transformers.utils.quantization_config import QuantizationMethod
 
@@ -29,6 +34,13 @@ from .configuration_last_token import LastTokenClassifierConfig, check_decoder_o
 IGNORE_INDEX = -100
 ADAPTER_SUBFOLDER = "adapter"  # where an adapter + head save keeps the adapter (see `from_pretrained`)
 _HUB_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "force_download", "proxies", "subfolder")
+_COMMIT_HASH = re.compile(r"^[0-9a-f]{40}$")
+HEAD_MODULE = "score"
+# Set while `from_pretrained` loads the backbone of an adapter + head save: the head comes from the adapter next, so
+# transformers must not report it as missing ("newly initialized ... Consider training"); the adapter is checked to
+# hold it instead.
+_HEAD_FROM_ADAPTER = contextvars.ContextVar("head_from_adapter", default=False)
+_HEAD_PATTERN = rf"^{HEAD_MODULE}\."
 # Set by `from_pretrained` on quantized models; a wrapped backbone keeps its quantization state through these.
 _QUANTIZATION_ATTRIBUTES = ("hf_quantizer", "is_quantized", "quantization_method", "is_loaded_in_4bit", "is_loaded_in_8bit")
 
@@ -88,6 +100,8 @@ class LastTokenClassifierForSequenceClassification(LastTokenClassifierPreTrained
         # float32 even when the model is built under a bf16/fp16 default dtype (`from_pretrained(dtype=...)`).
         self.score = nn.Linear(config.hidden_size, config.num_labels, bias=config.head_bias, dtype=torch.float32)
         self.post_init()
+        if _HEAD_FROM_ADAPTER.get():
+            self._keys_to_ignore_on_load_missing = set(self._keys_to_ignore_on_load_missing) | {_HEAD_PATTERN}
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
@@ -107,7 +121,7 @@ class LastTokenClassifierForSequenceClassification(LastTokenClassifierPreTrained
         adapter = _saved_adapter(path, kwargs["config"], hub)
         if adapter is None:
             return cls._load_checked(path, *model_args, **kwargs)
-        base, subfolder = adapter
+        base, subfolder, base_revision = adapter
         config = kwargs["config"]
         if "quantization_config" in kwargs and kwargs["quantization_config"] is None:
             kwargs.pop("quantization_config")
@@ -115,20 +129,39 @@ class LastTokenClassifierForSequenceClassification(LastTokenClassifierPreTrained
             from transformers import BitsAndBytesConfig
 
             kwargs["quantization_config"] = BitsAndBytesConfig.from_dict(dict(config.base_quantization_config))
-        # The revision resolved for the adapter's repository means nothing in the base model's.
+        # The revision resolved for the adapter's repository means nothing in the base model's: the base loads at the
+        # commit it was trained on (recorded in the save), or its default branch for a save that records none.
         base_kwargs = {key: value for key, value in kwargs.items() if key not in ("revision", "subfolder")}
+        if base_revision:
+            base_kwargs["revision"] = base_revision
         want_info = base_kwargs.pop("output_loading_info", False)
-        model, info = cls._load_checked(base, *model_args, output_loading_info=True, **base_kwargs)
+        token = _HEAD_FROM_ADAPTER.set(True)  # the adapter supplies the head: not "missing" (checked below)
+        try:
+            model, info = cls._load_checked(base, *model_args, output_loading_info=True, **base_kwargs)
+        finally:
+            _HEAD_FROM_ADAPTER.reset(token)
+        model._keys_to_ignore_on_load_missing = set(model._keys_to_ignore_on_load_missing) - {_HEAD_PATTERN}
         from peft import PeftModel
 
         # Fetched here, then read from the local copy: PEFT's own Hub lookup doubles the subfolder when offline.
-        lookup = {key: hub[key] for key in ("revision", "token", "cache_dir", "local_files_only") if key in hub}
+        lookup = {key: value for key, value in hub.items() if key != "subfolder"}
         adapter_dir = None
         for name in (ADAPTER_CONFIG_NAME, ADAPTER_SAFE_WEIGHTS_NAME):
-            adapter_dir = os.path.dirname(cached_file(path, name, subfolder=subfolder or "", **lookup))
+            adapter_dir = os.path.dirname(cached_file(path, name, subfolder=_join(hub.get("subfolder"), subfolder),
+                                                      **lookup))
+        missing = _head_missing_from_adapter(adapter_dir, model)
+        if missing:
+            raise ValueError(
+                f"The adapter of {path} holds no weights for the classification head ({', '.join(missing)}): loaded, "
+                f"the head would be randomly initialised. Save the adapter with '{HEAD_MODULE}' among its "
+                "modules_to_save (as LastTokenClassifierTrainer does), or save the whole model."
+            )
         # PEFT's loader keeps the adapter in the float32 it was trained and saved in (transformers' `load_adapter`
         # would create it in a 4-bit backbone's compute dtype); the model keeps its class.
-        peft_model = PeftModel.from_pretrained(model, adapter_dir)
+        with warnings.catch_warnings():
+            # PEFT reads transformers' deprecated `is_gradient_checkpointing` as it wraps a model: noise on each load.
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            peft_model = PeftModel.from_pretrained(model, adapter_dir)
         if merge_adapter:
             model = peft_model.merge_and_unload()
         else:
@@ -136,6 +169,8 @@ class LastTokenClassifierForSequenceClassification(LastTokenClassifierPreTrained
             model.peft_config, model._hf_peft_config_loaded = peft_model.peft_config, True
         model.name_or_path = str(path)
         model.config.adapter_subfolder = model.config.base_quantization_config = None  # the model is whole now
+        if base_revision:
+            model.config.base_model_revision = base_revision
         return (model, info) if want_info else model
 
     @classmethod
@@ -215,15 +250,21 @@ class LastTokenClassifierForSequenceClassification(LastTokenClassifierPreTrained
             # GGUF tensor names are mapped through the causal LM's own architecture: load that, then wrap it.
             causal_lm = AutoModelForCausalLM.from_pretrained(backbone, **from_pretrained_kwargs)
             return cls._wrap_loaded_backbone(causal_lm, tokenizer, head_kwargs)
+        # A Hub backbone loads at one commit, recorded in the config: an adapter + head save then reloads it there
+        # even after the repository's branch (or the tag given) has moved on.
+        commit = resolve_commit(backbone, **from_pretrained_kwargs)
+        if commit is not None:
+            from_pretrained_kwargs["revision"] = commit
         config_kwargs = {
             key: from_pretrained_kwargs[key]
-            for key in ("gguf_file", "revision", "token", "cache_dir", "trust_remote_code", "local_files_only")
+            for key in _HUB_KWARGS + ("gguf_file", "trust_remote_code")
             if key in from_pretrained_kwargs
         }
         text_config = AutoConfig.from_pretrained(backbone, **config_kwargs)
         check_decoder_only(text_config)
         config = LastTokenClassifierConfig(
-            text_config=text_config, pad_token_id=_resolve_pad_token_id(tokenizer, text_config), **head_kwargs
+            text_config=text_config, pad_token_id=_resolve_pad_token_id(tokenizer, text_config),
+            base_model_revision=commit, **head_kwargs
         )
         return cls.from_pretrained(backbone, config=config, **from_pretrained_kwargs)
 
@@ -384,16 +425,19 @@ class LastTokenClassifierForSequenceClassification(LastTokenClassifierPreTrained
         )
 
 
-def _saved_adapter(path, config, hub: dict) -> tuple[str, str | None] | None:
-    """`(base model, adapter subfolder)` when `path` holds adapter + head rather than a whole model, else None.
+def _saved_adapter(path, config, hub: dict) -> tuple[str, str | None, str | None] | None:
+    """`(base model, adapter subfolder, base commit)` when `path` holds adapter + head rather than a whole model, else
+    None.
 
-    The current layout names both in `config.json`; a folder of the earlier layout (adapter files at the top, no
-    model weights) names its base in `adapter_config.json`."""
+    The current layout names all three in `config.json` (the commit in `base_model_revision`, None in saves made
+    before it was recorded); a folder of the earlier layout (adapter files at the top, no model weights) names its
+    base and its commit (`revision`) in `adapter_config.json`."""
     if config.adapter_subfolder:
         if not config.base_model_name_or_path:
             raise ValueError(f"{path} holds an adapter but its config.json names no base_model_name_or_path.")
-        return config.base_model_name_or_path, config.adapter_subfolder
-    lookup = {key: hub[key] for key in ("revision", "token", "cache_dir", "local_files_only") if key in hub}
+        return config.base_model_name_or_path, config.adapter_subfolder, getattr(config, "base_model_revision", None)
+    lookup = {key: hub[key] for key in ("revision", "token", "cache_dir", "local_files_only", "subfolder")
+              if key in hub}
     adapter_config = cached_file(path, ADAPTER_CONFIG_NAME, _raise_exceptions_for_missing_entries=False, **lookup)
     if adapter_config is None:
         return None
@@ -401,7 +445,42 @@ def _saved_adapter(path, config, hub: dict) -> tuple[str, str | None] | None:
         if cached_file(path, weights, _raise_exceptions_for_missing_entries=False, **lookup) is not None:
             return None
     with open(adapter_config, encoding="utf-8") as file:
-        return json.load(file)["base_model_name_or_path"], None
+        saved = json.load(file)
+    return saved["base_model_name_or_path"], None, saved.get("revision")
+
+
+def resolve_commit(repo_id, revision=None, **hub) -> str | None:
+    """The commit hash `revision` (a branch, tag or commit; None: the default branch) of Hub repo `repo_id` points
+    to now: the snapshot its `config.json` is served from (`.../snapshots/<commit>/config.json`, from the Hub or,
+    offline, the local cache). None for a local folder, or a repository that cannot be resolved. `hub`: `token`,
+    `cache_dir`, `local_files_only`, `subfolder`, ... (other keys are ignored)."""
+    revision = getattr(revision, "resolved", None) or revision  # a `huggingface_hub.ResolvedRevision`
+    if repo_id is None or os.path.isdir(str(repo_id)):
+        return None
+    if isinstance(revision, str) and _COMMIT_HASH.match(revision):
+        return str(revision)
+    lookup = {key: hub[key] for key in _HUB_KWARGS if key in hub and key != "revision" and hub[key] is not None}
+    try:
+        resolved = cached_file(str(repo_id), CONFIG_NAME, revision=revision,
+                               _raise_exceptions_for_missing_entries=False, **lookup)
+    except (OSError, ValueError):
+        return None
+    return extract_commit_hash(resolved, None)
+
+
+def _join(*parts) -> str:
+    return "/".join(part.strip("/") for part in parts if part)
+
+
+def _head_missing_from_adapter(adapter_dir: str, model) -> list[str]:
+    """The head's parameters (`score.weight`, `score.bias`) the adapter's weights file does not hold (PEFT saves a
+    module of `modules_to_save` as `base_model.model.score.weight`)."""
+    from safetensors import safe_open
+
+    with safe_open(os.path.join(adapter_dir, ADAPTER_SAFE_WEIGHTS_NAME), framework="pt") as file:
+        keys = set(file.keys())
+    head = [f"{HEAD_MODULE}.{name}" for name, _ in getattr(model, HEAD_MODULE).named_parameters()]
+    return [name for name in head if not any(key == name or key.endswith(f".{name}") for key in keys)]
 
 
 def _checkpoint_prefix(text_config) -> str | None:

@@ -247,13 +247,14 @@ def test_pooling_suffix_and_template_are_applied(llama_dir, tokenizer, tmp_path)
         {"title": ["market news", "striker wins", "film award"] * 4, "body": ["the bank", "a goal", "a star"] * 4,
          "topic": ["business", "sport", "entertainment"] * 4}
     )
+    suffix = tokenizer("\nLabel:", add_special_tokens=False).input_ids  # before the trainer makes it strip texts
     trainer = make_trainer(
         llama_dir, tokenizer, tmp_path, train=rows, evaluation=rows, text_columns=["title", "body"],
         text_template="{title}: {body}", label_column="topic", pooling_suffix="\nLabel:",
     )
     first = tokenizer.decode(trainer.train_dataset[0]["input_ids"])
     assert first == "market news: the bank"
-    assert trainer.model.config.suffix_token_ids == tokenizer("\nLabel:", add_special_tokens=False).input_ids
+    assert trainer.model.config.suffix_token_ids == suffix
     assert trainer.model.config.id2label == {0: "business", 1: "entertainment", 2: "sport"}
 
 
@@ -371,7 +372,7 @@ def test_evaluation_class_ids_are_read_by_name(llama_dir, tokenizer, tmp_path):
     names = trainer.label_space.names
     assert [names[i] for i in trainer.eval_dataset["labels"]] == ["business", "sport", "entertainment"]
     ids = Dataset.from_dict({"text": ["market up"], "label": [1]})
-    with pytest.raises(ValueError, match="is a class id, but the training labels are names"):
+    with pytest.raises(ValueError, match="is a class id, but this label space knows its classes by name"):
         make_trainer(llama_dir, tokenizer, tmp_path, evaluation=ids)
 
 
