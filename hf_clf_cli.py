@@ -51,11 +51,11 @@ def train(argv) -> int:
     from hf_clf_ext import jobs
 
     if known.approach == "last_token":
-        from hf_clf_ext.last_token_config import LastTokenClassifierTrainingArguments as arguments
+        from hf_clf_ext.last_token.config import LastTokenConfig as arguments
 
         run = jobs.train_last_token
     else:
-        from hf_clf_ext.instruction_config import InstructionSFTConfig as arguments
+        from hf_clf_ext.instruction.config import InstructionConfig as arguments
 
         run = jobs.train_instruction
     script_args, training_args, splits = jobs.prepare(arguments, rest)
@@ -93,7 +93,7 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch_size", type=positive_int, default=16)
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="Run a last-token classifier through torch.compile (bucketed shapes); by default only "
-                             "long jobs on hardware where it pays are compiled (see hf_clf_ext.compiled).")
+                             "long jobs on hardware where it pays are compiled (see hf_clf_ext.last_token.compiled).")
 
 
 def evaluation_parser() -> argparse.ArgumentParser:
@@ -120,7 +120,8 @@ def evaluate(argv) -> int:
     if bool(args.dataset) == bool(args.file):
         raise fail("give either --dataset (with --split) or --file.")
     from hf_clf_ext import jobs
-    from hf_clf_ext.data import LabelSpace, build_texts, encode_split, name_class_ids
+    from hf_clf_ext.labels import LabelSpace, encode_split, name_class_ids
+    from hf_clf_ext.texts import build_texts
     from hf_clf_ext.metrics import metrics_from_results
 
     try:
@@ -227,7 +228,7 @@ def export(argv) -> int:
 
 def _report_compile(classifier) -> None:
     """What compiling cost, on stderr, when the job ran compiled."""
-    from hf_clf_ext.compiled import compile_stats
+    from hf_clf_ext.last_token.compiled import compile_stats
 
     stats = compile_stats(classifier.model)
     if stats is not None:

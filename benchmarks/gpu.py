@@ -543,7 +543,7 @@ def train_configuration(ctx, backbone, who: str, spec: tuple, quantized: bool) -
         peft_model = wrap_for_training(wrapper, quantized, checkpointing)
         peft_model.train()
         trainable = [(name, p) for name, p in peft_model.named_parameters() if p.requires_grad]
-        if who == "ours":  # two learning rates, as LastTokenClassifierTrainer.create_optimizer
+        if who == "ours":  # two learning rates, as LastTokenTrainer.create_optimizer
             head = [p for name, p in trainable if f".{HEAD_MODULE}." in f".{name}"]
             rest = [p for name, p in trainable if f".{HEAD_MODULE}." not in f".{name}"]
             groups = [{"params": rest, "lr": LEARNING_RATES["adapters"]},
@@ -751,7 +751,7 @@ def inference_eager(ctx, section: dict, classifier) -> dict:
 
 def inference_compiled(ctx, section: dict, classifier, eager: dict) -> None:
     from hf_clf_ext import predict_texts
-    from hf_clf_ext.compiled import compile_stats
+    from hf_clf_ext.last_token.compiled import compile_stats
 
     args = ctx.args
     texts = eager["texts"]
@@ -791,7 +791,7 @@ def inference_compiled(ctx, section: dict, classifier, eager: dict) -> None:
 
 def instruction_costs(ctx, section: dict, causal, classifier) -> None:
     from hf_clf_ext import InstructionClassifier, InstructionPrompt, Verbalizer, predict_texts
-    from hf_clf_ext.prompt_cache import SharedPrefix
+    from hf_clf_ext.instruction.prompt_cache import SharedPrefix
 
     args = ctx.args
     texts = ctx.texts[: args.instruction_texts]
@@ -986,7 +986,7 @@ def check_layout_round_trip(ctx, work: Path) -> dict:
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, LlamaConfig
 
     from hf_clf_ext import LastTokenClassifierForSequenceClassification
-    from hf_clf_ext.modeling_last_token import ADAPTER_SUBFOLDER
+    from hf_clf_ext.last_token.modeling_last_token import ADAPTER_SUBFOLDER
 
     dims = dict(TINY, vocab_size=len(ctx.tokenizer))
     config = LlamaConfig(**dims, pad_token_id=ctx.tokenizer.pad_token_id, eos_token_id=ctx.tokenizer.eos_token_id,
@@ -1017,7 +1017,7 @@ def check_layout_round_trip(ctx, work: Path) -> dict:
     nudge(ctx, peft_model)
     rows = probe_batch(ctx, lengths=(9, 21, 40))
     expected = logits_of(ctx, peft_model, rows)
-    # The trainer's save (LastTokenClassifierTrainer._save): adapter + head in adapter/, the base and its
+    # The trainer's save (LastTokenTrainer._save): adapter + head in adapter/, the base and its
     # quantization in config.json, which `from_pretrained` reads to load the base again.
     folder = work / "tiny_saved"
     peft_model.save_pretrained(folder / ADAPTER_SUBFOLDER)

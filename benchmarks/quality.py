@@ -37,7 +37,7 @@ from baselines import machine, stock_classifier, stock_encode, stock_training_ar
 from hf_clf_ext import jobs
 from hf_clf_ext.bundled import REUTERS_R10, bbc_news_splits, reuters_21578_splits, smollm2_model_dir
 from hf_clf_ext.calibration import fit_temperature
-from hf_clf_ext.instruction import HARD_LABEL_METHODS
+from hf_clf_ext.instruction.classifier import HARD_LABEL_METHODS
 from hf_clf_ext.metrics import build_compute_metrics, logits_from_probabilities, probabilities_from_results
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -146,10 +146,10 @@ def run_tfidf_cut(task: Task, splits, seed: int, workdir: str) -> dict:
     what the model loses by truncation, isolated from what it gains by reading."""
     from transformers import AutoTokenizer
 
-    from hf_clf_ext.data import tokenize_texts
-    from hf_clf_ext.last_token_config import LastTokenClassifierTrainingArguments
+    from hf_clf_ext.texts import tokenize_texts
+    from hf_clf_ext.last_token.config import LastTokenConfig
 
-    script, args = jobs.parse_config(LastTokenClassifierTrainingArguments, ["--config", str(LAST_TOKEN_CONFIG)])
+    script, args = jobs.parse_config(LastTokenConfig, ["--config", str(LAST_TOKEN_CONFIG)])
     tokenizer = AutoTokenizer.from_pretrained(jobs.resolve_model(script)[0])
     reserve = len(tokenizer(args.pooling_suffix, add_special_tokens=False)["input_ids"]) if args.pooling_suffix else 0
     cut = {}
@@ -163,10 +163,10 @@ def run_tfidf_cut(task: Task, splits, seed: int, workdir: str) -> dict:
 
 def run_last_token(task: Task, splits, seed: int, workdir: str, max_length: int | None = None,
                    model: str | None = None) -> dict:
-    from hf_clf_ext import LastTokenClassifierTrainer
-    from hf_clf_ext.last_token_config import LastTokenClassifierTrainingArguments
+    from hf_clf_ext import LastTokenTrainer
+    from hf_clf_ext.last_token.config import LastTokenConfig
 
-    script, args = jobs.parse_config(LastTokenClassifierTrainingArguments, [
+    script, args = jobs.parse_config(LastTokenConfig, [
         "--config", str(LAST_TOKEN_CONFIG), "--output_dir", workdir, "--seed", str(seed), "--calibrate", "false",
         "--save_total_limit", "1", "--disable_tqdm", "true", "--label_column", task.label_column,
         *(["--class_weights", "balanced"] if task.multi_label else []),
@@ -174,7 +174,7 @@ def run_last_token(task: Task, splits, seed: int, workdir: str, max_length: int 
         *(["--model_name_or_path", model] if model else []),
     ])
     names = task.label_names(splits)
-    trainer = LastTokenClassifierTrainer(jobs.resolve_model(script)[0], args=args, train_dataset=splits["train"],
+    trainer = LastTokenTrainer(jobs.resolve_model(script)[0], args=args, train_dataset=splits["train"],
                                          eval_dataset=splits["validation"], labels=names)
     started = time.perf_counter()
     trainer.train()
@@ -220,15 +220,15 @@ def run_stock(task: Task, splits, seed: int, workdir: str) -> dict:
 
 def run_instruction(task: Task, splits, seed: int, workdir: str) -> list[dict]:
     """Two rows: constrained decoding (hard labels) and label scoring (probabilities)."""
-    from hf_clf_ext import InstructionSFTRecipe
-    from hf_clf_ext.instruction_config import InstructionSFTConfig
+    from hf_clf_ext import InstructionTrainer
+    from hf_clf_ext.instruction.config import InstructionConfig
 
     if task.multi_label:
         raise SystemExit("The instruction method is benchmarked on BBC News only (its r=64 SFT is the slowest run).")
-    script, args = jobs.parse_config(InstructionSFTConfig, [
+    script, args = jobs.parse_config(InstructionConfig, [
         "--config", str(INSTRUCTION_CONFIG), "--output_dir", workdir, "--seed", str(seed), "--disable_tqdm", "true",
     ])
-    recipe = InstructionSFTRecipe(jobs.resolve_model(script)[0], args=args, train_dataset=splits["train"],
+    recipe = InstructionTrainer(jobs.resolve_model(script)[0], args=args, train_dataset=splits["train"],
                                   eval_dataset=splits["validation"])
     started = time.perf_counter()
     recipe.train()

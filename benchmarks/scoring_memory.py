@@ -28,7 +28,8 @@ def measure(labels: int, batch: int, tree: bool, repeats: int) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from hf_clf_ext import InstructionClassifier, InstructionPrompt, Verbalizer, scoring
+    from hf_clf_ext import InstructionClassifier, InstructionPrompt, Verbalizer
+    from hf_clf_ext.instruction import scoring
     from hf_clf_ext.bundled import bbc_news_splits, smollm2_model_dir
 
     torch.set_num_threads(2)

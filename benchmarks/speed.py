@@ -263,10 +263,10 @@ def _instruction_classifier():
 
     from hf_clf_ext import InstructionClassifier, InstructionPrompt, Verbalizer
     from hf_clf_ext.bundled import smollm2_model_dir
-    from hf_clf_ext.instruction_config import InstructionSFTConfig
+    from hf_clf_ext.instruction.config import InstructionConfig
     from hf_clf_ext.jobs import parse_config
 
-    _, args = parse_config(InstructionSFTConfig, ["--config", str(INSTRUCTION_CONFIG), "--output_dir", "unused"])
+    _, args = parse_config(InstructionConfig, ["--config", str(INSTRUCTION_CONFIG), "--output_dir", "unused"])
     path = smollm2_model_dir()
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPE).to(_device())
@@ -286,7 +286,7 @@ def input_tokens(name: str, texts: list[str]) -> float:
     the instruction prompt (texts cut to the same length in both; the prompt adds its instructions), whose opening
     shared by all prompts is encoded once per pass and counts here as its share per article."""
     if name.startswith("instruction_"):
-        from hf_clf_ext.prompt_cache import SharedPrefix
+        from hf_clf_ext.instruction.prompt_cache import SharedPrefix
 
         classifier = _instruction_classifier()
         prompts = classifier.prompt_ids(texts)
@@ -449,17 +449,17 @@ def _train(ours: bool, grouped: bool, max_length: int, compile: bool = False):
 
 
 def _our_trainer(train, workdir, max_length, sampling, clock, compile, steps):
-    from hf_clf_ext import LastTokenClassifierTrainer
+    from hf_clf_ext import LastTokenTrainer
     from hf_clf_ext.jobs import parse_config, resolve_model
-    from hf_clf_ext.last_token_config import LastTokenClassifierTrainingArguments
+    from hf_clf_ext.last_token.config import LastTokenConfig
 
-    script, args = parse_config(LastTokenClassifierTrainingArguments, [
+    script, args = parse_config(LastTokenConfig, [
         "--config", str(LAST_TOKEN_CONFIG), "--output_dir", workdir, "--max_steps", str(steps), "--max_length",
         str(max_length), "--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false",
         "--calibrate", "false", "--train_sampling_strategy", sampling, "--disable_tqdm", "true",
         "--use_cpu", str(not torch.cuda.is_available()).lower(), "--torch_compile", str(compile).lower(),
     ])
-    return LastTokenClassifierTrainer(resolve_model(script)[0], args=args, train_dataset=train, callbacks=[clock])
+    return LastTokenTrainer(resolve_model(script)[0], args=args, train_dataset=train, callbacks=[clock])
 
 
 def _stock_trainer(train, workdir, max_length, sampling, clock, compile, steps):

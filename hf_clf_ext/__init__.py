@@ -7,13 +7,18 @@ trainers (TRL, PEFT, datasets, evaluate, scikit-learn, matplotlib) only when a t
 """
 
 import importlib
+import importlib.abc
+import importlib.util
+import sys
+import types
+import warnings
 
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
-from .configuration_last_token import LastTokenClassifierConfig
-from .modeling_last_token import LastTokenClassifierForSequenceClassification, pool_hidden_states
-from .pipeline import LastTokenClassificationPipeline
-from .pipeline import register as register_pipeline
+from .last_token.configuration_last_token import LastTokenClassifierConfig
+from .last_token.modeling_last_token import LastTokenClassifierForSequenceClassification, pool_hidden_states
+from .last_token.pipeline import LastTokenClassificationPipeline
+from .last_token.pipeline import register as register_pipeline
 
 AutoConfig.register(LastTokenClassifierConfig.model_type, LastTokenClassifierConfig, exist_ok=True)
 AutoModelForSequenceClassification.register(
@@ -22,22 +27,52 @@ AutoModelForSequenceClassification.register(
 register_pipeline()
 
 _LAZY = {
-    "DistillationConfig": "distill_config",
-    "InstructionClassifier": "instruction",
-    "InstructionPrompt": "instruction",
-    "InstructionSFTConfig": "instruction_config",
-    "InstructionSFTRecipe": "instruction_trainer",
-    "LabelTokens": "verbalizer",
-    "LastTokenDistillationTrainer": "distill_trainer",
-    "LastTokenClassifierTrainer": "last_token_trainer",
-    "LastTokenClassifierTrainingArguments": "last_token_config",
+    "DistillationConfig": "distillation.config",
+    "InstructionClassifier": "instruction.classifier",
+    "InstructionConfig": "instruction.config",
+    "InstructionPrompt": "instruction.classifier",
+    "InstructionTrainer": "instruction.trainer",
+    "LabelTokens": "instruction.verbalizer",
+    "LastTokenConfig": "last_token.config",
+    "LastTokenDistillationTrainer": "distillation.trainer",
+    "LastTokenTrainer": "last_token.trainer",
     "TextClassifier": "classifier",
-    "TfidfClassifier": "tfidf",
-    "Verbalizer": "verbalizer",
-    "VerbalizerLogitsProcessor": "logits_process",
-    "label_pool": "pool_labels",
-    "predict_texts": "inference",
-    "score_labels": "scoring",
+    "TfidfClassifier": "distillation.tfidf",
+    "Verbalizer": "instruction.verbalizer",
+    "VerbalizerLogitsProcessor": "instruction.logits_process",
+    "label_pool": "distillation.teacher_labels",
+    "predict_texts": "last_token.inference",
+    "score_labels": "instruction.scoring",
+}
+# Round-2 names, kept working: each warns once (FutureWarning) and gives the new object.
+DEPRECATED_NAMES = {
+    "LastTokenClassifierTrainer": "LastTokenTrainer",
+    "LastTokenClassifierTrainingArguments": "LastTokenConfig",
+    "InstructionSFTRecipe": "InstructionTrainer",
+    "InstructionSFTConfig": "InstructionConfig",
+}
+# Round-2 module paths (one flat folder), kept importable: `hf_clf_ext.last_token_config` is `hf_clf_ext.last_token.config`.
+DEPRECATED_MODULES = {
+    "configuration_last_token": "last_token.configuration_last_token",
+    "modeling_last_token": "last_token.modeling_last_token",
+    "last_token_config": "last_token.config",
+    "last_token_trainer": "last_token.trainer",
+    "inference": "last_token.inference",
+    "compiled": "last_token.compiled",
+    "pipeline": "last_token.pipeline",
+    "verbalizer": "instruction.verbalizer",
+    "logits_process": "instruction.logits_process",
+    "scoring": "instruction.scoring",
+    "prompt_cache": "instruction.prompt_cache",
+    "instruction_config": "instruction.config",
+    "instruction_trainer": "instruction.trainer",
+    "distill_config": "distillation.config",
+    "distill_trainer": "distillation.trainer",
+    "pool_labels": "distillation.teacher_labels",
+    "tfidf": "distillation.tfidf",
+    "saving": "hub",
+    "model_card": "cards.model_card",
+    "data": "labels",
 }
 
 __all__ = [
@@ -49,7 +84,18 @@ __all__ = [
 ]
 
 
+def _deprecated(old: str, new: str) -> None:
+    warnings.warn(f"hf_clf_ext: {old} is now {new}; the old name will be removed in a later release.", FutureWarning,
+                  stacklevel=3)
+
+
 def __getattr__(name: str):
+    if name in DEPRECATED_NAMES:
+        new = DEPRECATED_NAMES[name]
+        _deprecated(name, new)
+        value = getattr(sys.modules[__name__], new)
+        globals()[name] = value  # warned once
+        return value
     if name in _LAZY:
         value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
         globals()[name] = value
@@ -59,3 +105,31 @@ def __getattr__(name: str):
 
 def __dir__():
     return sorted(set(globals()) | set(_LAZY))
+
+
+class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """`import hf_clf_ext.<round-2 module>` gives a view of the module where it lives now, warning once."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        package, _, old = fullname.rpartition(".")
+        if package != __name__ or old not in DEPRECATED_MODULES:
+            return None
+        return importlib.util.spec_from_loader(fullname, self)
+
+    def create_module(self, spec):
+        old = spec.name.rpartition(".")[2]
+        new = f"{__name__}.{DEPRECATED_MODULES[old]}"
+        _deprecated(spec.name, new)
+        target = importlib.import_module(new)
+        module = types.ModuleType(spec.name, target.__doc__)
+        # Round-2 names too: `from hf_clf_ext.last_token_config import LastTokenClassifierTrainingArguments`.
+        module.__getattr__ = lambda name: getattr(target, DEPRECATED_NAMES.get(name, name))
+        module.__dir__ = lambda: dir(target)
+        return module
+
+    def exec_module(self, module):
+        pass
+
+
+if not any(isinstance(finder, _MovedModules) for finder in sys.meta_path):
+    sys.meta_path.append(_MovedModules())

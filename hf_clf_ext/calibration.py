@@ -12,7 +12,7 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import logsumexp
 
-from .configuration_last_token import PROBLEM_TYPES
+from .labels import PROBLEM_TYPES
 
 TEMPERATURE_RANGE = (0.05, 20.0)
 THRESHOLD_GRID = tuple(float(t) for t in np.round(np.arange(0.05, 0.951, 0.01), 2))

@@ -8,7 +8,7 @@
 
 Results, in input order: single-label `{"label", "score", "probabilities"}`, multi-label `{"labels",
 "probabilities"}`. `compile=True` (loader or `classify`) runs a last-token classifier through its `torch.compile`d
-forward (`hf_clf_ext.compiled`); the default compiles long jobs where that pays. An instruction classifier's constrained decoding (`method="generate"`, its default) names labels
+forward (`hf_clf_ext.last_token.compiled`); the default compiles long jobs where that pays. An instruction classifier's constrained decoding (`method="generate"`, its default) names labels
 without probabilities, so its results hold `"label"` / `"labels"` only; `method="score"` adds them. A TF-IDF student
 (`hf-clf distill`) loads and classifies the same way.
 """
@@ -19,9 +19,9 @@ from collections.abc import Sequence
 
 from transformers.utils import CONFIG_NAME, cached_file
 
-from . import tfidf
-from .configuration_last_token import LastTokenClassifierConfig
-from .instruction import HARD_LABEL_METHODS, HUB_OPTIONS, METHODS, PROMPT_FILE, InstructionClassifier
+from .distillation import tfidf
+from .last_token.configuration_last_token import LastTokenClassifierConfig
+from .instruction.classifier import HARD_LABEL_METHODS, HUB_OPTIONS, METHODS, PROMPT_FILE, InstructionClassifier
 from .texts import check_batch_size
 
 MODEL_TYPE = LastTokenClassifierConfig.model_type
@@ -96,7 +96,7 @@ class TextClassifier:
             return self.instruction.classify(texts, method=method, batch_size=batch_size)
         if self.approach == "tfidf":
             return self.model.classify(texts)
-        from .inference import predict_texts
+        from .last_token.inference import predict_texts
 
         return predict_texts(self.model, self.tokenizer, texts, batch_size=batch_size,
                              compile=compile)

@@ -18,7 +18,7 @@ from tokenizers import processors
 from transformers import AutoTokenizer
 from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
 
-from .modeling_last_token import LastTokenClassifierForSequenceClassification
+from .last_token.modeling_last_token import LastTokenClassifierForSequenceClassification
 from .texts import add_strip_normalizer
 
 EXPORT_FACTS_FILE = "export.json"
@@ -93,7 +93,7 @@ def export_instruction(source, output_dir: str | os.PathLike, **load_kwargs) -> 
     """Write an instruction classifier (folder or Hub repo) as a merged causal LM with its tokenizer, verbalizer and
     prompt settings: a folder any engine generates from (vLLM, TGI, llama.cpp after conversion), and that
     `InstructionClassifier.from_pretrained` loads with constrained decoding and label scoring."""
-    from .instruction import InstructionClassifier
+    from .instruction.classifier import InstructionClassifier
 
     classifier = InstructionClassifier.from_pretrained(source, **load_kwargs)
     model = classifier.model

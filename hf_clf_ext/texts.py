@@ -1,4 +1,5 @@
-"""The one text normalisation every path applies before a text is tokenized.
+"""Texts: the one normalisation every path applies before a text is tokenized, texts built from a row's columns,
+and tokenisation with truncation that leaves room for a pooling suffix.
 
 Training, evaluation, `predict_texts`, `TextClassifier`, the pipeline, instruction prompts, TF-IDF students and
 distillation pools all call `normalize_text`, so a text means the same thing wherever it goes: a classifier trained
@@ -11,7 +12,18 @@ the White_Space set, as `normalize_text` does), so plain `transformers` users of
 call this module, see the same tokens.
 """
 
-from collections.abc import Iterable
+from __future__ import annotations
+
+import logging
+import os
+import string
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # datasets loads only where data is read: prediction imports this module too
+    from datasets import Dataset
+
+logger = logging.getLogger(__name__)
 
 # Unicode's White_Space property (PropList.txt): the characters the `tokenizers` Strip normalizer removes. Python's
 # `str.strip()` also strips U+001C..U+001F, which the tokenizer keeps; naming the set keeps both sides identical.
@@ -70,3 +82,81 @@ def _strips(normalizer) -> bool:
         return False
     probe = " \n\u3000x\u2028 "
     return normalizer.normalize_str(probe) == normalizer.normalize_str("x")
+
+
+def template_fields(template: str) -> list[str]:
+    """The column names a `str.format` template refers to (`"{title}\\n\\n{abstract}"` -> title, abstract)."""
+    return [name for _, name, _, _ in string.Formatter().parse(template) if name]
+
+
+def build_texts(dataset: Dataset, text_columns: Sequence[str], template: str | None, split: str) -> list[str]:
+    """One string per row: the single text column, or several columns joined by `template` (default: blank lines
+    between them), each field and the whole normalised by `texts.normalize_text` (as every inference path
+    normalises). Empty texts are an error naming the rows."""
+    if template is None:
+        template = "\n\n".join("{" + column + "}" for column in text_columns)
+    fields = template_fields(template)
+    if not fields:
+        raise ValueError(f"The text template {template!r} refers to no column: use e.g. '{{text}}'.")
+    from .labels import check_columns
+
+    check_columns(dataset, fields, split)
+    columns = {name: dataset[name] for name in fields}
+    texts = []
+    for row in range(len(dataset)):
+        values = {name: columns[name][row] for name in fields}
+        bad = [name for name, value in values.items() if not isinstance(value, str)]
+        if bad:
+            raise ValueError(f"Row {row} of the {split} data has non-text values in {bad}: {values}.")
+        texts.append(normalize_text(template.format(**{name: normalize_text(value) for name, value in values.items()})))
+    empty = [row for row, text in enumerate(texts) if not text]
+    if empty:
+        raise ValueError(f"Rows {empty[:20]} of the {split} data have empty text ({len(empty)} in all).")
+    return texts
+
+
+def load_tokenizer(model, gguf_file: str | None = None):
+    """The tokenizer saved with `model` (a name, a path or a loaded model), for a trainer given none."""
+    from transformers import AutoTokenizer
+    from transformers.utils.quantization_config import QuantizationMethod
+
+    if getattr(model, "quantization_method", None) == QuantizationMethod.GGUF:
+        raise ValueError("Pass the tokenizer as processing_class: a model loaded from a GGUF file does not say which "
+                         "file its tokenizer is in.")
+    source = model if isinstance(model, (str, os.PathLike)) else model.name_or_path
+    return AutoTokenizer.from_pretrained(source, gguf_file=gguf_file)
+
+
+def tokenize_texts(
+    texts: Sequence[str],
+    tokenizer,
+    max_length: int,
+    *,
+    truncation_side: str = "right",
+    reserve: int = 0,
+) -> tuple[dict[str, list[list[int]]], int]:
+    """Token ids of `texts` (and how many were cut), each at most `max_length - reserve` tokens (`reserve` leaves room
+    for the pooling suffix the model appends). The tokenizer truncates itself, keeping the special tokens it adds at
+    the start, the end or both (BOS, an appended EOS), so training cuts exactly as `tokenizer(text, truncation=True)`
+    does in `predict_texts` and `pipeline()`. `truncation_side="right"` keeps the start of a long text, `"left"` its
+    end."""
+    if truncation_side not in ("right", "left"):
+        raise ValueError(f"truncation_side must be 'right' (keep the start) or 'left' (keep the end), got {truncation_side!r}.")
+    special = tokenizer.num_special_tokens_to_add(pair=False)
+    room = max_length - reserve
+    if room - special < 1:
+        raise ValueError(
+            f"max_length={max_length} leaves no room for text after {special} special and {reserve} suffix tokens."
+        )
+    texts = list(texts)
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]]
+    truncated = sum(length > room - special for length in lengths)
+    if truncated:
+        logger.info("%d of %d texts are longer than %d tokens and were truncated.", truncated, len(texts), room - special)
+    side = tokenizer.truncation_side
+    tokenizer.truncation_side = truncation_side
+    try:
+        input_ids = tokenizer(texts, truncation=True, max_length=room, verbose=False)["input_ids"]
+    finally:
+        tokenizer.truncation_side = side
+    return {"input_ids": input_ids, "attention_mask": [[1] * len(ids) for ids in input_ids]}, truncated

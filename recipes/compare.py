@@ -11,8 +11,8 @@ speed (instruction rows: constrained decoding, and label scoring for ECE).
 import argparse
 
 from hf_clf_ext import jobs
-from hf_clf_ext.instruction_config import InstructionSFTConfig
-from hf_clf_ext.last_token_config import LastTokenClassifierTrainingArguments
+from hf_clf_ext.instruction.config import InstructionConfig
+from hf_clf_ext.last_token.config import LastTokenConfig
 
 COLUMNS = ("F1 micro", "F1 macro", "ECE", "trainable params", "train s", "inference ex/s")
 
@@ -24,8 +24,8 @@ def main(argv=None) -> list[tuple]:
     args, overrides = parser.parse_known_args(argv)
     overrides = [item for item in overrides if item != "--"]
     # Parse and check both configs before either model loads.
-    last_token = jobs.prepare(LastTokenClassifierTrainingArguments, ["--config", args.last_token_config, *overrides])
-    instruction = jobs.prepare(InstructionSFTConfig, ["--config", args.instruction_config, *overrides])
+    last_token = jobs.prepare(LastTokenConfig, ["--config", args.last_token_config, *overrides])
+    instruction = jobs.prepare(InstructionConfig, ["--config", args.instruction_config, *overrides])
     if last_token[0].model_name_or_path != instruction[0].model_name_or_path:
         raise SystemExit("compare: the two configs name different models.")
     rows = []

@@ -9,11 +9,11 @@ adapter, tokenizer, verbalizer, prompt and card -> push when `push_to_hub: true`
 """
 
 from hf_clf_ext import jobs
-from hf_clf_ext.instruction_config import InstructionSFTConfig
+from hf_clf_ext.instruction.config import InstructionConfig
 
 
 def main(argv=None) -> dict:
-    script_args, training_args, splits = jobs.prepare(InstructionSFTConfig, argv)
+    script_args, training_args, splits = jobs.prepare(InstructionConfig, argv)
     results = jobs.train_instruction(script_args, training_args, splits)
     if training_args.process_index == 0:
         jobs.print_results(results, training_args.output_dir, "instruction")

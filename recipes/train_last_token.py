@@ -10,11 +10,11 @@ its card and `all_results.json` -> push to the Hub when `push_to_hub: true`.
 """
 
 from hf_clf_ext import jobs
-from hf_clf_ext.last_token_config import LastTokenClassifierTrainingArguments
+from hf_clf_ext.last_token.config import LastTokenConfig
 
 
 def main(argv=None) -> dict:
-    script_args, training_args, splits = jobs.prepare(LastTokenClassifierTrainingArguments, argv)
+    script_args, training_args, splits = jobs.prepare(LastTokenConfig, argv)
     results = jobs.train_last_token(script_args, training_args, splits)
     if training_args.process_index == 0:
         jobs.print_results(results, training_args.output_dir, "last_token")

@@ -12,9 +12,9 @@ import yaml
 from datasets import Dataset, DatasetDict
 
 from hf_clf_ext import LastTokenClassifierForSequenceClassification, TextClassifier, TfidfClassifier, cli, predict_texts
-from hf_clf_ext.distill_config import DistillationConfig
-from hf_clf_ext.instruction_config import InstructionSFTConfig
-from hf_clf_ext.last_token_config import LastTokenClassifierTrainingArguments
+from hf_clf_ext.distillation.config import DistillationConfig
+from hf_clf_ext.instruction.config import InstructionConfig
+from hf_clf_ext.last_token.config import LastTokenConfig
 
 from test_recipes import NO_SUCH_MODEL, data_files, recipe, write_config  # noqa: F401 - fixture
 
@@ -194,14 +194,14 @@ def test_a_tfidf_student_is_not_overwritten_but_its_teacher_labels_resume(tmp_pa
 
 
 @pytest.mark.parametrize("config_class, option, value", [
-    (LastTokenClassifierTrainingArguments, "class_weights", "1,nan,1"),
-    (LastTokenClassifierTrainingArguments, "class_weights", "1,inf,1"),
-    (LastTokenClassifierTrainingArguments, "learning_rate", float("nan")),
-    (LastTokenClassifierTrainingArguments, "head_learning_rate", float("inf")),
-    (LastTokenClassifierTrainingArguments, "focal_gamma", float("nan")),
-    (LastTokenClassifierTrainingArguments, "lora_dropout", float("nan")),
-    (InstructionSFTConfig, "max_grad_norm", float("inf")),
-    (InstructionSFTConfig, "learning_rate", float("-inf")),
+    (LastTokenConfig, "class_weights", "1,nan,1"),
+    (LastTokenConfig, "class_weights", "1,inf,1"),
+    (LastTokenConfig, "learning_rate", float("nan")),
+    (LastTokenConfig, "head_learning_rate", float("inf")),
+    (LastTokenConfig, "focal_gamma", float("nan")),
+    (LastTokenConfig, "lora_dropout", float("nan")),
+    (InstructionConfig, "max_grad_norm", float("inf")),
+    (InstructionConfig, "learning_rate", float("-inf")),
     (DistillationConfig, "distill_temperature", float("nan")),
     (DistillationConfig, "tfidf_C", float("inf")),
 ])

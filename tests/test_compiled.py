@@ -12,9 +12,9 @@ import torch._dynamo.utils
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from hf_clf_ext import LastTokenClassifierForSequenceClassification, TextClassifier, predict_texts
-from hf_clf_ext import compiled as compiled_module
-from hf_clf_ext import last_token_trainer
-from hf_clf_ext.compiled import BUCKET_TOKENS, compile_pays, compiled_forward
+from hf_clf_ext.last_token import compiled as compiled_module
+from hf_clf_ext.last_token import trainer as last_token_trainer
+from hf_clf_ext.last_token.compiled import BUCKET_TOKENS, compile_pays, compiled_forward
 from hf_clf_ext.export import export_stock
 
 from conftest import WORDS
@@ -94,7 +94,7 @@ def test_loader_and_cli_compile_a_stock_export(saved, tmp_path):
 
 
 def test_compile_is_refused_where_there_is_no_compiled_path(tmp_path):
-    from hf_clf_ext.tfidf import TfidfClassifier
+    from hf_clf_ext.distillation.tfidf import TfidfClassifier
 
     student = TfidfClassifier.fit(["shares rose", "the striker scored"], [[1.0, 0.0], [0.0, 1.0]], ["a", "b"], False)
     student.save_pretrained(tmp_path)

@@ -14,9 +14,9 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from transformers import PreTrainedTokenizerFast
 
 from hf_clf_ext import TextClassifier, cli, jobs
-from hf_clf_ext.distill_trainer import distillation_loss, soften, truncated_backbone
-from hf_clf_ext.pool_labels import label_pool
-from hf_clf_ext.tfidf import TfidfClassifier
+from hf_clf_ext.distillation.trainer import distillation_loss, soften, truncated_backbone
+from hf_clf_ext.distillation.teacher_labels import label_pool
+from hf_clf_ext.distillation.tfidf import TfidfClassifier
 
 from test_last_token_trainer import synthetic
 from test_recipes import NO_SUCH_MODEL, recipe, write_config

@@ -20,13 +20,26 @@ from sklearn.linear_model import LogisticRegression
 from transformers import AutoTokenizer, BertConfig, BertModel, PreTrainedTokenizerFast
 
 from hf_clf_ext import TextClassifier
-from hf_clf_ext.data import LabelSpace
-from hf_clf_ext.distill_config import DistillationConfig
-from hf_clf_ext.distill_trainer import (_last_token_student, distillation_loss, fit_tfidf_student, hard_labels, soften,
-                                        stock_student, train_stock_student)
-from hf_clf_ext.last_token_trainer import _unwrap_classifier
-from hf_clf_ext.pool_labels import check_pool_texts, fingerprint, folder_fingerprint, label_pool, teacher_fingerprint
-from hf_clf_ext.tfidf import SETTINGS_FILE, WEIGHTS_FILE, TfidfClassifier
+from hf_clf_ext.labels import LabelSpace
+from hf_clf_ext.distillation.config import DistillationConfig
+from hf_clf_ext.distillation.trainer import (
+    _last_token_student,
+    distillation_loss,
+    fit_tfidf_student,
+    hard_labels,
+    soften,
+    stock_student,
+    train_stock_student,
+)
+from hf_clf_ext.last_token.trainer import _unwrap_classifier
+from hf_clf_ext.distillation.teacher_labels import (
+    check_pool_texts,
+    fingerprint,
+    folder_fingerprint,
+    label_pool,
+    teacher_fingerprint,
+)
+from hf_clf_ext.distillation.tfidf import SETTINGS_FILE, WEIGHTS_FILE, TfidfClassifier
 
 from test_recipes import recipe
 

@@ -40,9 +40,12 @@ LANGUAGES = ("python", "bash", "text")  # every fenced block says which it is, s
 REPO_PATH = re.compile(r"^(recipes|benchmarks|tests|hf_clf_ext|model_cards|docs)/[\w./-]*$")
 DOTTED = re.compile(r"^hf_clf_ext(\.\w+)+")
 API_MODULES = (
-    "classifier", "last_token_config", "last_token_trainer", "modeling_last_token", "configuration_last_token",
-    "inference", "export", "instruction", "instruction_config", "instruction_trainer", "verbalizer", "logits_process",
-    "scoring", "distill_config", "distill_trainer", "tfidf", "pool_labels", "texts", "calibration",
+    "classifier", "texts", "labels", "calibration", "export",
+    "last_token.config", "last_token.trainer", "last_token.modeling_last_token", "last_token.configuration_last_token",
+    "last_token.inference",
+    "instruction.classifier", "instruction.config", "instruction.trainer", "instruction.verbalizer",
+    "instruction.logits_process", "instruction.scoring",
+    "distillation.config", "distillation.trainer", "distillation.tfidf", "distillation.teacher_labels",
 )
 
 
@@ -137,17 +140,17 @@ def config_options(kind: str) -> frozenset[str]:
     from hf_clf_ext.jobs import DistillScriptArguments, ScriptArguments
 
     if kind == "distill":
-        from hf_clf_ext.distill_config import DistillationConfig
+        from hf_clf_ext.distillation.config import DistillationConfig
 
         classes = (DistillScriptArguments, DistillationConfig)
     elif kind == "instruction":
-        from hf_clf_ext.instruction_config import InstructionSFTConfig
+        from hf_clf_ext.instruction.config import InstructionConfig
 
-        classes = (ScriptArguments, InstructionSFTConfig)
+        classes = (ScriptArguments, InstructionConfig)
     else:
-        from hf_clf_ext.last_token_config import LastTokenClassifierTrainingArguments
+        from hf_clf_ext.last_token.config import LastTokenConfig
 
-        classes = (ScriptArguments, LastTokenClassifierTrainingArguments)
+        classes = (ScriptArguments, LastTokenConfig)
     return frozenset(field_options(*classes) | {"--config", "-h", "--help"})
 
 

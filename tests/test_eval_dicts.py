@@ -3,7 +3,7 @@ each under its own prefix, and select the best checkpoint on the first one's met
 
 import pytest
 
-from hf_clf_ext import InstructionSFTRecipe, LastTokenClassifierTrainer
+from hf_clf_ext import InstructionTrainer, LastTokenTrainer
 
 from test_instruction import config as instruction_config
 from test_last_token_trainer import arguments, synthetic
@@ -14,12 +14,12 @@ def test_a_dict_of_evaluation_sets(approach, tiny_lm_dirs, tokenizer, tmp_path):
     evaluation = {"news": synthetic(12, seed=2), "forum": synthetic(10, seed=3)}
     common = dict(eval_strategy="epoch", save_strategy="epoch", load_best_model_at_end=True, num_train_epochs=2)
     if approach == "last_token":
-        trainer = LastTokenClassifierTrainer(str(tiny_lm_dirs["llama", "pad"]), args=arguments(tmp_path, **common),
+        trainer = LastTokenTrainer(str(tiny_lm_dirs["llama", "pad"]), args=arguments(tmp_path, **common),
                                              train_dataset=synthetic(24, seed=1), eval_dataset=evaluation,
                                              processing_class=tokenizer)
         metric = "f1_macro"
     else:
-        trainer = InstructionSFTRecipe(str(tiny_lm_dirs["llama", "pad"]), args=instruction_config(tmp_path, **common),
+        trainer = InstructionTrainer(str(tiny_lm_dirs["llama", "pad"]), args=instruction_config(tmp_path, **common),
                                        train_dataset=synthetic(24, seed=1), eval_dataset=evaluation,
                                        processing_class=tokenizer)
         metric = "loss"  # SFTConfig selects on the loss by default

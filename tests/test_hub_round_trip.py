@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from hf_clf_ext import LastTokenClassifierTrainer, predict_texts
+from hf_clf_ext import LastTokenTrainer, predict_texts
 
 from conftest import publish, run_fresh
 from test_last_token_trainer import arguments, synthetic
@@ -55,7 +55,7 @@ def test_every_save_loads_by_repo_id_with_the_trained_probabilities(setting, tin
     multi_label = setting == "multi_label"
     args = arguments(tmp_path, num_train_epochs=2, eval_strategy="no", load_best_model_at_end=False,
                      merge_adapter=setting == "merged", quantization="4bit" if setting == "4bit" else "none")
-    trainer = LastTokenClassifierTrainer(
+    trainer = LastTokenTrainer(
         BASE, args=args, train_dataset=synthetic(24, 0, multi_label), processing_class=tokenizer,
         model_init_kwargs={"cache_dir": str(hub_cache)},
     )
@@ -95,7 +95,7 @@ def test_one_loader_predicts_by_repo_id_importing_only_what_prediction_needs(tin
     for prediction leaves the training stack (TRL, datasets, evaluate, scikit-learn, matplotlib) unimported. (PEFT,
     which loads the adapter, imports bitsandbytes itself where it is installed.)"""
     publish(tiny_lm_dirs["llama", "pad"], BASE, hub_cache)
-    trainer = LastTokenClassifierTrainer(
+    trainer = LastTokenTrainer(
         BASE, args=arguments(tmp_path, num_train_epochs=1, eval_strategy="no", load_best_model_at_end=False),
         train_dataset=synthetic(24, 0), processing_class=tokenizer, model_init_kwargs={"cache_dir": str(hub_cache)},
     )

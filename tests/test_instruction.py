@@ -1,4 +1,4 @@
-"""InstructionSFTRecipe and InstructionClassifier on tiny models: SFT data, learning, truncation, chat templates,
+"""InstructionTrainer and InstructionClassifier on tiny models: SFT data, learning, truncation, chat templates,
 saving and loading, model card, bad input."""
 
 import json
@@ -9,9 +9,9 @@ import torch
 from transformers import AutoModelForCausalLM
 from huggingface_hub import ModelCard
 
-from hf_clf_ext import InstructionClassifier, InstructionPrompt, InstructionSFTConfig, InstructionSFTRecipe, Verbalizer
-from hf_clf_ext.instruction import ANSWER_CUE
-from hf_clf_ext.model_card import CONFUSION_PLOT, RELIABILITY_PLOT
+from hf_clf_ext import InstructionClassifier, InstructionPrompt, InstructionConfig, InstructionTrainer, Verbalizer
+from hf_clf_ext.instruction.classifier import ANSWER_CUE
+from hf_clf_ext.cards.model_card import CONFUSION_PLOT, RELIABILITY_PLOT
 
 from conftest import publish, run_fresh
 from test_last_token_trainer import synthetic
@@ -32,7 +32,7 @@ def config(tmp_path, **overrides):
         lora_target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
     )
     defaults.update(overrides)
-    return InstructionSFTConfig(**defaults)
+    return InstructionConfig(**defaults)
 
 
 @pytest.fixture
@@ -41,7 +41,7 @@ def llama_dir(tiny_lm_dirs):
 
 
 def recipe(llama_dir, tokenizer, tmp_path, train=None, evaluation=None, **overrides):
-    return InstructionSFTRecipe(
+    return InstructionTrainer(
         str(llama_dir), args=config(tmp_path, **overrides),
         train_dataset=train if train is not None else synthetic(96, seed=1),
         eval_dataset=evaluation if evaluation is not None else synthetic(30, seed=2),
@@ -131,14 +131,14 @@ def test_prompt_learning_adapters_take_trls_loss(llama_dir, tokenizer, tmp_path)
     from peft import PromptTuningConfig
     from trl import SFTTrainer
 
-    trainer = InstructionSFTRecipe(str(llama_dir), args=config(tmp_path), train_dataset=synthetic(16, seed=1),
+    trainer = InstructionTrainer(str(llama_dir), args=config(tmp_path), train_dataset=synthetic(16, seed=1),
                                    processing_class=tokenizer,
                                    peft_config=PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
     batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
     ours = _loss_and_grads(trainer, type(trainer).compute_loss, batch, None, False)
     trl = _loss_and_grads(trainer, SFTTrainer.compute_loss, batch, None, False)
     torch.testing.assert_close(ours[0], trl[0])
-    from hf_clf_ext.prompt_cache import SharedPrefix
+    from hf_clf_ext.instruction.prompt_cache import SharedPrefix
 
     prompts = trainer.classifier.prompt_ids(["the market", "a striker"])
     assert SharedPrefix.encode(trainer.model, prompts).ids == []  # virtual tokens come first in every forward
@@ -226,7 +226,7 @@ def test_saved_recipe_loads_by_repo_id_as_an_instruction_classifier(base, llama_
     if base == "hub":  # loaded here: TRL reads a name's config without `cache_dir`
         model = AutoModelForCausalLM.from_pretrained(publish(llama_dir, "tiny-org/llama", hub_cache),
                                                      cache_dir=str(hub_cache))
-    trainer = InstructionSFTRecipe(
+    trainer = InstructionTrainer(
         model, args=config(tmp_path, num_train_epochs=1, label_texts={"sport": "sports"}),
         train_dataset=synthetic(96, seed=1), eval_dataset=synthetic(30, seed=2), processing_class=tokenizer,
     )
@@ -403,7 +403,7 @@ def _brute_force_scores(model, prompt, tokens):
 def test_score_labels_matches_a_brute_force_forward(tiny_lm_dirs, tokenizer, family, multi_label, tree, monkeypatch):
     from transformers import AutoModelForCausalLM
 
-    from hf_clf_ext import scoring
+    from hf_clf_ext.instruction import scoring
 
     monkeypatch.setattr(scoring, "TOKEN_CHUNK", 5)  # several passes, one of them partial
     monkeypatch.setattr(scoring, "LABEL_CHUNK", 2)
@@ -427,8 +427,8 @@ def test_score_labels_matches_a_brute_force_forward(tiny_lm_dirs, tokenizer, fam
 def test_labels_with_distinct_first_tokens_cost_one_pass(tiny_lm_dirs, tokenizer):
     from transformers import AutoModelForCausalLM
 
-    from hf_clf_ext import scoring
-    from hf_clf_ext.verbalizer import LabelTokens
+    from hf_clf_ext.instruction import scoring
+    from hf_clf_ext.instruction.verbalizer import LabelTokens
 
     model = AutoModelForCausalLM.from_pretrained(tiny_lm_dirs["llama", "pad"]).eval()
     tokens = LabelTokens(first=((40,), (41,), (42,)), after_delimiter=(), delimiter=(), stop=(2, 3), multi_label=False,
@@ -493,10 +493,10 @@ def test_both_trainers_load_the_tokenizer_saved_with_the_model(llama_dir, tmp_pa
 
     def build(model):
         if approach == "instruction":
-            return InstructionSFTRecipe(model, args=config(tmp_path), train_dataset=synthetic(16, seed=1))
-        from hf_clf_ext import LastTokenClassifierTrainer
+            return InstructionTrainer(model, args=config(tmp_path), train_dataset=synthetic(16, seed=1))
+        from hf_clf_ext import LastTokenTrainer
 
-        return LastTokenClassifierTrainer(model, args=arguments(tmp_path),
+        return LastTokenTrainer(model, args=arguments(tmp_path),
                                           train_dataset=synthetic(16, seed=1))
 
     assert build(str(llama_dir)).processing_class.name_or_path == str(llama_dir)
@@ -510,7 +510,7 @@ def test_many_labels_are_scored_without_repeating_the_prompt_cache(tiny_lm_dirs,
     """Tree attention: every pass holds one row per prompt, however many labels, and the cache is cut back."""
     from transformers import AutoModelForCausalLM
 
-    from hf_clf_ext import scoring
+    from hf_clf_ext.instruction import scoring
 
     model = AutoModelForCausalLM.from_pretrained(tiny_lm_dirs["llama", "pad"]).eval()
     verbalizer = Verbalizer([f"topic number {i}" for i in range(60)])

@@ -1,4 +1,4 @@
-"""LastTokenClassifierTrainer on tiny models: learning, early stopping, resuming, calibration, saving, bad input."""
+"""LastTokenTrainer on tiny models: learning, early stopping, resuming, calibration, saving, bad input."""
 
 import random
 
@@ -10,12 +10,12 @@ from transformers import AutoModelForSequenceClassification, PreTrainedTokenizer
 
 from hf_clf_ext import (
     LastTokenClassifierForSequenceClassification,
-    LastTokenClassifierTrainer,
-    LastTokenClassifierTrainingArguments,
+    LastTokenTrainer,
+    LastTokenConfig,
     predict_texts,
 )
-from hf_clf_ext.last_token_trainer import balanced_class_weights, focal_loss
-from hf_clf_ext.data import LabelSpace
+from hf_clf_ext.last_token.trainer import balanced_class_weights, focal_loss
+from hf_clf_ext.labels import LabelSpace
 
 from conftest import publish
 
@@ -58,7 +58,7 @@ def arguments(tmp_path, **overrides):
         use_cpu=True,
     )
     defaults.update(overrides)
-    return LastTokenClassifierTrainingArguments(**defaults)
+    return LastTokenConfig(**defaults)
 
 
 @pytest.fixture
@@ -67,7 +67,7 @@ def llama_dir(tiny_lm_dirs):
 
 
 def make_trainer(llama_dir, tokenizer, tmp_path, train=None, evaluation=None, **overrides):
-    return LastTokenClassifierTrainer(
+    return LastTokenTrainer(
         model=str(llama_dir),
         args=arguments(tmp_path, **overrides),
         train_dataset=train if train is not None else synthetic(96, seed=1),
@@ -166,14 +166,14 @@ def test_calibration_survives_save_and_load(llama_dir, tokenizer, tmp_path):
 
 
 def test_paper_defaults_train_with_8bit_adamw_checkpointing_and_length_grouping(llama_dir, tokenizer, tmp_path):
-    args = LastTokenClassifierTrainingArguments(
+    args = LastTokenConfig(
         output_dir=str(tmp_path / "out"), num_train_epochs=1, max_length=64, report_to="none", use_cpu=True,
         gradient_checkpointing=True, train_sampling_strategy="group_by_length", logging_steps=1,
     )
     assert (args.optim, args.lr_scheduler_type, args.lora_r, args.lora_alpha, args.lora_dropout) == (
         "adamw_8bit", "linear", 8, 16, 0.05)
     assert args.per_device_train_batch_size * args.gradient_accumulation_steps == 8
-    trainer = LastTokenClassifierTrainer(
+    trainer = LastTokenTrainer(
         model=str(llama_dir), args=args, train_dataset=synthetic(32, seed=1), eval_dataset=synthetic(12, seed=2),
         processing_class=tokenizer,
     )
@@ -380,7 +380,7 @@ def test_a_user_peft_config_still_trains_and_saves_the_head(llama_dir, tokenizer
     from peft import LoraConfig
 
     user_config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"])
-    trainer = LastTokenClassifierTrainer(
+    trainer = LastTokenTrainer(
         model=publish(llama_dir, "tiny-org/llama", hub_cache), args=arguments(tmp_path, num_train_epochs=1,
         calibrate=False), train_dataset=synthetic(24, seed=1), eval_dataset=synthetic(12, seed=2),
         processing_class=tokenizer, peft_config=user_config, model_init_kwargs={"cache_dir": str(hub_cache)},
@@ -394,7 +394,7 @@ def test_a_user_peft_config_still_trains_and_saves_the_head(llama_dir, tokenizer
     with safe_open(tmp_path / "adapter" / "adapter" / "adapter_model.safetensors", "pt") as adapter:
         assert any(".score." in key for key in adapter.keys())
     with pytest.raises(ValueError, match="task_type must be 'SEQ_CLS'"):
-        LastTokenClassifierTrainer(
+        LastTokenTrainer(
             model=str(llama_dir), args=arguments(tmp_path), train_dataset=synthetic(12, seed=1),
             processing_class=tokenizer, peft_config=LoraConfig(task_type="CAUSAL_LM", target_modules=["q_proj"]),
         )
@@ -411,7 +411,7 @@ def test_calibration_keeps_a_user_compute_metrics(llama_dir, tokenizer, tmp_path
     def mine(prediction):
         return {"rows": float(len(prediction.label_ids))}
 
-    trainer = LastTokenClassifierTrainer(
+    trainer = LastTokenTrainer(
         model=str(llama_dir), args=arguments(tmp_path, num_train_epochs=1, metric_for_best_model="rows"),
         train_dataset=synthetic(24, seed=1, multi_label=True), eval_dataset=synthetic(12, seed=2, multi_label=True),
         processing_class=tokenizer, compute_metrics=mine,

@@ -21,11 +21,11 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
 from hf_clf_ext import (
-    InstructionSFTRecipe,
+    InstructionTrainer,
     LastTokenClassifierForSequenceClassification,
-    LastTokenClassifierTrainer,
+    LastTokenTrainer,
 )
-from hf_clf_ext.modeling_last_token import ADAPTER_SUBFOLDER
+from hf_clf_ext.last_token.modeling_last_token import ADAPTER_SUBFOLDER
 
 from conftest import _tiny_config, publish
 from test_instruction import config as instruction_config
@@ -100,7 +100,7 @@ def test_adapter_save_reloads_on_the_base_commit_it_was_trained_on(moving_base, 
     it names the classifier's own revision; a save without the record would load `main`'s base (other logits).
     Nothing in that process reports missing weights."""
     first, second, _ = moving_base
-    trainer = LastTokenClassifierTrainer(
+    trainer = LastTokenTrainer(
         BASE, args=arguments(tmp_path, max_steps=1, eval_strategy="no", load_best_model_at_end=False),
         train_dataset=synthetic(8, 0), processing_class=tokenizer,
         model_init_kwargs={"revision": first, "cache_dir": str(hub_cache)},
@@ -143,7 +143,7 @@ def test_instruction_adapter_keeps_the_base_commit_main_had_at_training(moving_b
     first, second, point_main = moving_base
     point_main(first)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub_cache))  # TRL reads names without cache_dir
-    trainer = InstructionSFTRecipe(
+    trainer = InstructionTrainer(
         BASE, args=instruction_config(tmp_path, max_steps=1, use_chat_template=False),
         train_dataset=synthetic(8, 0), processing_class=tokenizer,
     )
@@ -249,7 +249,7 @@ def test_adapter_and_head_load_without_a_missing_weights_report(tiny_lm_dirs, to
 def test_saved_last_token_tokenizer_strips_like_the_package(tiny_lm_dirs, tokenizer, tmp_path):
     """Plain transformers users of a saved model (AutoTokenizer, pipeline) get the tokens the model was trained on
     for texts with white space around them; the pooling suffix, which is no whole text, keeps its white space."""
-    trainer = LastTokenClassifierTrainer(
+    trainer = LastTokenTrainer(
         str(tiny_lm_dirs["llama", "pad"]),
         args=arguments(tmp_path, max_steps=1, eval_strategy="no", load_best_model_at_end=False),
         train_dataset=synthetic(8, 0), processing_class=tokenizer,
@@ -265,7 +265,7 @@ def test_saved_last_token_tokenizer_strips_like_the_package(tiny_lm_dirs, tokeni
     assert {r["label"]: r["score"] for r in padded} == pytest.approx({r["label"]: r["score"] for r in bare}, abs=1e-6)
 
     # The pooling suffix follows a text: a stripping tokenizer (this saved one) must not lose its leading newline.
-    again = LastTokenClassifierTrainer(
+    again = LastTokenTrainer(
         str(tiny_lm_dirs["llama", "pad"]),
         args=arguments(tmp_path / "again", eval_strategy="no", load_best_model_at_end=False),
         train_dataset=synthetic(8, 0), processing_class=plain,
@@ -281,7 +281,7 @@ def test_final_save_into_a_checkpoint_named_folder_keeps_the_loadable_layout(mov
     final save (adapter in `adapter/`, no top-level adapter_config.json that would make the Auto classes load the
     bare base). Trained without a revision, both saves name the commit `main` had then and keep loading it."""
     first, main_then, point_main = moving_base
-    trainer = LastTokenClassifierTrainer(
+    trainer = LastTokenTrainer(
         BASE, args=arguments(tmp_path, max_steps=1, eval_strategy="no", load_best_model_at_end=False,
                              save_strategy="steps", save_steps=1),
         train_dataset=synthetic(8, 0), processing_class=tokenizer, model_init_kwargs={"cache_dir": str(hub_cache)},
@@ -307,7 +307,7 @@ def test_training_on_from_a_merged_classifier_names_that_classifier_as_base(tiny
     repository (at its commit) as its base, not the original base its config still remembers, and reloads with the
     trained logits. Its repository's files are also found under a `subfolder`."""
     base = publish(tiny_lm_dirs["llama", "pad"], "tiny-org/base", hub_cache)
-    first = LastTokenClassifierTrainer(
+    first = LastTokenTrainer(
         base, args=arguments(tmp_path / "1", max_steps=1, eval_strategy="no", load_best_model_at_end=False,
                              merge_adapter=True, learning_rate=0.05),
         train_dataset=synthetic(8, 0), processing_class=tokenizer, model_init_kwargs={"cache_dir": str(hub_cache)},
@@ -316,7 +316,7 @@ def test_training_on_from_a_merged_classifier_names_that_classifier_as_base(tiny
     first.save_model()
     merged = publish(tmp_path / "1" / "out", "tiny-org/merged", hub_cache)
     classifier = AutoModelForSequenceClassification.from_pretrained(merged, cache_dir=str(hub_cache))
-    second = LastTokenClassifierTrainer(
+    second = LastTokenTrainer(
         classifier, args=arguments(tmp_path / "2", max_steps=1, eval_strategy="no", load_best_model_at_end=False),
         train_dataset=synthetic(8, 1), processing_class=tokenizer, model_init_kwargs={"cache_dir": str(hub_cache)},
     )
@@ -348,12 +348,12 @@ def test_a_save_never_overwrites_the_model_it_was_trained_from(tiny_lm_dirs, tok
     before = {path.name: path.read_bytes() for path in base.iterdir()}
     args = dict(max_steps=1, eval_strategy="no", load_best_model_at_end=False)
     with pytest.raises(ValueError, match="is the folder the model was loaded from"):
-        LastTokenClassifierTrainer(str(base), args=arguments(tmp_path, output_dir=str(base), **args),
+        LastTokenTrainer(str(base), args=arguments(tmp_path, output_dir=str(base), **args),
                                    train_dataset=synthetic(8, 0), processing_class=tokenizer)
     with pytest.raises(ValueError, match="is the folder the model was loaded from"):
-        InstructionSFTRecipe(str(base), args=instruction_config(tmp_path, output_dir=str(base / "."), max_steps=1),
+        InstructionTrainer(str(base), args=instruction_config(tmp_path, output_dir=str(base / "."), max_steps=1),
                              train_dataset=synthetic(8, 0), processing_class=tokenizer)
-    trainer = LastTokenClassifierTrainer(str(base), args=arguments(tmp_path, **args), train_dataset=synthetic(8, 0),
+    trainer = LastTokenTrainer(str(base), args=arguments(tmp_path, **args), train_dataset=synthetic(8, 0),
                                          processing_class=tokenizer)
     with pytest.raises(ValueError, match="is the folder the model was loaded from"):
         trainer.save_model(str(base))

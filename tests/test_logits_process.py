@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, event, example, given, reject, settings
 from hypothesis import strategies as st
 from transformers import AutoModelForCausalLM, LogitsProcessorList, PreTrainedTokenizerFast
 
-from hf_clf_ext.logits_process import VerbalizerLogitsProcessor
-from hf_clf_ext.verbalizer import LabelTokens, Verbalizer
+from hf_clf_ext.instruction.logits_process import VerbalizerLogitsProcessor
+from hf_clf_ext.instruction.verbalizer import LabelTokens, Verbalizer
 from test_verbalizer import ALPHABET, CONTEXT, SHARED_PREFIX, label_sets, wordpiece_tokenizer
 
 EXTRA_VOCAB = 5  # models often have more logits than the tokenizer has tokens

@@ -7,8 +7,8 @@ import pytest
 from huggingface_hub import HfApi, ModelCard
 from PIL import Image
 
-from hf_clf_ext import LastTokenClassifierTrainer
-from hf_clf_ext.model_card import CONFUSION_PLOT, RELIABILITY_PLOT, RESULTS_FILE
+from hf_clf_ext import LastTokenTrainer
+from hf_clf_ext.cards.model_card import CONFUSION_PLOT, RELIABILITY_PLOT, RESULTS_FILE
 
 from test_last_token_trainer import arguments, synthetic
 
@@ -21,7 +21,7 @@ def trained(tiny_lm_dirs, tokenizer_dirs, tmp_path_factory):
     trainers = {}
     for kind, multi in (("single", False), ("multi", True)):
         tmp = tmp_path_factory.mktemp(f"card_{kind}")
-        trainer = LastTokenClassifierTrainer(
+        trainer = LastTokenTrainer(
             model=str(tiny_lm_dirs["llama", "pad"]),
             args=arguments(tmp, num_train_epochs=2, metric_for_best_model="f1_micro" if multi else "f1_macro"),
             train_dataset=synthetic(60, seed=1, multi_label=multi),

@@ -17,7 +17,7 @@ import yaml
 from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, BertConfig,
                           BertModel, PreTrainedTokenizerFast, pipeline)
 
-from hf_clf_ext import (InstructionClassifier, InstructionPrompt, LastTokenClassifierTrainer, TextClassifier,
+from hf_clf_ext import (InstructionClassifier, InstructionPrompt, LastTokenTrainer, TextClassifier,
                         TfidfClassifier, Verbalizer, cli, predict_texts)
 from hf_clf_ext.export import export_stock
 from hf_clf_ext.texts import normalize_text
@@ -61,7 +61,7 @@ def saved(tmp_path_factory, tiny_lm_dirs, tokenizer_dirs):
     tokenizer = PreTrainedTokenizerFast.from_pretrained(tokenizer_dirs["pad"])
     args = arguments(folder, num_train_epochs=2, eval_strategy="no", load_best_model_at_end=False,
                      max_length=MAX_LENGTH)
-    trainer = LastTokenClassifierTrainer(BASE, args=args, train_dataset=synthetic(24, 0), processing_class=tokenizer,
+    trainer = LastTokenTrainer(BASE, args=args, train_dataset=synthetic(24, 0), processing_class=tokenizer,
                                          model_init_kwargs={"cache_dir": str(hub)})
     trainer.train()
     trainer.save_model()  # adapter + head: the base is a Hub id

@@ -6,9 +6,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, FalconH1Config, Gemma3TextConfig, Lfm2Config
 
-from hf_clf_ext import InstructionClassifier, InstructionPrompt, Verbalizer, scoring
-from hf_clf_ext.prompt_cache import SharedPrefix
-from hf_clf_ext.verbalizer import LabelTokens
+from hf_clf_ext import InstructionClassifier, InstructionPrompt, Verbalizer
+from hf_clf_ext.instruction import scoring
+from hf_clf_ext.instruction.prompt_cache import SharedPrefix
+from hf_clf_ext.instruction.verbalizer import LabelTokens
 
 from test_instruction import _brute_force_scores
 

@@ -76,7 +76,7 @@ def test_real_model_round_trip(smollm2, articles, tmp_path):
 
 def test_trainer_fine_tunes_smollm2_on_bbc_news(tmp_path):
     """A few real optimizer steps (LoRA + head) on real articles, then predictions and a reloadable save."""
-    from hf_clf_ext import LastTokenClassifierTrainer, LastTokenClassifierTrainingArguments, predict_texts
+    from hf_clf_ext import LastTokenTrainer, LastTokenConfig, predict_texts
 
     directory, gguf_file = smollm2_gguf()
     news = load_bbc_news()
@@ -84,12 +84,12 @@ def test_trainer_fine_tunes_smollm2_on_bbc_news(tmp_path):
     by_label = {label: [i for i, y in enumerate(news["label"]) if y == label] for label in range(len(names))}
     train = news.select([i for rows in by_label.values() for i in rows[:6]])
     evaluation = news.select([i for rows in by_label.values() for i in rows[6:9]])
-    args = LastTokenClassifierTrainingArguments(
+    args = LastTokenConfig(
         output_dir=str(tmp_path / "out"), num_train_epochs=1, per_device_train_batch_size=6,
         gradient_accumulation_steps=1, per_device_eval_batch_size=15, max_length=96, learning_rate=3e-4,
         head_learning_rate=3e-3, optim="adamw_torch", logging_steps=1, report_to="none", use_cpu=True,
     )
-    trainer = LastTokenClassifierTrainer(
+    trainer = LastTokenTrainer(
         model=directory, args=args, train_dataset=train, eval_dataset=evaluation,
         model_init_kwargs={"gguf_file": gguf_file},
     )

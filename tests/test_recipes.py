@@ -13,7 +13,7 @@ import yaml
 from transformers import AutoModelForSequenceClassification
 
 from hf_clf_ext import InstructionClassifier, cli, jobs
-from hf_clf_ext.last_token_config import LastTokenClassifierTrainingArguments
+from hf_clf_ext.last_token.config import LastTokenConfig
 
 from test_last_token_trainer import synthetic
 
@@ -73,9 +73,9 @@ def write_config(tmp_path, model, data_files, approach="last_token", **overrides
 def test_unknown_config_keys_are_rejected(tmp_path, data_files):
     config = write_config(tmp_path, NO_SUCH_MODEL, data_files, learning_rat=1.0)
     with pytest.raises(SystemExit, match="learning_rat"):
-        jobs.prepare(LastTokenClassifierTrainingArguments, ["--config", str(config)])
+        jobs.prepare(LastTokenConfig, ["--config", str(config)])
     with pytest.raises(SystemExit, match="unknown configuration keys.*'colour'"):
-        jobs.prepare(LastTokenClassifierTrainingArguments, ["--config", str(write_config(tmp_path, NO_SUCH_MODEL, data_files)), "--colour", "red"])
+        jobs.prepare(LastTokenConfig, ["--config", str(write_config(tmp_path, NO_SUCH_MODEL, data_files)), "--colour", "red"])
 
 
 def test_missing_required_keys_are_named(tmp_path, data_files, capsys):
@@ -221,17 +221,17 @@ def test_compare_prints_both_approaches_side_by_side(tmp_path, data_files, tiny_
 
 
 def test_resume_from_checkpoint_reaches_the_trainer(tmp_path, data_files, tiny_lm_dirs, monkeypatch):
-    from hf_clf_ext import LastTokenClassifierTrainer
+    from hf_clf_ext import LastTokenTrainer
 
     config = write_config(tmp_path, tiny_lm_dirs["llama", "pad"], data_files, num_train_epochs=1)
     with pytest.raises(SystemExit, match="resume_from_checkpoint is true, but .* holds no checkpoint"):
-        jobs.prepare(LastTokenClassifierTrainingArguments, ["--config", str(config), "--resume_from_checkpoint", "true"])
-    _, off, _ = jobs.prepare(LastTokenClassifierTrainingArguments, ["--config", str(config), "--resume_from_checkpoint", "false"])
+        jobs.prepare(LastTokenConfig, ["--config", str(config), "--resume_from_checkpoint", "true"])
+    _, off, _ = jobs.prepare(LastTokenConfig, ["--config", str(config), "--resume_from_checkpoint", "false"])
     assert off.resume_from_checkpoint is None
     recipe("train_last_token").main(["--config", str(config)])
     seen = []
-    original = LastTokenClassifierTrainer.train
-    monkeypatch.setattr(LastTokenClassifierTrainer, "train",
+    original = LastTokenTrainer.train
+    monkeypatch.setattr(LastTokenTrainer, "train",
                         lambda self, *a, **k: seen.append(k.get("resume_from_checkpoint")) or original(self, *a, **k))
     recipe("train_last_token").main(["--config", str(config), "--num_train_epochs", "2", "--resume_from_checkpoint", "true"])
     assert seen == [True]
@@ -259,7 +259,7 @@ def test_cpu_bf16_falls_back_to_float32_only_without_native_bf16(tmp_path, data_
 
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native_bf16)
     config = write_config(tmp_path, tiny_lm_dirs["llama", "pad"], data_files, bf16=True)
-    _, training_args, _ = jobs.prepare(LastTokenClassifierTrainingArguments, ["--config", str(config)])
+    _, training_args, _ = jobs.prepare(LastTokenConfig, ["--config", str(config)])
     assert training_args.bf16 is native_bf16
     assert training_args.mixed_precision == ("bf16" if native_bf16 else "no")
     assert ("training in float32" in capsys.readouterr().err) is not native_bf16

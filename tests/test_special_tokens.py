@@ -5,8 +5,8 @@ import pytest
 from tokenizers import processors
 from transformers import PreTrainedTokenizerFast
 
-from hf_clf_ext import LastTokenClassifierTrainer
-from hf_clf_ext.data import tokenize_texts
+from hf_clf_ext import LastTokenTrainer
+from hf_clf_ext.texts import tokenize_texts
 
 from conftest import _train_tokenizer
 from test_last_token_trainer import arguments, synthetic
@@ -38,7 +38,7 @@ def test_training_tokens_equal_inference_tokens(where, side):
 
 def test_the_trainer_feeds_the_tokens_predict_texts_feeds(tiny_lm_dirs, tmp_path):
     tokenizer = tokenizer_adding("both")
-    trainer = LastTokenClassifierTrainer(
+    trainer = LastTokenTrainer(
         str(tiny_lm_dirs["llama", "pad"]), args=arguments(tmp_path, max_length=20, eval_strategy="no",
                                                           load_best_model_at_end=False, calibrate=False),
         train_dataset=synthetic(12, 0).add_item({"text": LONG, "label": "business"}), processing_class=tokenizer)

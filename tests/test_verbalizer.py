@@ -12,7 +12,7 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from transformers import PreTrainedTokenizerFast
 
 from conftest import _corpus
-from hf_clf_ext.verbalizer import VERBALIZER_FILE, LabelTokens, Verbalizer
+from hf_clf_ext.instruction.verbalizer import VERBALIZER_FILE, LabelTokens, Verbalizer
 
 CONTEXT = "Text: good film\nLabel:"
 SHARED_PREFIX = ["pos", "positive", "positive-ish", "négatif"]

@@ -11,7 +11,7 @@ from typing import Any
 import evaluate
 import numpy as np
 
-from ..configuration_last_token import PROBLEM_TYPES
+from ..labels import PROBLEM_TYPES, decide, decision_thresholds
 
 METRICS_DIR = Path(__file__).resolve().parent
 _CONFIG_NAMES = {"single_label_classification": "single_label", "multi_label_classification": "multi_label"}
@@ -65,7 +65,7 @@ def build_compute_metrics(
     """
     config_name = _check_problem_type(problem_type)
     names = _label_names(id2label)
-    thresholds = _thresholds(threshold, len(names))
+    thresholds = decision_thresholds(threshold, len(names))
     classification = load_metric("classification", config_name)
     calibration = load_metric("calibration", config_name)
     reserved = {f"f1_{avg}" for avg in ("micro", "macro", "weighted", "per_class")}
@@ -83,10 +83,7 @@ def build_compute_metrics(
         if not np.array_equal(labels, np.round(labels)):
             raise ValueError("label_ids must be class ids or multi-hot 0/1 targets, not soft labels.")
         references = labels.astype(np.int64)
-        if problem_type == "multi_label_classification":
-            predictions = (probs >= thresholds).astype(np.int64)
-        else:
-            predictions = probs.argmax(axis=1)
+        predictions = decide(probs, problem_type == "multi_label_classification", thresholds)
         scores = classification.compute(predictions=predictions, references=references, label_names=names)
         results = {key: value for key, value in scores.items() if key != "f1_per_class"}
         if hard_predictions:
@@ -118,15 +115,6 @@ def _label_names(id2label: Mapping[int, str]) -> list[str]:
     if len(set(names)) != len(names):
         raise ValueError(f"Label names must be unique, got {names}.")
     return names
-
-
-def _thresholds(threshold: float | Sequence[float], num_labels: int) -> np.ndarray:
-    thresholds = np.asarray(threshold, dtype=np.float64)
-    if thresholds.ndim not in (0, 1) or (thresholds.ndim == 1 and thresholds.shape != (num_labels,)):
-        raise ValueError(f"threshold must be one float or one per class ({num_labels}), got shape {thresholds.shape}.")
-    if not ((thresholds >= 0) & (thresholds <= 1)).all():
-        raise ValueError(f"Thresholds must lie in [0, 1], got {threshold}.")
-    return thresholds
 
 
 def probabilities_from_results(results: Sequence[dict], names: Sequence[str]) -> np.ndarray:

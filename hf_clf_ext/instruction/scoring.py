@@ -23,8 +23,14 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .prompt_cache import (SharedPrefix, attention_window, carries_state, is_prompt_learning, last_logits_only,
-                           repeat_rows)
+from .prompt_cache import (
+    SharedPrefix,
+    attention_window,
+    carries_state,
+    is_prompt_learning,
+    last_logits_only,
+    repeat_rows,
+)
 from .verbalizer import LabelTokens
 
 TOKEN_CHUNK = 256  # label tokens fed per prompt and forward pass (bounds the logits tensor for large label sets)

@@ -154,7 +154,7 @@ class LastTokenClassifierForSequenceClassification(LastTokenClassifierPreTrained
             raise ValueError(
                 f"The adapter of {path} holds no weights for the classification head ({', '.join(missing)}): loaded, "
                 f"the head would be randomly initialised. Save the adapter with '{HEAD_MODULE}' among its "
-                "modules_to_save (as LastTokenClassifierTrainer does), or save the whole model."
+                "modules_to_save (as LastTokenTrainer does), or save the whole model."
             )
         # PEFT's loader keeps the adapter in the float32 it was trained and saved in (transformers' `load_adapter`
         # would create it in a 4-bit backbone's compute dtype); the model keeps its class.

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .texts import normalize_texts
+from ..texts import normalize_texts
 
 DEFAULT_MAX_CHARS = 100_000
 # What defines a saved classifier in its folder (its top level and its adapter subfolder; checkpoints, logs and
@@ -37,7 +37,7 @@ _CHUNK = 1 << 20
 def check_pool_texts(texts: Sequence, max_chars: int = DEFAULT_MAX_CHARS, what: str = "pool") -> list[str]:
     """The texts as a list, or a ValueError naming the rows that are not strings, are empty, or are longer than
     `max_chars` characters (usually a broken row: a whole file in one cell)."""
-    from .texts import check_texts
+    from ..texts import check_texts
 
     texts = normalize_texts(check_texts(texts))  # as training texts are; the fingerprint is of these
     if not texts:
@@ -76,7 +76,7 @@ def teacher_fingerprint(teacher) -> str:
 def teacher_files(folder: str | os.PathLike) -> list[str]:
     """The files that define the classifier saved in `folder`, sorted, as paths relative to it: those at its top
     level and in the subfolder where a last-token save keeps its adapter (config.json's `adapter_subfolder`)."""
-    from .modeling_last_token import ADAPTER_SUBFOLDER
+    from ..last_token.modeling_last_token import ADAPTER_SUBFOLDER
 
     def model_files(subfolder: str) -> list[str]:
         path = os.path.join(folder, subfolder)
@@ -118,7 +118,7 @@ def _hub_commit(teacher, name: str) -> str | None:
     from transformers.utils import CONFIG_NAME, cached_file
     from transformers.utils.hub import extract_commit_hash
 
-    from .instruction import PROMPT_FILE
+    from ..instruction.classifier import PROMPT_FILE
     from .tfidf import SETTINGS_FILE
 
     approach = getattr(teacher, "approach", None)

@@ -7,15 +7,15 @@ from dataclasses import dataclass, field
 import torch
 from trl import SFTConfig
 
-from .arguments import DataArguments, LoraArguments, QuantizationArguments, SavingArguments, check_finite_options
+from ..arguments import DataArguments, LoraArguments, QuantizationArguments, SavingArguments, check_finite_options
 
 EVAL_METHODS = ("generate", "score")
 
 
 @dataclass
-class InstructionSFTConfig(DataArguments, QuantizationArguments, LoraArguments, SavingArguments, SFTConfig):
+class InstructionConfig(DataArguments, QuantizationArguments, LoraArguments, SavingArguments, SFTConfig):
     r"""
-    Arguments of [`InstructionSFTRecipe`]. Every `SFTConfig` field applies; the defaults follow the paper (LoRA r=64
+    Arguments of [`InstructionTrainer`]. Every `SFTConfig` field applies; the defaults follow the paper (LoRA r=64
     on all projections, paged AdamW 32-bit, cosine schedule, 5 epochs, effective batch 8). `max_length` bounds
     prompt + answer: texts are cut, answers never.
     """

@@ -21,12 +21,17 @@ from datasets import Dataset
 from torch.nn import functional as F
 from transformers import AutoConfig, AutoModelForCausalLM, DataCollatorWithPadding, EarlyStoppingCallback, Trainer
 
-from .calibration import fit_temperature, tune_thresholds
-from .data import LabelSpace
-from .last_token_trainer import LastTokenClassifierTrainer
-from .metrics import (build_compute_metrics, load_metric, metrics_from_results, named_from_results,
-                      probabilities_from_results)
-from .model_card import CardFacts, EvaluationFacts, write_model_card
+from ..calibration import fit_temperature, tune_thresholds
+from ..labels import LabelSpace, decide, decision_thresholds
+from ..last_token.trainer import LastTokenTrainer
+from ..metrics import (
+    build_compute_metrics,
+    load_metric,
+    metrics_from_results,
+    named_from_results,
+    probabilities_from_results,
+)
+from ..cards.model_card import CardFacts, EvaluationFacts, write_model_card
 from .tfidf import TfidfClassifier
 
 logger = logging.getLogger(__name__)
@@ -61,12 +66,12 @@ def soften(probabilities, temperature: float, multi_label: bool) -> np.ndarray:
 
 
 def hard_labels(probabilities, names: Sequence[str], multi_label: bool, thresholds=None) -> list:
-    """The labels a teacher's probabilities name: the argmax, or (multi-label) every label at or above its threshold."""
-    p = np.asarray(probabilities)
+    """The labels a teacher's probabilities name (`labels.decide`): the argmax, or (multi-label) every label at or
+    above its threshold."""
+    decided = decide(probabilities, multi_label, thresholds)
     if not multi_label:
-        return [names[i] for i in p.argmax(axis=1)]
-    limits = np.asarray(thresholds if thresholds is not None else [0.5] * len(names))
-    return [[name for name, hit in zip(names, row >= limits) if hit] for row in p]
+        return [names[i] for i in decided]
+    return [[name for name, hit in zip(names, row) if hit] for row in decided]
 
 
 def distillation_loss(logits, soft_targets, labels, has_gold, *, multi_label: bool, temperature: float,
@@ -108,7 +113,7 @@ class DistillationLossMixin:
         return (loss, outputs) if return_outputs else loss
 
 
-class LastTokenDistillationTrainer(DistillationLossMixin, LastTokenClassifierTrainer):
+class LastTokenDistillationTrainer(DistillationLossMixin, LastTokenTrainer):
     """A last-token student: `train_dataset` holds text and label columns (gold labels, or the teacher's for pool
     rows), `soft_targets` the teacher's softened probabilities for the same rows, `has_gold` which rows are gold."""
 
@@ -217,7 +222,7 @@ def fit_tfidf_student(args, space: LabelSpace, texts, targets, validation=None) 
         if space.multi_label:
             probabilities = student.predict_proba(val_texts)
             tuned = tune_thresholds(probabilities, val_labels, per_class=args.per_class_thresholds)
-            student.decision_thresholds = [float(t) for t in np.broadcast_to(tuned, (len(space.names),))]
+            student.decision_thresholds = decision_thresholds(tuned, len(space.names)).tolist()
     return student
 
 
@@ -242,7 +247,7 @@ def prepare_stock_tokenizer(tokenizer, args):
     """The student's tokenizer as it is saved: it cuts texts where training cut them (`model_max_length`, the side
     of `truncation_side`), as `TextClassifier`, `predict_texts` and `pipeline(..., truncation=True)` cut with it, and
     strips them as `texts.normalize_text` does (training texts are stripped), for users of plain transformers."""
-    from .texts import add_strip_normalizer
+    from ..texts import add_strip_normalizer
 
     tokenizer.model_max_length = args.max_length
     tokenizer.truncation_side = args.truncation_side
@@ -252,7 +257,7 @@ def prepare_stock_tokenizer(tokenizer, args):
 
 def train_stock_student(args, space: LabelSpace, model, tokenizer, texts, encoded, soft_targets, has_gold,
                         validation=None) -> SequenceClassificationDistillationTrainer:
-    from .texts import normalize_texts
+    from ..texts import normalize_texts
 
     prepare_stock_tokenizer(tokenizer, args)
 
@@ -314,10 +319,11 @@ def run_distillation(args, splits, pool_texts: list[str], model: str | None, mod
     split against the teacher, and carded. Returns the flat results (`test_*` the student's, `teacher_test_*`)."""
     from transformers import EvalPrediction
 
-    from .classifier import TextClassifier
-    from .data import build_texts, encode_labels, encode_split, label_values
-    from .metrics import logits_from_probabilities
-    from .pool_labels import label_pool
+    from ..classifier import TextClassifier
+    from ..texts import build_texts
+    from ..labels import encode_labels, encode_split, label_values
+    from ..metrics import logits_from_probabilities
+    from .teacher_labels import label_pool
 
     check_student_folder(args.output_dir, args.student_type)
     teacher = TextClassifier.from_pretrained(args.teacher)
@@ -435,7 +441,7 @@ def check_student_folder(output_dir, student_type: str) -> None:
     """An error if `output_dir` holds files of another kind of classifier that `TextClassifier.from_pretrained`
     reads before the student's own (an instruction prompt, a TF-IDF student's settings): the student saved there
     would not be the model that loads (nor the one this run evaluates)."""
-    from .instruction import PROMPT_FILE
+    from ..instruction.classifier import PROMPT_FILE
     from .tfidf import SETTINGS_FILE
 
     shadowing = [PROMPT_FILE] if student_type == "tfidf" else [PROMPT_FILE, SETTINGS_FILE]
@@ -449,7 +455,7 @@ def check_student_folder(output_dir, student_type: str) -> None:
 
 
 def _last_token_student(args, space, model, model_kwargs, texts, names, soft, has_gold, validation, distillation):
-    from .data import load_tokenizer
+    from ..texts import load_tokenizer
 
     args.text_columns, args.text_template, args.label_column = ["text"], None, "label"
     tokenizer = load_tokenizer(model, model_kwargs.get("gguf_file"))

@@ -1,4 +1,4 @@
-"""`LastTokenClassifierTrainer`: fine-tune a causal LM as a last-token classifier, with (Q)LoRA, the paper's
+"""`LastTokenTrainer`: fine-tune a causal LM as a last-token classifier, with (Q)LoRA, the paper's
 defaults, offline metrics, early stopping and post-hoc calibration.
 
 Like TRL's trainers it takes a model name/path or object plus a `peft_config`, and prepares the raw dataset itself.
@@ -26,16 +26,17 @@ from transformers import (
 from transformers.dynamic_module_utils import custom_object_save
 from transformers.trainer import TRAINING_ARGS_NAME
 
-from .arguments import first_split, name_best_metric_for_eval_sets
-from .calibration import fit_temperature, tune_thresholds
-from .data import LabelSpace, build_label_space, build_texts, encode_split, load_tokenizer, tokenize_texts
+from ..arguments import first_split, name_best_metric_for_eval_sets
+from ..calibration import fit_temperature, tune_thresholds
+from ..labels import LabelSpace, build_label_space, decide, decision_thresholds, encode_split
+from ..texts import build_texts, load_tokenizer, tokenize_texts
 from .inference import predict_texts
-from .last_token_config import LastTokenClassifierTrainingArguments
-from .metrics import build_compute_metrics, load_metric, probabilities_from_logits
-from .model_card import CardFacts, EvaluationFacts, lora_rows, parameter_counts, write_model_card
+from .config import LastTokenConfig
+from ..metrics import build_compute_metrics, load_metric, probabilities_from_logits
+from ..cards.model_card import CardFacts, EvaluationFacts, lora_rows, parameter_counts, write_model_card
 from .modeling_last_token import ADAPTER_SUBFOLDER, HEAD_MODULE, LastTokenClassifierForSequenceClassification
-from .saving import CheckpointSaves, base_revision, check_not_source, hub_base, local_source
-from .texts import add_strip_normalizer
+from ..hub import CheckpointSaves, base_revision, check_not_source, hub_base, local_source
+from ..texts import add_strip_normalizer
 
 logger = logging.getLogger(__name__)
 
@@ -69,13 +70,13 @@ def focal_loss(logits: torch.Tensor, labels: torch.Tensor, multi_label: bool, ga
     return loss.mean()
 
 
-class LastTokenClassifierTrainer(CheckpointSaves, Trainer):
+class LastTokenTrainer(CheckpointSaves, Trainer):
     """Fine-tunes [`LastTokenClassifierForSequenceClassification`] on raw rows of text and labels.
 
     Args:
         model: a causal-LM name/path (built with `from_backbone`, quantized as `args.quantization` says) or a model
             object (a causal LM to wrap, or an existing last-token classifier).
-        args: [`LastTokenClassifierTrainingArguments`].
+        args: [`LastTokenConfig`].
         train_dataset / eval_dataset: `datasets.Dataset` with `args.text_columns` and `args.label_column`.
         processing_class: the tokenizer (loaded from `model` when it is a name/path).
         peft_config: a PEFT config; defaults to LoRA from `args` (`lora_r`, `lora_alpha`, ...), head trained and saved.
@@ -89,7 +90,7 @@ class LastTokenClassifierTrainer(CheckpointSaves, Trainer):
     def __init__(
         self,
         model: str | PreTrainedModel,
-        args: LastTokenClassifierTrainingArguments | None = None,
+        args: LastTokenConfig | None = None,
         train_dataset: Dataset | None = None,
         eval_dataset: Dataset | None = None,
         processing_class=None,
@@ -101,9 +102,9 @@ class LastTokenClassifierTrainer(CheckpointSaves, Trainer):
         **kwargs,
     ):
         if args is None:
-            args = LastTokenClassifierTrainingArguments(output_dir="last-token-classifier")
+            args = LastTokenConfig(output_dir="last-token-classifier")
         if train_dataset is None:
-            raise ValueError("LastTokenClassifierTrainer needs a train_dataset.")
+            raise ValueError("LastTokenTrainer needs a train_dataset.")
         model_init_kwargs = dict(model_init_kwargs or {})
         # An adapter save names the Hub id its backbone loads from; a local or GGUF backbone saves merged instead.
         self._hub_base = None if model_init_kwargs.get("gguf_file") else hub_base(model)
@@ -310,10 +311,8 @@ class LastTokenClassifierTrainer(CheckpointSaves, Trainer):
         if self.label_space.multi_label:
             probabilities = probabilities_from_logits(logits, self.label_space.problem_type, temperature)
             tuned = tune_thresholds(probabilities, labels, per_class=self.args.per_class_thresholds)
-            thresholds = list(tuned) if isinstance(tuned, (list, tuple, np.ndarray)) else [float(tuned)] * len(
-                self.label_space.names
-            )
-            config.decision_thresholds = [float(t) for t in thresholds]
+            thresholds = decision_thresholds(tuned, len(self.label_space.names)).tolist()
+            config.decision_thresholds = thresholds
             if self._default_metrics:
                 self.compute_metrics = build_compute_metrics(
                     self.label_space.problem_type, self.label_space.id2label, threshold=config.decision_thresholds
@@ -442,12 +441,8 @@ class LastTokenClassifierTrainer(CheckpointSaves, Trainer):
         output = self.predict(dataset, metric_key_prefix=split)
         # The model already divides its logits by the fitted temperature.
         probabilities = probabilities_from_logits(output.predictions, space.problem_type)
-        if space.multi_label:
-            thresholds = np.asarray(config.decision_thresholds or [0.5] * len(space.names))
-            predictions = (probabilities >= thresholds).astype(int)
-            references = np.asarray(output.label_ids).astype(int)
-        else:
-            predictions, references = probabilities.argmax(axis=-1), np.asarray(output.label_ids)
+        predictions = decide(probabilities, space.multi_label, config.decision_thresholds)
+        references = np.asarray(output.label_ids).astype(int) if space.multi_label else np.asarray(output.label_ids)
         reliability = load_metric("calibration", "multi_label" if space.multi_label else "single_label").compute(
             probabilities=probabilities.tolist(), references=references.tolist()
         )["reliability"]
@@ -559,7 +554,7 @@ def _without_strip(normalizer: dict | None) -> dict | None:
     return normalizer
 
 
-def prepare_peft(model, args: LastTokenClassifierTrainingArguments, peft_config) -> PeftModel:
+def prepare_peft(model, args: LastTokenConfig, peft_config) -> PeftModel:
     """The classifier wrapped for (Q)LoRA training. A k-bit backbone goes through PEFT's
     `prepare_model_for_kbit_training` (float32 norms, input gradients for checkpointing), except where FSDP or
     ZeRO-3 shards a 4-bit one: sharding flattens tensors of one dtype, so every parameter (norms, head, adapters)
@@ -579,7 +574,7 @@ def prepare_peft(model, args: LastTokenClassifierTrainingArguments, peft_config)
     return get_peft_model(model, peft_config)
 
 
-def default_lora_config(args: LastTokenClassifierTrainingArguments) -> LoraConfig:
+def default_lora_config(args: LastTokenConfig) -> LoraConfig:
     """LoRA on every attention and MLP projection; the head trained in full and saved with the adapter."""
     return LoraConfig(
         task_type="SEQ_CLS",

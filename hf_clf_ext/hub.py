@@ -7,7 +7,7 @@ import os
 
 from transformers.utils.quantization_config import QuantizationMethod
 
-from .modeling_last_token import LastTokenClassifierForSequenceClassification, resolve_commit
+from .last_token.modeling_last_token import LastTokenClassifierForSequenceClassification, resolve_commit
 
 logger = logging.getLogger(__name__)
 

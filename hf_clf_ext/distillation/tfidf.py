@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .texts import normalize_texts
+from ..texts import normalize_texts
 
 SETTINGS_FILE = "tfidf_classifier.json"
 WEIGHTS_FILE = "tfidf_classifier.safetensors"
@@ -116,8 +116,8 @@ class TfidfClassifier:
 
     def classify(self, texts: Sequence[str], batch_size: int = 16) -> list[dict]:
         """Results in the format of `predict_texts` (`batch_size` is accepted for the shared interface)."""
-        from .inference import results_from_probabilities
-        from .texts import check_texts
+        from ..labels import results_from_probabilities
+        from ..texts import check_texts
 
         return results_from_probabilities(self.predict_proba(check_texts(texts)), self.labels, self.multi_label,
                                           self.decision_thresholds)

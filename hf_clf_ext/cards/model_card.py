@@ -1,5 +1,5 @@
 """Model cards written from training facts (labels with examples, dataset statistics, hyperparameters, metrics),
-with a reliability diagram and a confusion matrix, rendered from the templates in `model_cards/`."""
+with a reliability diagram and a confusion matrix, rendered from the templates beside this module."""
 
 import json
 import os
@@ -73,10 +73,8 @@ class CardFacts:
 
 
 def template_path(name: str) -> Path:
-    """`model_cards/<name>.md`: inside the package in an installed wheel, at the repository top in a checkout."""
-    bundled = Path(__file__).with_name("model_cards")
-    folder = bundled if bundled.is_dir() else Path(__file__).resolve().parents[1] / "model_cards"
-    return folder / f"{name}.md"
+    """`hf_clf_ext/cards/<name>.md`, beside this module (package data in a wheel)."""
+    return Path(__file__).with_name(f"{name}.md")
 
 
 def write_model_card(facts: CardFacts, output_dir: str | os.PathLike, template: str = "last_token") -> ModelCard:

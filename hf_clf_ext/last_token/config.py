@@ -5,18 +5,24 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from .arguments import (DataArguments, LoraArguments, QuantizationArguments, SavingArguments, check_finite_options,
-                        parse_number_list)
+from ..arguments import (
+    DataArguments,
+    LoraArguments,
+    QuantizationArguments,
+    SavingArguments,
+    check_finite_options,
+    parse_number_list,
+)
 
 LOSS_CHOICES = ("cross_entropy", "focal")
 
 
 @dataclass
-class LastTokenClassifierTrainingArguments(
+class LastTokenConfig(
     DataArguments, QuantizationArguments, LoraArguments, SavingArguments, TrainingArguments
 ):
     r"""
-    Arguments of [`LastTokenClassifierTrainer`]. Every `TrainingArguments` field applies; the defaults below follow
+    Arguments of [`LastTokenTrainer`]. Every `TrainingArguments` field applies; the defaults below follow
     the paper (8-bit AdamW, linear schedule with warmup, effective batch 8 through gradient accumulation, up to 20
     epochs with early stopping on validation macro-F1).
     """

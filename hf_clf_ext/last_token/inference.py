@@ -7,7 +7,8 @@ import numpy as np
 import torch
 
 from .compiled import compile_pays, compiled_forward
-from .texts import check_batch_size, check_texts
+from ..labels import results_from_probabilities
+from ..texts import check_batch_size, check_texts
 
 logger = logging.getLogger(__name__)
 
@@ -19,7 +20,7 @@ def predict_texts(model, tokenizer, texts: Sequence[str], *, batch_size: int = 1
     Texts are tokenized once, truncated to `tokenizer.model_max_length` (the trainer sets it to the training
     length minus the pooling suffix), and run longest first in batches of similar length, so little compute goes to
     padding. `compile=True` runs them through the model's `torch.compile`d forward over bucketed shapes (see
-    `hf_clf_ext.compiled`); `None` compiles where that pays (long jobs on hardware where it was measured to help).
+    `hf_clf_ext.last_token.compiled`); `None` compiles where that pays (long jobs on hardware where it was measured to help).
     Returns, in input order, `{"label", "score", "probabilities"}` (single-label) or `{"labels", "probabilities"}`
     (multi-label, using the config's tuned `decision_thresholds`, else 0.5).
     """
@@ -64,19 +65,4 @@ def predict_texts(model, tokenizer, texts: Sequence[str], *, batch_size: int = 1
         model.train(was_training)
     if compiled is not None:
         logger.info("%s", compiled.stats)
-    return results
-
-
-def results_from_probabilities(probabilities, names: Sequence[str], multi_label: bool, thresholds=None) -> list[dict]:
-    """The result format of every classifier: `{"label", "score", "probabilities"}`, or multi-label `{"labels",
-    "probabilities"}` naming the labels at or above their `thresholds` (0.5 when None)."""
-    limits = np.asarray(thresholds if thresholds is not None else [0.5] * len(names))
-    results = []
-    for p in np.asarray(probabilities):
-        scores = dict(zip(names, p.tolist()))
-        if multi_label:
-            results.append({"labels": [n for n, hit in zip(names, p >= limits) if hit], "probabilities": scores})
-        else:
-            best = int(p.argmax())
-            results.append({"label": names[best], "score": float(p[best]), "probabilities": scores})
     return results

@@ -1,23 +1,27 @@
-"""From raw (text, label) rows to model inputs: label spaces, text templates, truncation with a pooling suffix.
+"""Labels: the label space of a task, labels read and encoded split by split, and (`decide`) the one place where
+probabilities and thresholds become the labels a classifier names.
 
 Every check here fails loudly with the column, row or label at fault: a classifier silently trained on a shifted
 label map or on empty texts is worse than no classifier.
 """
 
+from __future__ import annotations
+
 import logging
-import os
-import string
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from datasets import ClassLabel, Dataset, Sequence as SequenceFeature
-from transformers import AutoTokenizer
-from transformers.utils.quantization_config import QuantizationMethod
+import numpy as np
 
-from .texts import normalize_text
+if TYPE_CHECKING:  # datasets loads only where data is read: prediction imports this module too
+    from datasets import Dataset
 
 logger = logging.getLogger(__name__)
+
+# The model config (last_token/configuration_last_token.py) keeps its own copy: it must import nothing of the package.
+PROBLEM_TYPES = ("single_label_classification", "multi_label_classification")
 
 
 @dataclass(frozen=True)
@@ -42,7 +46,7 @@ class LabelSpace:
 
     @property
     def problem_type(self) -> str:
-        return "multi_label_classification" if self.multi_label else "single_label_classification"
+        return PROBLEM_TYPES[self.multi_label]
 
 
 def _kind(value) -> str:
@@ -58,6 +62,8 @@ def _kind(value) -> str:
 
 
 def _class_label_names(dataset: Dataset, column: str) -> list[str] | None:
+    from datasets import ClassLabel, Sequence as SequenceFeature
+
     feature = dataset.features[column]
     if isinstance(feature, SequenceFeature):
         feature = feature.feature
@@ -210,74 +216,50 @@ def encode_split(
     return dataset, encoded
 
 
-def template_fields(template: str) -> list[str]:
-    """The column names a `str.format` template refers to (`"{title}\\n\\n{abstract}"` -> title, abstract)."""
-    return [name for _, name, _, _ in string.Formatter().parse(template) if name]
+# --- decisions: the one place where probabilities become the labels a classifier names -----------------------------
 
 
-def build_texts(dataset: Dataset, text_columns: Sequence[str], template: str | None, split: str) -> list[str]:
-    """One string per row: the single text column, or several columns joined by `template` (default: blank lines
-    between them), each field and the whole normalised by `texts.normalize_text` (as every inference path
-    normalises). Empty texts are an error naming the rows."""
-    if template is None:
-        template = "\n\n".join("{" + column + "}" for column in text_columns)
-    fields = template_fields(template)
-    if not fields:
-        raise ValueError(f"The text template {template!r} refers to no column: use e.g. '{{text}}'.")
-    check_columns(dataset, fields, split)
-    columns = {name: dataset[name] for name in fields}
-    texts = []
-    for row in range(len(dataset)):
-        values = {name: columns[name][row] for name in fields}
-        bad = [name for name, value in values.items() if not isinstance(value, str)]
-        if bad:
-            raise ValueError(f"Row {row} of the {split} data has non-text values in {bad}: {values}.")
-        texts.append(normalize_text(template.format(**{name: normalize_text(value) for name, value in values.items()})))
-    empty = [row for row, text in enumerate(texts) if not text]
-    if empty:
-        raise ValueError(f"Rows {empty[:20]} of the {split} data have empty text ({len(empty)} in all).")
-    return texts
+def decision_thresholds(thresholds, num_labels: int) -> np.ndarray:
+    """One threshold per label, as floats: `thresholds` (one number for every label, or one per label, each in
+    [0, 1]), or 0.5 for every label when None."""
+    limits = np.asarray(0.5 if thresholds is None else thresholds, dtype=np.float64)
+    if limits.ndim == 0:
+        limits = np.full(num_labels, float(limits))
+    if limits.shape != (num_labels,):
+        raise ValueError(f"Decision thresholds are one number or one per label ({num_labels}), got {thresholds}.")
+    if not ((limits >= 0) & (limits <= 1)).all():
+        raise ValueError(f"Decision thresholds must lie in [0, 1], got {thresholds}.")
+    return limits
 
 
-def load_tokenizer(model, gguf_file: str | None = None):
-    """The tokenizer saved with `model` (a name, a path or a loaded model), for a trainer given none."""
-    if getattr(model, "quantization_method", None) == QuantizationMethod.GGUF:
-        raise ValueError("Pass the tokenizer as processing_class: a model loaded from a GGUF file does not say which "
-                         "file its tokenizer is in.")
-    source = model if isinstance(model, (str, os.PathLike)) else model.name_or_path
-    return AutoTokenizer.from_pretrained(source, gguf_file=gguf_file)
+def decide(probabilities, multi_label: bool, thresholds=None, *, at_least_one: bool = False) -> np.ndarray:
+    """What `(n, num_labels)` probabilities name: single-label, the argmax class ids `(n,)`; multi-label, `(n,
+    num_labels)` 0/1, each label at or above its threshold (`decision_thresholds`). `at_least_one` names the most
+    probable label where none reaches its threshold: the instruction approach's rule, because constrained decoding
+    cannot answer with no label; a last-token head may name none."""
+    p = np.asarray(probabilities, dtype=np.float64)
+    if p.ndim != 2:
+        raise ValueError(f"probabilities must be (examples, labels), got shape {p.shape}.")
+    if not multi_label:
+        return p.argmax(axis=1)
+    hits = p >= decision_thresholds(thresholds, p.shape[1])
+    if at_least_one:
+        empty = ~hits.any(axis=1)
+        hits[empty] = p[empty] == p[empty].max(axis=1, keepdims=True)
+    return hits.astype(np.int64)
 
 
-def tokenize_texts(
-    texts: Sequence[str],
-    tokenizer,
-    max_length: int,
-    *,
-    truncation_side: str = "right",
-    reserve: int = 0,
-) -> tuple[dict[str, list[list[int]]], int]:
-    """Token ids of `texts` (and how many were cut), each at most `max_length - reserve` tokens (`reserve` leaves room
-    for the pooling suffix the model appends). The tokenizer truncates itself, keeping the special tokens it adds at
-    the start, the end or both (BOS, an appended EOS), so training cuts exactly as `tokenizer(text, truncation=True)`
-    does in `predict_texts` and `pipeline()`. `truncation_side="right"` keeps the start of a long text, `"left"` its
-    end."""
-    if truncation_side not in ("right", "left"):
-        raise ValueError(f"truncation_side must be 'right' (keep the start) or 'left' (keep the end), got {truncation_side!r}.")
-    special = tokenizer.num_special_tokens_to_add(pair=False)
-    room = max_length - reserve
-    if room - special < 1:
-        raise ValueError(
-            f"max_length={max_length} leaves no room for text after {special} special and {reserve} suffix tokens."
-        )
-    texts = list(texts)
-    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]]
-    truncated = sum(length > room - special for length in lengths)
-    if truncated:
-        logger.info("%d of %d texts are longer than %d tokens and were truncated.", truncated, len(texts), room - special)
-    side = tokenizer.truncation_side
-    tokenizer.truncation_side = truncation_side
-    try:
-        input_ids = tokenizer(texts, truncation=True, max_length=room, verbose=False)["input_ids"]
-    finally:
-        tokenizer.truncation_side = side
-    return {"input_ids": input_ids, "attention_mask": [[1] * len(ids) for ids in input_ids]}, truncated
+def results_from_probabilities(probabilities, names: Sequence[str], multi_label: bool, thresholds=None, *,
+                               at_least_one: bool = False) -> list[dict]:
+    """The result format of every classifier, from its probabilities: `{"label", "score", "probabilities"}`, or
+    multi-label `{"labels", "probabilities"}` naming what `decide` names."""
+    p = np.asarray(probabilities, dtype=np.float64).reshape(-1, len(names))
+    decided = decide(p, multi_label, thresholds, at_least_one=at_least_one)
+    results = []
+    for row, choice in zip(p, decided):
+        scores = dict(zip(names, row.tolist()))
+        if multi_label:
+            results.append({"labels": [n for n, hit in zip(names, choice) if hit], "probabilities": scores})
+        else:
+            results.append({"label": names[int(choice)], "score": float(row[int(choice)]), "probabilities": scores})
+    return results

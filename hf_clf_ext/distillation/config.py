@@ -4,14 +4,14 @@ and a student learns its softened probabilities. Every last-token training field
 import os
 from dataclasses import dataclass, field
 
-from .last_token_config import LastTokenClassifierTrainingArguments
-from .pool_labels import DEFAULT_MAX_CHARS
+from ..last_token.config import LastTokenConfig
+from .teacher_labels import DEFAULT_MAX_CHARS
 
 STUDENT_TYPES = ("last_token", "sequence_classification", "tfidf")
 
 
 @dataclass
-class DistillationConfig(LastTokenClassifierTrainingArguments):
+class DistillationConfig(LastTokenConfig):
     r"""
     Arguments of distillation. The student's backbone is the script's `model_name_or_path` (unused by a TF-IDF
     student); the last-token fields (LoRA, learning rates, schedule, max_length, ...) train a decoder student.

@@ -15,7 +15,8 @@ from transformers.utils import ADAPTER_CONFIG_NAME, cached_file
 from .logits_process import VerbalizerLogitsProcessor
 from .prompt_cache import SharedPrefix
 from .scoring import score_labels
-from .texts import check_batch_size, check_texts, normalize_text
+from ..labels import results_from_probabilities
+from ..texts import check_batch_size, check_texts, normalize_text
 from .verbalizer import LabelTokens, Verbalizer
 
 PROMPT_FILE = "instruction_prompt.json"
@@ -190,17 +191,9 @@ class InstructionClassifier:
             probabilities = score_labels(
                 self.model, prompts, self.tokens, pad_token_id=self.tokenizer.pad_token_id, batch_size=batch_size
             )
-            thresholds = np.asarray(self.decision_thresholds or [0.5] * len(names))
-            results = []
-            for row in probabilities:
-                scores = dict(zip(names, row.tolist()))
-                if self.tokens.multi_label:
-                    # Decoding names at least one label: the most probable one when none reaches its threshold.
-                    hits = row >= thresholds
-                    hits = hits if hits.any() else row == row.max()
-                    results.append({"labels": [n for n, hit in zip(names, hits) if hit], "probabilities": scores})
-                else:
-                    results.append({"label": names[int(row.argmax())], "score": float(row.max()), "probabilities": scores})
+            # Decoding names at least one label: so does scoring, the most probable one when none reaches its threshold.
+            results = results_from_probabilities(probabilities, names, self.tokens.multi_label,
+                                                 self.decision_thresholds, at_least_one=True)
         else:
             results = [self._as_result(ids) for ids in self._generate(prompts, batch_size)]
         in_input_order: list[dict] = [{}] * len(results)
@@ -264,7 +257,7 @@ class InstructionClassifier:
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, **model_kwargs) -> "InstructionClassifier":
-        """Load a folder or Hub repo saved by `save_pretrained` or `InstructionSFTRecipe.save_model` (adapter or
+        """Load a folder or Hub repo saved by `save_pretrained` or `InstructionTrainer.save_model` (adapter or
         merged). Hub options (`revision`, `cache_dir`, `token`, `local_files_only`) apply to every file."""
         hub = {key: model_kwargs[key] for key in HUB_OPTIONS if key in model_kwargs}
         path = cached_file(directory, PROMPT_FILE, _raise_exceptions_for_missing_entries=False, **hub)

@@ -1,4 +1,4 @@
-"""`InstructionSFTRecipe`: classification as prompt -> label text, fine-tuned with TRL's `SFTTrainer`.
+"""`InstructionTrainer`: classification as prompt -> label text, fine-tuned with TRL's `SFTTrainer`.
 
 The recipe tokenizes examples itself: the prompt (text cut to fit), then the answer as the verbalizer's in-context
 label tokens and a stop token, with `-100` labels over the prompt. Training, constrained decoding and label scoring
@@ -18,29 +18,30 @@ from peft import LoraConfig, PeftModel
 from transformers import PreTrainedModel, set_seed
 from trl import SFTTrainer
 
-from .data import build_label_space, build_texts, encode_split, load_tokenizer
-from .inference import check_texts
-from .instruction import DEFAULT_MULTI_LABEL_TEMPLATE, DEFAULT_TEMPLATE, InstructionClassifier, InstructionPrompt
-from .instruction_config import InstructionSFTConfig
-from .calibration import tune_thresholds
-from .metrics import load_metric, metrics_from_results, named_from_results, probabilities_from_results
-from .model_card import CardFacts, EvaluationFacts, lora_rows, metric_rows, parameter_counts, write_model_card
+from ..labels import build_label_space, encode_split, decision_thresholds
+from ..texts import build_texts, load_tokenizer
+from ..last_token.inference import check_texts
+from .classifier import DEFAULT_MULTI_LABEL_TEMPLATE, DEFAULT_TEMPLATE, InstructionClassifier, InstructionPrompt
+from .config import InstructionConfig
+from ..calibration import tune_thresholds
+from ..metrics import load_metric, metrics_from_results, named_from_results, probabilities_from_results
+from ..cards.model_card import CardFacts, EvaluationFacts, lora_rows, metric_rows, parameter_counts, write_model_card
 from .prompt_cache import is_prompt_learning, supports_logits_to_keep
-from .arguments import first_split, name_best_metric_for_eval_sets, shards_parameters
-from .saving import CheckpointSaves, base_revision, check_not_source, hub_base, local_source
+from ..arguments import first_split, name_best_metric_for_eval_sets, shards_parameters
+from ..hub import CheckpointSaves, base_revision, check_not_source, hub_base, local_source
 from .verbalizer import Verbalizer
 
 logger = logging.getLogger(__name__)
 IGNORE_INDEX = -100
 
 
-class InstructionSFTRecipe(CheckpointSaves, SFTTrainer):
+class InstructionTrainer(CheckpointSaves, SFTTrainer):
     """Fine-tunes a causal LM to answer a classification prompt with a valid label (or label set).
 
     Args:
         model: a causal-LM name/path or object (TRL loads names with `args.model_init_kwargs`, quantized as
             `args.quantization` says).
-        args: [`InstructionSFTConfig`].
+        args: [`InstructionConfig`].
         train_dataset / eval_dataset: `datasets.Dataset` with `args.text_columns` and `args.label_column`.
         processing_class: the tokenizer (loaded from `model` when it is a name/path).
         peft_config: defaults to LoRA from `args` (r=64 on all projections).
@@ -52,7 +53,7 @@ class InstructionSFTRecipe(CheckpointSaves, SFTTrainer):
     def __init__(
         self,
         model: str | PreTrainedModel,
-        args: InstructionSFTConfig | None = None,
+        args: InstructionConfig | None = None,
         train_dataset: Dataset | None = None,
         eval_dataset: Dataset | None = None,
         processing_class=None,
@@ -62,9 +63,9 @@ class InstructionSFTRecipe(CheckpointSaves, SFTTrainer):
         **kwargs,
     ):
         if args is None:
-            args = InstructionSFTConfig(output_dir="instruction-classifier")
+            args = InstructionConfig(output_dir="instruction-classifier")
         if train_dataset is None:
-            raise ValueError("InstructionSFTRecipe needs a train_dataset.")
+            raise ValueError("InstructionTrainer needs a train_dataset.")
         set_seed(args.seed)
         init = args.model_init_kwargs if isinstance(args.model_init_kwargs, dict) else {}
         if isinstance(model, str) and args.sharded_qlora_dtype() is not None:
@@ -245,7 +246,7 @@ class InstructionSFTRecipe(CheckpointSaves, SFTTrainer):
         texts, label_ids = (self.eval_texts, self.eval_label_ids) if texts is None else (texts, label_ids)
         probabilities = probabilities_from_results(self.classify(texts, method="score"), self.label_space.names)
         tuned = tune_thresholds(probabilities, self._references(label_ids), per_class=self.args.per_class_thresholds)
-        thresholds = [float(t) for t in (tuned if isinstance(tuned, list) else [tuned] * len(self.label_space.names))]
+        thresholds = decision_thresholds(tuned, len(self.label_space.names)).tolist()
         self.classifier.decision_thresholds = thresholds
         logger.info("Label-scoring decision thresholds tuned on %d texts: %s", len(texts), thresholds)
         return thresholds

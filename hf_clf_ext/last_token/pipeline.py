@@ -8,7 +8,8 @@ from transformers import TextClassificationPipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_last_token import LastTokenClassifierConfig
-from .texts import normalize_text
+from ..labels import decision_thresholds
+from ..texts import normalize_text
 
 TASK = "text-classification"
 
@@ -37,7 +38,8 @@ class LastTokenClassificationPipeline(TextClassificationPipeline):
         asked_for_scores = "top_k" in kwargs or "top_k" in self._postprocess_params
         if not self._ours() or config.problem_type != "multi_label_classification" or asked_for_scores:
             return super().__call__(inputs, **kwargs)
-        thresholds = dict(zip(config.id2label.values(), config.decision_thresholds or [0.5] * config.num_labels))
+        names = [config.id2label[i] for i in range(config.num_labels)]
+        thresholds = dict(zip(names, decision_thresholds(config.decision_thresholds, config.num_labels)))
         results = super().__call__(inputs, top_k=None, **kwargs)
         decide = lambda rows: [row for row in rows if row["score"] >= thresholds[row["label"]]]  # noqa: E731
         return decide(results) if isinstance(inputs, str) else [decide(rows) for rows in results]

@@ -1,0 +1,1 @@
+"""Model cards rendered from training facts (`model_card.py`) and their templates (`*.md` beside it)."""

@@ -1,0 +1,10 @@
+"""The embedding-based approach: a linear head on the last real token's hidden state of a decoder-only LM.
+
+    configuration_last_token.py  LastTokenClassifierConfig                      } self-contained: copied next to the
+    modeling_last_token.py       LastTokenClassifierForSequenceClassification   } weights (trust_remote_code)
+    config.py                    LastTokenConfig: training arguments (TrainingArguments + data, LoRA, loss, calibration)
+    trainer.py                   LastTokenTrainer (transformers.Trainer)
+    inference.py                 predict_texts: length-sorted batches, labels and probabilities
+    compiled.py                  predict_texts(compile=True): torch.compile over bucketed shapes
+    pipeline.py                  pipeline("text-classification") defaults for the model
+"""

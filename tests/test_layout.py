@@ -1,0 +1,68 @@
+"""The package's shape: round-2 names and module paths still work (each warns once), the self-contained model files
+import nothing of the package, and the command line's front needs no torch."""
+
+import ast
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+
+import hf_clf_ext
+
+PACKAGE = Path(hf_clf_ext.__file__).parent
+
+
+@pytest.mark.parametrize("old, new", sorted(hf_clf_ext.DEPRECATED_NAMES.items()))
+def test_round_two_names_still_import_and_warn(old, new):
+    code = f"""
+import warnings
+warnings.simplefilter("always")
+with warnings.catch_warnings(record=True) as caught:
+    from hf_clf_ext import {old} as first
+    from hf_clf_ext import {old} as second
+import hf_clf_ext
+print(first is second is getattr(hf_clf_ext, {new!r}),
+      sum("{old} is now {new}" in str(w.message) for w in caught))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split()[-2:] == ["True", "1"], done.stdout + done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("old, new", sorted(hf_clf_ext.DEPRECATED_MODULES.items()))
+def test_round_two_module_paths_still_import(old, new):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        module = __import__(f"hf_clf_ext.{old}", fromlist=["_"])
+    target = __import__(f"hf_clf_ext.{new}", fromlist=["_"])
+    public = [name for name in dir(target) if not name.startswith("_")]
+    assert public and all(getattr(module, name) is getattr(target, name) for name in public)
+    assert any(f"hf_clf_ext.{old} is now hf_clf_ext.{new}" in str(w.message) for w in caught) or \
+        f"hf_clf_ext.{old}" in sys.modules  # imported (and warned) earlier in this process
+
+
+def test_round_two_class_names_through_round_two_module_paths():
+    from hf_clf_ext.instruction_trainer import InstructionSFTRecipe
+    from hf_clf_ext.last_token_config import LastTokenClassifierTrainingArguments
+
+    assert LastTokenClassifierTrainingArguments is hf_clf_ext.LastTokenConfig
+    assert InstructionSFTRecipe is hf_clf_ext.InstructionTrainer
+
+
+@pytest.mark.parametrize("module", ["configuration_last_token", "modeling_last_token"])
+def test_the_model_files_copied_next_to_the_weights_are_self_contained(module):
+    tree = ast.parse((PACKAGE / "last_token" / f"{module}.py").read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            assert node.module in ("configuration_last_token",), ast.dump(node)
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [alias.name for alias in node.names] + [getattr(node, "module", None) or ""]
+            assert not any(name.startswith("hf_clf_ext") for name in names), ast.dump(node)
+
+
+def test_the_self_contained_model_config_names_the_problem_types_as_labels_does():
+    from hf_clf_ext.labels import PROBLEM_TYPES
+    from hf_clf_ext.last_token import configuration_last_token
+
+    assert configuration_last_token.PROBLEM_TYPES == PROBLEM_TYPES
