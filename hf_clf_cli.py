@@ -45,34 +45,23 @@ def fail(message) -> SystemExit:
 
 
 def train(argv) -> int:
+    """The recipes' own jobs (`hf_clf_ext.scripts`): the same config, checks and result table."""
     parser = argparse.ArgumentParser(prog="hf-clf train", add_help=False)
     parser.add_argument("--approach", choices=APPROACHES, default="last_token")
     known, rest = parser.parse_known_args(argv)
-    from hf_clf_ext import jobs
-
     if known.approach == "last_token":
-        from hf_clf_ext.last_token.config import LastTokenConfig as arguments
-
-        run = jobs.train_last_token
+        from hf_clf_ext.scripts.train_last_token import main as run
     else:
-        from hf_clf_ext.instruction.config import InstructionConfig as arguments
-
-        run = jobs.train_instruction
-    script_args, training_args, splits = jobs.prepare(arguments, rest)
-    results = run(script_args, training_args, splits)
-    if training_args.process_index == 0:
-        jobs.print_results(results, training_args.output_dir, known.approach)
+        from hf_clf_ext.scripts.train_instruction import main as run
+    run(rest)
     return 0
 
 
 def distill(argv) -> int:
     """A trained classifier labels an unlabelled pool; a student (decoder, any sequence classifier, TF-IDF) learns it."""
-    from hf_clf_ext import jobs
+    from hf_clf_ext.scripts.distill import main as run
 
-    script_args, args, splits, pool_texts = jobs.prepare_distillation(argv)
-    results = jobs.distill(script_args, args, splits, pool_texts)
-    if args.process_index == 0:
-        jobs.print_results(results, args.output_dir, "tfidf" if args.student_type == "tfidf" else "last_token")
+    run(argv)
     return 0
 
 
@@ -127,7 +116,7 @@ def evaluate(argv) -> int:
     try:
         dataset = jobs.read_data_file(args.file) if args.file else jobs.load_split(
             args.dataset, args.split, args.dataset_config)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError) as error:  # a JobError is a ValueError
         raise fail(error) from error
     classifier = _load(args.model, args.method, args.compile)
     space = LabelSpace(names=tuple(classifier.labels), multi_label=classifier.multi_label)

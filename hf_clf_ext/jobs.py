@@ -30,6 +30,11 @@ SAVED_MODEL_FILES = ("config.json", "adapter_config.json", "model.safetensors", 
 RESULTS_FILE = "all_results.json"
 
 
+class JobError(ValueError):
+    """A failure the input causes (config, data, folders), found before or while a job runs: the scripts and the
+    CLI print it as one line, `hf-clf: <message>`, and exit with status 1 (`scripts.one_line_errors`)."""
+
+
 @dataclass
 class ScriptArguments:
     """What to train on: the model and the data."""
@@ -93,10 +98,10 @@ def parse_config(training_arguments_class, argv: Sequence[str] | None = None, sc
     try:
         script_args, training_args, remaining = parser.parse_args_and_config(argv, return_remaining_strings=True)
     except ValueError as error:
-        raise SystemExit(f"hf-clf: invalid configuration: {error}") from error
+        raise JobError(f"invalid configuration: {error}") from error
     if remaining:
         unknown = [item.lstrip("-") for item in remaining if item.startswith("--")]
-        raise SystemExit(f"hf-clf: unknown configuration keys {unknown}; see --help for the valid ones.")
+        raise JobError(f"unknown configuration keys {unknown}; see --help for the valid ones.")
     _check_cpu_bf16(training_args)
     return script_args, training_args
 
@@ -121,8 +126,8 @@ def check_output_dir(output_dir: str, overwrite: bool, resuming: bool = False,
     else:
         shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
         what = f"is not empty ({shown})"
-    raise SystemExit(
-        f"hf-clf: {output_dir} {what}. Choose another output_dir, pass --overwrite_output_dir true to replace what "
+    raise JobError(
+        f"{output_dir} {what}. Choose another output_dir, pass --overwrite_output_dir true to replace what "
         "it holds, or --resume_from_checkpoint true to continue the run whose checkpoints it holds."
     )
 
@@ -149,10 +154,10 @@ def _resume_value(value, output_dir: str):
         from transformers.trainer_utils import get_last_checkpoint
 
         if not os.path.isdir(output_dir) or get_last_checkpoint(output_dir) is None:
-            raise SystemExit(f"hf-clf: resume_from_checkpoint is true, but {output_dir} holds no checkpoint.")
+            raise JobError(f"resume_from_checkpoint is true, but {output_dir} holds no checkpoint.")
         return True
     if not os.path.isdir(value):
-        raise SystemExit(f"hf-clf: resume_from_checkpoint {value} is not a checkpoint folder.")
+        raise JobError(f"resume_from_checkpoint {value} is not a checkpoint folder.")
     return value
 
 
@@ -183,17 +188,17 @@ def load_splits(script_args: ScriptArguments, pool: bool = False) -> DatasetDict
         if pool and not script_args.pool_file:
             names["pool"] = script_args.pool_split
         if names["train"] not in loaded:
-            raise SystemExit(f"hf-clf: {script_args.dataset} has no split {names['train']!r}; it has {list(loaded)}.")
+            raise JobError(f"{script_args.dataset} has no split {names['train']!r}; it has {list(loaded)}.")
         splits = DatasetDict({split: loaded[name] for split, name in names.items() if name in loaded})
     else:
-        raise SystemExit("hf-clf: give a dataset (Hub id, saved folder or 'bundled:bbc_news') or a train_file.")
+        raise JobError("give a dataset (Hub id, saved folder or 'bundled:bbc_news') or a train_file.")
     if script_args.max_train_samples is not None:
         splits["train"] = splits["train"].select(range(min(script_args.max_train_samples, len(splits["train"]))))
     if pool:
         if script_args.pool_file:
             splits["pool"] = read_data_file(script_args.pool_file)
         elif "pool" not in splits:
-            raise SystemExit(f"hf-clf: no unlabelled pool: give pool_file, or a dataset with a {script_args.pool_split!r} "
+            raise JobError(f"no unlabelled pool: give pool_file, or a dataset with a {script_args.pool_split!r} "
                              "split.")
     return splits
 
@@ -219,13 +224,13 @@ def load_split(dataset: str, split: str, dataset_config: str | None = None) -> D
 def read_data_file(path: str) -> Dataset:
     builder = DATA_BUILDERS.get(os.path.splitext(path)[1].lower())
     if builder is None:
-        raise SystemExit(f"hf-clf: cannot read {path}: use a .csv, .json, .jsonl or .parquet file.")
+        raise JobError(f"cannot read {path}: use a .csv, .json, .jsonl or .parquet file.")
     if not os.path.isfile(path) or not os.access(path, os.R_OK):
-        raise SystemExit(f"hf-clf: cannot read {path}: no such readable file.")
+        raise JobError(f"cannot read {path}: no such readable file.")
     try:
         return load_dataset(builder, data_files=path, split="train")
     except Exception as error:  # noqa: BLE001 - the datasets error is chained
-        raise SystemExit(f"hf-clf: cannot read {path} as {builder}: {error}") from error
+        raise JobError(f"cannot read {path} as {builder}: {error}") from error
 
 
 def check_data(splits: DatasetDict, training_args) -> None:
@@ -235,7 +240,7 @@ def check_data(splits: DatasetDict, training_args) -> None:
         try:
             check_columns(dataset, [*columns, *[training_args.label_column] * (split != "pool")], split)
         except ValueError as error:
-            raise SystemExit(f"hf-clf: {error}") from error
+            raise JobError(str(error)) from error
 
 
 def resolve_model(script_args: ScriptArguments) -> tuple[str, dict]:
@@ -278,7 +283,7 @@ def prepare_distillation(argv=None):
 
     script_args, args = parse_config(DistillationConfig, argv, DistillScriptArguments)
     if args.student_type != "tfidf" and not script_args.model_name_or_path:
-        raise SystemExit(f"hf-clf: a {args.student_type} student needs model_name_or_path (its backbone).")
+        raise JobError(f"a {args.student_type} student needs model_name_or_path (its backbone).")
     labels_file = args.teacher_labels_file or os.path.join(args.output_dir, "teacher_labels.jsonl")
     in_output = os.path.dirname(os.path.abspath(labels_file)) == os.path.abspath(args.output_dir)
     check_output_dir(args.output_dir, script_args.overwrite_output_dir,
@@ -289,7 +294,7 @@ def prepare_distillation(argv=None):
         pool_texts = check_pool_texts(build_texts(splits["pool"], args.text_columns, args.text_template, "pool"),
                                       args.max_pool_chars)
     except (TypeError, ValueError) as error:
-        raise SystemExit(f"hf-clf: {error}") from error
+        raise JobError(str(error)) from error
     return script_args, args, splits, pool_texts
 
 

@@ -13,10 +13,12 @@ import argparse
 from hf_clf_ext import jobs
 from hf_clf_ext.instruction.config import InstructionConfig
 from hf_clf_ext.last_token.config import LastTokenConfig
+from hf_clf_ext.scripts import one_line_errors
 
 COLUMNS = ("F1 micro", "F1 macro", "ECE", "trainable params", "train s", "inference ex/s")
 
 
+@one_line_errors
 def main(argv=None) -> list[tuple]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--last_token_config", required=True)
@@ -27,7 +29,7 @@ def main(argv=None) -> list[tuple]:
     last_token = jobs.prepare(LastTokenConfig, ["--config", args.last_token_config, *overrides])
     instruction = jobs.prepare(InstructionConfig, ["--config", args.instruction_config, *overrides])
     if last_token[0].model_name_or_path != instruction[0].model_name_or_path:
-        raise SystemExit("compare: the two configs name different models.")
+        raise jobs.JobError("compare: the two configs name different models.")
     rows = []
     results = jobs.train_last_token(*last_token)
     rows.append(("last-token (embedding)", results.get("test_f1_micro"), results.get("test_f1_macro"),

@@ -10,16 +10,7 @@ regression), `last_token` (a causal LM, optionally cut to `student_layers`; the 
 self-training), `sequence_classification` (any AutoModelForSequenceClassification).
 """
 
-from hf_clf_ext import jobs
-
-
-def main(argv=None) -> dict:
-    script_args, args, splits, pool_texts = jobs.prepare_distillation(argv)
-    results = jobs.distill(script_args, args, splits, pool_texts)
-    if args.process_index == 0:
-        jobs.print_results(results, args.output_dir, "tfidf" if args.student_type == "tfidf" else "last_token")
-    return results
-
+from hf_clf_ext.scripts.distill import main
 
 if __name__ == "__main__":
     main()

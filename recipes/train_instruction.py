@@ -8,17 +8,7 @@ Checks run before any model loads; then train -> evaluate by constrained decodin
 adapter, tokenizer, verbalizer, prompt and card -> push when `push_to_hub: true`.
 """
 
-from hf_clf_ext import jobs
-from hf_clf_ext.instruction.config import InstructionConfig
-
-
-def main(argv=None) -> dict:
-    script_args, training_args, splits = jobs.prepare(InstructionConfig, argv)
-    results = jobs.train_instruction(script_args, training_args, splits)
-    if training_args.process_index == 0:
-        jobs.print_results(results, training_args.output_dir, "instruction")
-    return results
-
+from hf_clf_ext.scripts.train_instruction import main
 
 if __name__ == "__main__":
     main()

@@ -9,17 +9,7 @@ output folder that already holds a model) fails first. Then: train -> evaluate (
 its card and `all_results.json` -> push to the Hub when `push_to_hub: true`.
 """
 
-from hf_clf_ext import jobs
-from hf_clf_ext.last_token.config import LastTokenConfig
-
-
-def main(argv=None) -> dict:
-    script_args, training_args, splits = jobs.prepare(LastTokenConfig, argv)
-    results = jobs.train_last_token(script_args, training_args, splits)
-    if training_args.process_index == 0:
-        jobs.print_results(results, training_args.output_dir, "last_token")
-    return results
-
+from hf_clf_ext.scripts.train_last_token import main
 
 if __name__ == "__main__":
     main()

@@ -72,9 +72,9 @@ def write_config(tmp_path, model, data_files, approach="last_token", **overrides
 
 def test_unknown_config_keys_are_rejected(tmp_path, data_files):
     config = write_config(tmp_path, NO_SUCH_MODEL, data_files, learning_rat=1.0)
-    with pytest.raises(SystemExit, match="learning_rat"):
+    with pytest.raises(jobs.JobError, match="learning_rat"):
         jobs.prepare(LastTokenConfig, ["--config", str(config)])
-    with pytest.raises(SystemExit, match="unknown configuration keys.*'colour'"):
+    with pytest.raises(jobs.JobError, match="unknown configuration keys.*'colour'"):
         jobs.prepare(LastTokenConfig, ["--config", str(write_config(tmp_path, NO_SUCH_MODEL, data_files)), "--colour", "red"])
 
 
@@ -224,7 +224,7 @@ def test_resume_from_checkpoint_reaches_the_trainer(tmp_path, data_files, tiny_l
     from hf_clf_ext import LastTokenTrainer
 
     config = write_config(tmp_path, tiny_lm_dirs["llama", "pad"], data_files, num_train_epochs=1)
-    with pytest.raises(SystemExit, match="resume_from_checkpoint is true, but .* holds no checkpoint"):
+    with pytest.raises(jobs.JobError, match="resume_from_checkpoint is true, but .* holds no checkpoint"):
         jobs.prepare(LastTokenConfig, ["--config", str(config), "--resume_from_checkpoint", "true"])
     _, off, _ = jobs.prepare(LastTokenConfig, ["--config", str(config), "--resume_from_checkpoint", "false"])
     assert off.resume_from_checkpoint is None

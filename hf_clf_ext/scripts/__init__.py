@@ -1,0 +1,25 @@
+"""Each job's `main(argv)`: `recipes/*.py` run them as scripts and `hf-clf` calls them, so a job is written once.
+
+    train_last_token.py   fine-tune a last-token classifier (train -> evaluate -> save -> push)
+    train_instruction.py  fine-tune an instruction classifier
+    distill.py            a teacher labels a pool, a student learns it
+
+A failure the input causes (`jobs.JobError`) ends the script with one line, `hf-clf: <what is wrong>`, and status 1.
+"""
+
+import functools
+
+from ..jobs import JobError
+
+
+def one_line_errors(main):
+    """`main`, with a `JobError` turned into `SystemExit("hf-clf: ...")` (one line, status 1, no traceback)."""
+
+    @functools.wraps(main)
+    def run(argv=None):
+        try:
+            return main(argv)
+        except JobError as error:
+            raise SystemExit(f"hf-clf: {error}") from error
+
+    return run
