@@ -14,6 +14,7 @@ call this module, see the same tokens.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import string
@@ -160,3 +161,28 @@ def tokenize_texts(
     finally:
         tokenizer.truncation_side = side
     return {"input_ids": input_ids, "attention_mask": [[1] * len(ids) for ids in input_ids]}, truncated
+
+
+def suffix_ids(tokenizer, suffix: str) -> list[int]:
+    """Token ids of the pooling suffix, which follows a text: its white space kept (the leading newline of the default
+    suffix), also with a tokenizer that strips whole texts (`texts.add_strip_normalizer`: this trainer's, or one saved
+    with a model)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        from tokenizers import Tokenizer
+
+        state = json.loads(backend.to_str())
+        normalizer = _without_strip(state.get("normalizer"))
+        if normalizer != state.get("normalizer"):
+            state["normalizer"] = normalizer
+            return Tokenizer.from_str(json.dumps(state)).encode(suffix, add_special_tokens=False).ids
+    return tokenizer(suffix, add_special_tokens=False)["input_ids"]
+
+
+def _without_strip(normalizer: dict | None) -> dict | None:
+    if normalizer is None or normalizer.get("type") == "Strip":
+        return None
+    if normalizer.get("type") == "Sequence":
+        kept = [step for step in normalizer["normalizers"] if step.get("type") != "Strip"]
+        return {**normalizer, "normalizers": kept} if kept else None
+    return normalizer

@@ -70,3 +70,9 @@ def test_the_self_contained_model_config_names_the_problem_types_as_labels_does(
     from hf_clf_ext.last_token import configuration_last_token
 
     assert configuration_last_token.PROBLEM_TYPES == PROBLEM_TYPES
+
+
+def test_every_module_stays_under_about_500_lines():
+    long = {str(path.relative_to(PACKAGE)): n for path in PACKAGE.rglob("*.py")
+            if (n := len(path.read_text().splitlines())) > 550}
+    assert not long, long

@@ -46,6 +46,9 @@ class EvaluationFacts:
     reliability: dict | None  # a reliability diagram needs probabilities
     calibration: dict | None = None
     split: str = "evaluation"  # "test": held out from training, checkpoint selection and calibration
+    # Rows of a second method's metrics, beside the headline ones: the instruction trainer's label scoring when
+    # constrained decoding is the headline. Kept with the evaluation, so that one object caches what the card shows.
+    secondary_metrics: list[tuple[str, str]] | None = None
 
 
 @dataclass

@@ -6,7 +6,6 @@ therefore all see the same token ids, whatever the tokenizer merges across the p
 """
 
 import logging
-import os
 import time
 from collections.abc import Sequence
 
@@ -15,27 +14,28 @@ import torch
 from accelerate.utils import gather_object
 from datasets import Dataset
 from peft import LoraConfig, PeftModel
-from transformers import PreTrainedModel, set_seed
+from transformers import PreTrainedModel
 from trl import SFTTrainer
 
-from ..labels import build_label_space, encode_split, decision_thresholds
+from ..labels import encode_split, decision_thresholds
 from ..texts import build_texts, load_tokenizer
 from ..last_token.inference import check_texts
 from .classifier import DEFAULT_MULTI_LABEL_TEMPLATE, DEFAULT_TEMPLATE, InstructionClassifier, InstructionPrompt
 from .config import InstructionConfig
 from ..calibration import tune_thresholds
 from ..metrics import load_metric, metrics_from_results, named_from_results, probabilities_from_results
-from ..cards.model_card import CardFacts, EvaluationFacts, lora_rows, metric_rows, parameter_counts, write_model_card
+from ..cards.model_card import EvaluationFacts, metric_rows
 from .prompt_cache import is_prompt_learning, supports_logits_to_keep
 from ..arguments import first_split, name_best_metric_for_eval_sets, shards_parameters
-from ..hub import CheckpointSaves, base_revision, check_not_source, hub_base, local_source
+from ..hub import check_not_source
+from ..trainer_base import AdaptationFacts, ClassifierTrainerMixin, deprecated_alias
 from .verbalizer import Verbalizer
 
 logger = logging.getLogger(__name__)
 IGNORE_INDEX = -100
 
 
-class InstructionTrainer(CheckpointSaves, SFTTrainer):
+class InstructionTrainer(ClassifierTrainerMixin, SFTTrainer):
     """Fine-tunes a causal LM to answer a classification prompt with a valid label (or label set).
 
     Args:
@@ -49,6 +49,7 @@ class InstructionTrainer(CheckpointSaves, SFTTrainer):
     """
 
     _tag_names = ["trl", "sft", "hf-clf-ext", "instruction-classifier"]
+    card_template = "instruction"
 
     def __init__(
         self,
@@ -64,28 +65,18 @@ class InstructionTrainer(CheckpointSaves, SFTTrainer):
     ):
         if args is None:
             args = InstructionConfig(output_dir="instruction-classifier")
-        if train_dataset is None:
-            raise ValueError("InstructionTrainer needs a train_dataset.")
-        set_seed(args.seed)
         init = args.model_init_kwargs if isinstance(args.model_init_kwargs, dict) else {}
+        self._setup(model, args, train_dataset, labels, init)
         if isinstance(model, str) and args.sharded_qlora_dtype() is not None:
             # FSDP / ZeRO-3 flatten one dtype: the rest loads in the 4-bit weights' storage dtype.
             args.model_init_kwargs = init = args.with_sharded_dtype(init)
         tokenizer = processing_class or load_tokenizer(model, init.get("gguf_file"))
-        # An adapter names the Hub id its base loads from; a local or GGUF base saves merged instead.
-        self._hub_base = None if init.get("gguf_file") else hub_base(model)
-        self._local_source = local_source(model)  # never saved over
-        check_not_source(args.output_dir, self._local_source)
-        # ... and the commit it loads from (TRL loads a name a moment later, at the revision resolved here but for a
-        # push in between): the adapter's `revision`, which `InstructionClassifier.from_pretrained` loads the base at.
-        hub_keys = ("token", "cache_dir", "local_files_only") + (("revision",) if isinstance(model, str) else ())
-        self._base_revision = base_revision(model, self._hub_base, {key: init[key] for key in hub_keys if key in init})
-        self._adaptation = None  # (trainable, total, LoRA rows) as trained, kept across a merged save
-        self._card_evaluation = None  # (EvaluationFacts, label-scoring rows) of the split the card reports
+        # TRL loads a name a moment later, at the commit resolved here (but for a push in between): the adapter's
+        # `revision`, which `InstructionClassifier.from_pretrained` loads the base at.
+        self._record_base_revision(model, model, init)
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
 
-        self.label_space = build_label_space(train_dataset, args.label_column, labels)
         multi = self.label_space.multi_label
         self.verbalizer = Verbalizer(
             list(self.label_space.names),
@@ -138,9 +129,7 @@ class InstructionTrainer(CheckpointSaves, SFTTrainer):
             **kwargs,
         )
         self.classifier.model = self.model
-        if self._base_revision and isinstance(self.model, PeftModel):
-            for adapter_config in self.model.peft_config.values():  # adapter_config.json's `revision`
-                adapter_config.revision = self._base_revision
+        self._pin_adapter_revision(self.model)
 
     # --- data --------------------------------------------------------------------------------------------------------
 
@@ -228,19 +217,17 @@ class InstructionTrainer(CheckpointSaves, SFTTrainer):
 
     # --- classification and evaluation -------------------------------------------------------------------------------
 
-    def train(self, *args, **kwargs):
-        """Train; then tune multi-label thresholds and evaluate once for the model card, on every process (so that
-        writing the card or pushing later classifies nothing)."""
-        output = super().train(*args, **kwargs)
+    def _after_training(self) -> None:
+        """Tune multi-label thresholds (label scoring), then evaluate once for the model card."""
         if self.label_space.multi_label and self.eval_texts is not None and "score" in self.args.eval_methods:
-            self.fit_thresholds()
+            self.calibrate()
         if self.eval_texts is not None:
             self._card_evaluation = self._evaluate_texts(self.eval_texts, self.eval_label_ids, "evaluation")[1]
-        return output
 
-    def fit_thresholds(self, texts: Sequence[str] | None = None, label_ids=None) -> list[float]:
+    def calibrate(self, texts: Sequence[str] | None = None, label_ids=None) -> list[float]:
         """Multi-label decision thresholds of label scoring, maximizing F1 on the evaluation texts (or `texts`
-        with their label id lists); kept by the classifier and saved with it."""
+        with their label id lists); kept by the classifier and saved with it. (Constrained decoding names labels
+        without probabilities: there is no temperature to fit, as the last-token trainer's `calibrate` does.)"""
         if not self.label_space.multi_label:
             raise ValueError("Decision thresholds are for multi-label classifiers.")
         texts, label_ids = (self.eval_texts, self.eval_label_ids) if texts is None else (texts, label_ids)
@@ -250,6 +237,8 @@ class InstructionTrainer(CheckpointSaves, SFTTrainer):
         self.classifier.decision_thresholds = thresholds
         logger.info("Label-scoring decision thresholds tuned on %d texts: %s", len(texts), thresholds)
         return thresholds
+
+    fit_thresholds = deprecated_alias("fit_thresholds", "calibrate")
 
     def classify(self, texts: Sequence[str], method: str = "generate", batch_size: int | None = None) -> list[dict]:
         """Labels for raw texts by constrained decoding (`"generate"`) or label scoring (`"score"`), under the
@@ -276,23 +265,20 @@ class InstructionTrainer(CheckpointSaves, SFTTrainer):
         `<method>_<metric>`, plus each method's examples per second."""
         return self._evaluate_texts(texts, label_ids, methods=methods)[0]
 
-    def evaluate_dataset(self, dataset: Dataset, metric_key_prefix: str = "test") -> dict[str, float]:
-        """Classification metrics of every `eval_methods` method on raw rows (text and label columns). A `"test"`
-        split is held out from training, checkpoint selection and threshold tuning, so the model card reports it."""
+    def _evaluation_facts(self, dataset: Dataset, split: str) -> tuple[EvaluationFacts, dict]:
+        """`evaluate_dataset`'s pass over raw rows: classification metrics of every `eval_methods` method."""
         args = self.args
         dataset, encoded = encode_split(
-            dataset, args.label_column, self.label_space, drop_unknown=args.drop_unknown_labels, split=metric_key_prefix
+            dataset, args.label_column, self.label_space, drop_unknown=args.drop_unknown_labels, split=split
         )
-        texts = build_texts(dataset, args.text_columns, args.text_template, metric_key_prefix)
-        metrics, card = self._evaluate_texts(texts, self._label_id_lists(encoded), metric_key_prefix)
-        if metric_key_prefix == "test":
-            self._card_evaluation = card
-        return {f"{metric_key_prefix}_{key}": value for key, value in metrics.items()}
+        texts = build_texts(dataset, args.text_columns, args.text_template, split)
+        metrics, facts = self._evaluate_texts(texts, self._label_id_lists(encoded), split)
+        return facts, {f"{split}_{key}": value for key, value in metrics.items()}
 
     def _evaluate_texts(self, texts, label_ids, split: str = "evaluation", methods=None):
         """One classification pass per method: the metrics (keyed `<method>_<metric>`), and what the card reports
-        (constrained decoding as the headline; label scoring's metrics, and its probabilities for the reliability
-        diagram, when it ran)."""
+        (constrained decoding as the headline; label scoring's metrics as `secondary_metrics`, and its probabilities
+        for the reliability diagram, when it ran)."""
         references = self._references(label_ids)
         runs = self._classify_for_metrics(texts, methods)
         space = self.label_space
@@ -316,9 +302,9 @@ class InstructionTrainer(CheckpointSaves, SFTTrainer):
             predictions=predictions,
             reliability=reliability,
             split=split,
+            secondary_metrics=metric_rows(results["score"]) if primary != "score" and "score" in results else None,
         )
-        scoring = metric_rows(results["score"]) if primary != "score" and "score" in results else None
-        return metrics, (facts, scoring)
+        return metrics, facts
 
     def _classify_for_metrics(self, texts, methods=None) -> dict[str, tuple[list[dict], float]]:
         """Per method: the results (labels, and probabilities from label scoring) and examples per second."""
@@ -366,77 +352,50 @@ class InstructionTrainer(CheckpointSaves, SFTTrainer):
             self.args.merge_adapter or self._hub_base is None)
         if not merge:
             super()._save(output_dir, state_dict)
+            if self.args.should_save:
+                self._save_extras(output_dir)
         elif self.args.should_save:
-            self._adaptation = self._adaptation_facts()
-            merged = self.model.merge_and_unload()
-            if getattr(merged, "hf_quantizer", None) is not None:
-                merged = merged.dequantize()
-            self.model = self.classifier.model = merged
-            merged.save_pretrained(output_dir)
-            self.processing_class.save_pretrained(output_dir)
-        if self.args.should_save:
-            self.classifier.save_settings(output_dir)
+            self.save_merged(output_dir)
 
-    def _adaptation_facts(self) -> tuple[int, int, dict]:
-        """Trainable and total parameters and the LoRA rows of the card, as trained."""
-        if self._adaptation is not None:
-            return self._adaptation
-        return (*parameter_counts(self.model), lora_rows(self.model))
+    def _adopt_merged(self, merged) -> None:
+        self.classifier.model = merged
 
-    def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None, tags=None, **kwargs):
-        if self.is_world_process_zero():
-            write_model_card(self.card_facts(model_name, dataset_name, tags), self.args.output_dir, template="instruction")
+    def _save_extras(self, output_dir: str) -> None:
+        """The verbalizer and prompt settings, which `InstructionClassifier.from_pretrained` reads."""
+        self.classifier.save_settings(output_dir)
 
-    def card_facts(self, model_name=None, dataset_name=None, tags=None) -> CardFacts:
+    def _adaptation_kind(self) -> tuple[str, str]:
+        return "LoRA" if hasattr(self.model, "peft_config") else "full fine-tuning", self.args.quantization
+
+    def _own_card_facts(self, adaptation: AdaptationFacts) -> dict:
         args, space = self.args, self.label_space
-        tokenizer = self.processing_class
-        trainable, total, adaptation_rows = self._adaptation_facts()
-        hyperparameters = {
-            "learning rate": args.learning_rate,
-            "epochs (max / trained)": f"{args.num_train_epochs:g} / {self.state.epoch or 0:.2f}",
-            "batch size x accumulation": f"{args.per_device_train_batch_size} x {args.gradient_accumulation_steps}",
-            "optimizer": getattr(args.optim, "value", args.optim),
-            "scheduler (warmup)": f"{getattr(args.lr_scheduler_type, 'value', args.lr_scheduler_type)} ({args.warmup_steps:g})",
-            "max length (prompt + answer)": args.max_length,
-            "loss": "completion only (answer tokens)",
-            "seed": args.seed,
-        }
-        hyperparameters.update(adaptation_rows)
-        label_texts = self.verbalizer.texts
+        hyperparameters = self._hyperparameter_rows(
+            {"learning rate": args.learning_rate},
+            {"max length (prompt + answer)": args.max_length, "loss": "completion only (answer tokens)"},
+            adaptation,
+        )
         extra = {
-            "prompt_example": self.prompt.render(tokenizer, self.verbalizer, self.train_texts[0][:300]),
+            "prompt_example": self.prompt.render(self.processing_class, self.verbalizer, self.train_texts[0][:300]),
             "use_chat_template": self.prompt.use_chat_template,
-            "verbalizer": [{"name": n, "text": t} for n, t in zip(space.names, label_texts)],
+            "verbalizer": [{"name": n, "text": t} for n, t in zip(space.names, self.verbalizer.texts)],
             "delimiter": self.verbalizer.delimiter if space.multi_label else None,
             "scoring_metrics": None,
         }
-        evaluation = None
         # Cards written during training (TRL writes one per checkpoint, on the main process) classify nothing; an
         # untrained recipe's card evaluates on demand where a single process runs.
         if (self._card_evaluation is None and self.eval_texts is not None and not self.is_in_train
                 and self.accelerator.num_processes == 1):
             self._card_evaluation = self._evaluate_texts(self.eval_texts, self.eval_label_ids, "evaluation")[1]
         if self._card_evaluation is not None:
-            evaluation, extra["scoring_metrics"] = self._card_evaluation
-        base_model = args.base_model_id or self._hub_base or getattr(self.model, "name_or_path", None) or ""
-        return CardFacts(
-            model_name=model_name or args.hub_model_id or os.path.basename(os.path.normpath(args.output_dir)),
-            base_model=base_model,
-            label_names=space.names,
-            multi_label=space.multi_label,
+            extra["scoring_metrics"] = self._card_evaluation.secondary_metrics
+        return dict(
+            base_model=self._base_model_id or getattr(self.model, "name_or_path", None) or "",
             train_labels=self._references(self.train_label_ids),
             train_texts=self.train_texts,
             split_lengths={"train": [len(ids) for ids in self.train_dataset["input_ids"]],
                            **({"evaluation": [len(ids) for ids in first_split(self.eval_dataset)["input_ids"]]}
                               if self.eval_dataset is not None else {})},
-            max_length=args.max_length,
             hyperparameters=hyperparameters,
-            trainable_parameters=trainable,
-            total_parameters=total,
-            quantization=args.quantization,
-            adaptation="LoRA" if hasattr(self.model, "peft_config") else "full fine-tuning",
-            dataset_name=dataset_name,
-            tags=list(tags or []),
-            evaluation=evaluation,
+            evaluation=self._card_evaluation,
             extra=extra,
         )

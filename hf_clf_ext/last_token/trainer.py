@@ -6,7 +6,6 @@ Like TRL's trainers it takes a model name/path or object plus a `peft_config`, a
 
 import copy
 import dataclasses
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -15,62 +14,27 @@ import numpy as np
 import torch
 from datasets import Dataset
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model, prepare_model_for_kbit_training
-from torch.nn import functional as F
-from transformers import (
-    DataCollatorWithPadding,
-    EarlyStoppingCallback,
-    PreTrainedModel,
-    Trainer,
-    set_seed,
-)
+from transformers import DataCollatorWithPadding, EarlyStoppingCallback, PreTrainedModel, Trainer
 from transformers.dynamic_module_utils import custom_object_save
 from transformers.trainer import TRAINING_ARGS_NAME
 
 from ..arguments import first_split, name_best_metric_for_eval_sets
 from ..calibration import fit_temperature, tune_thresholds
-from ..labels import LabelSpace, build_label_space, decide, decision_thresholds, encode_split
-from ..texts import build_texts, load_tokenizer, tokenize_texts
+from ..labels import decide, decision_thresholds, encode_split
+from ..texts import add_strip_normalizer, build_texts, load_tokenizer, suffix_ids, tokenize_texts
 from .inference import predict_texts
 from .config import LastTokenConfig
 from ..metrics import build_compute_metrics, load_metric, probabilities_from_logits
-from ..cards.model_card import CardFacts, EvaluationFacts, lora_rows, parameter_counts, write_model_card
+from ..cards.model_card import EvaluationFacts
+from .losses import balanced_class_weights, focal_loss  # noqa: F401 (also importable from here, as before)
 from .modeling_last_token import ADAPTER_SUBFOLDER, HEAD_MODULE, LastTokenClassifierForSequenceClassification
-from ..hub import CheckpointSaves, base_revision, check_not_source, hub_base, local_source
-from ..texts import add_strip_normalizer
+from ..hub import check_not_source
+from ..trainer_base import AdaptationFacts, ClassifierTrainerMixin
 
 logger = logging.getLogger(__name__)
 
 
-def balanced_class_weights(labels: Sequence, space: LabelSpace) -> list[float]:
-    """Single-label: n / (C * count_c) (scikit-learn's "balanced"); multi-label: negatives / positives per class
-    (BCE `pos_weight`). A class absent from training (or, multi-label, present in every row) gets weight 1."""
-    targets = np.asarray(labels)
-    if space.multi_label:
-        positives = targets.sum(axis=0)
-        negatives = len(targets) - positives
-        weights = np.where((positives > 0) & (negatives > 0), negatives / np.maximum(positives, 1), 1.0)
-    else:
-        counts = np.bincount(targets, minlength=len(space.names))
-        weights = np.where(counts > 0, len(targets) / (len(space.names) * np.maximum(counts, 1)), 1.0)
-    return [float(w) for w in weights]
-
-
-def focal_loss(logits: torch.Tensor, labels: torch.Tensor, multi_label: bool, gamma: float, weights=None):
-    """Focal loss (Lin et al. 2017): cross-entropy scaled by (1 - p_true)^gamma, down-weighting easy examples."""
-    if multi_label:
-        targets = labels.to(logits.dtype)
-        bce = F.binary_cross_entropy_with_logits(logits, targets, pos_weight=weights, reduction="none")
-        p_true = torch.where(targets > 0.5, logits.sigmoid(), 1 - logits.sigmoid())
-        return ((1 - p_true) ** gamma * bce).mean()
-    log_p = logits.log_softmax(dim=-1).gather(1, labels.long().unsqueeze(1)).squeeze(1)
-    loss = -((1 - log_p.exp()) ** gamma) * log_p
-    if weights is not None:
-        w = weights[labels.long()]
-        return (w * loss).sum() / w.sum()
-    return loss.mean()
-
-
-class LastTokenTrainer(CheckpointSaves, Trainer):
+class LastTokenTrainer(ClassifierTrainerMixin, Trainer):
     """Fine-tunes [`LastTokenClassifierForSequenceClassification`] on raw rows of text and labels.
 
     Args:
@@ -86,6 +50,7 @@ class LastTokenTrainer(CheckpointSaves, Trainer):
     """
 
     _tag_names = ["hf-clf-ext", "last-token-classifier"]
+    card_template = "last_token"
 
     def __init__(
         self,
@@ -103,34 +68,19 @@ class LastTokenTrainer(CheckpointSaves, Trainer):
     ):
         if args is None:
             args = LastTokenConfig(output_dir="last-token-classifier")
-        if train_dataset is None:
-            raise ValueError("LastTokenTrainer needs a train_dataset.")
         model_init_kwargs = dict(model_init_kwargs or {})
-        # An adapter save names the Hub id its backbone loads from; a local or GGUF backbone saves merged instead.
-        self._hub_base = None if model_init_kwargs.get("gguf_file") else hub_base(model)
-        self._base_model_id = args.base_model_id or self._hub_base
-        self._local_source = local_source(model)  # never saved over
-        check_not_source(args.output_dir, self._local_source)
+        self._setup(model, args, train_dataset, labels, model_init_kwargs)
         if eval_dataset is None and args.eval_strategy != "no":
             logger.warning("No eval_dataset: evaluation, early stopping, best-model selection and calibration are off.")
             args = dataclasses.replace(args, eval_strategy="no", load_best_model_at_end=False, calibrate=False)
         tokenizer = processing_class or load_tokenizer(model, model_init_kwargs.get("gguf_file"))
 
-        # Seed before the head is initialised, so that runs (and resumed runs) start from the same weights.
-        set_seed(args.seed)
-        self.label_space = build_label_space(train_dataset, args.label_column, labels)
         _, train_labels = encode_split(train_dataset, args.label_column, self.label_space, split="training")
-        # The commit the backbone was loaded from: an adapter save loads its base there, whatever the branch holds then.
-        # `model_init_kwargs` load a name only: a model object's revision is what it records, or the default branch's.
-        hub_keys = ("token", "cache_dir", "local_files_only") + (("revision",) if isinstance(model, (str, os.PathLike))
-                                                                 else ())
-        hub_kwargs = {key: model_init_kwargs[key] for key in hub_keys if key in model_init_kwargs}
+        source = model
         model = self._build_model(model, args, tokenizer, train_labels, model_init_kwargs, peft_config)
         classifier = _unwrap_classifier(model)
-        self._base_revision = base_revision(model, self._hub_base, hub_kwargs)
-        if self._base_revision and isinstance(model, PeftModel):
-            for adapter_config in model.peft_config.values():  # adapter_config.json's `revision`, read by PEFT
-                adapter_config.revision = self._base_revision
+        self._record_base_revision(source, model, model_init_kwargs)
+        self._pin_adapter_revision(model)
         self._check_context(classifier, args)
         reserve = len(classifier.config.suffix_token_ids or [])
         # `pipeline(..., truncation=True)` then cuts texts exactly as training did.
@@ -172,8 +122,6 @@ class LastTokenTrainer(CheckpointSaves, Trainer):
         # Label smoothing lives in the model's loss (it must not reach multi-label targets through Trainer's smoother).
         self.label_smoother = None
         self.calibration_results: dict | None = None
-        self._adaptation: dict | None = None  # facts about the trained adapters, kept across a merged save
-        self._card_evaluation: EvaluationFacts | None = None  # evaluation for the card, computed after training
 
     # --- model -------------------------------------------------------------------------------------------------------
 
@@ -277,19 +225,18 @@ class LastTokenTrainer(CheckpointSaves, Trainer):
 
     # --- after training ----------------------------------------------------------------------------------------------
 
-    def train(self, *args, **kwargs):
-        output = super().train(*args, **kwargs)
+    def _after_training(self) -> None:
+        """Calibrate (which evaluates for the card) when `args.calibrate` is set, else evaluate for the card."""
         if self.args.calibrate and self.eval_dataset is not None:
             self.calibrate()
         else:
             self._refresh_card_evaluation()
-        return output
 
     def _refresh_card_evaluation(self) -> None:
         """Evaluate for the model card now, on every process (prediction is collective under DDP); the card itself
         is written by the main process alone, e.g. inside `push_to_hub`."""
         evaluation = first_split(self.eval_dataset)
-        self._card_evaluation = self._evaluation_facts(evaluation)[0] if evaluation is not None else None
+        self._card_evaluation = self._predict_facts(evaluation)[0] if evaluation is not None else None
 
     def calibrate(self, eval_dataset: Dataset | None = None) -> dict:
         """Fit temperature scaling (and multi-label decision thresholds) on the evaluation set (the first one when
@@ -338,14 +285,12 @@ class LastTokenTrainer(CheckpointSaves, Trainer):
         reserve = len(_unwrap_classifier(self.model).config.suffix_token_ids or [])
         return self._prepare_dataset(dataset, self.processing_class, self.args, reserve, split)[0]
 
-    def evaluate_dataset(self, dataset: Dataset, metric_key_prefix: str = "test") -> dict[str, float]:
-        """Metrics on raw rows (text and label columns), prepared like the evaluation data. A `"test"` split is
-        held out from training, checkpoint selection and calibration, so the model card reports it."""
-        facts, metrics = self._evaluation_facts(self.prepare_dataset(dataset, metric_key_prefix), metric_key_prefix)
+    def _evaluation_facts(self, dataset: Dataset, split: str) -> tuple[EvaluationFacts, dict]:
+        """`evaluate_dataset`'s pass over raw rows: prepared like the evaluation data, predicted, and logged (as
+        `Trainer.evaluate` logs its metrics)."""
+        facts, metrics = self._predict_facts(self.prepare_dataset(dataset, split), split)
         self.log(metrics)
-        if metric_key_prefix == "test":
-            self._card_evaluation = facts
-        return metrics
+        return facts, metrics
 
     def predict_texts(self, texts: Sequence[str], batch_size: int | None = None,
                       compile: bool | None = None) -> list[dict]:
@@ -361,81 +306,50 @@ class LastTokenTrainer(CheckpointSaves, Trainer):
 
     # --- model card and Hub ------------------------------------------------------------------------------------------
 
-    def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None, tags=None, **kwargs):
-        """README.md with training facts and metrics, plus plots and `eval_results.json`, in `args.output_dir`
-        (what `push_to_hub` uploads)."""
-        if self.is_world_process_zero():
-            write_model_card(self.card_facts(model_name, dataset_name, tags), self.args.output_dir)
-
-    def card_facts(self, model_name=None, dataset_name=None, tags=None) -> CardFacts:
+    def _own_card_facts(self, adaptation: AdaptationFacts) -> dict:
         classifier = _unwrap_classifier(self.model)
-        config, args, space = classifier.config, self.args, self.label_space
+        config, args = classifier.config, self.args
         reserve = len(config.suffix_token_ids or [])
         evaluation = first_split(self.eval_dataset)
         split_lengths = {"train": [len(ids) + reserve for ids in self.train_dataset["input_ids"]]}
         if evaluation is not None:
             split_lengths["evaluation"] = [len(ids) + reserve for ids in evaluation["input_ids"]]
-        adaptation = self._adaptation_facts()
-        hyperparameters = {
-            "learning rate (adapters)": args.learning_rate,
-            "learning rate (head)": args.head_learning_rate,
-            "epochs (max / trained)": f"{args.num_train_epochs:g} / {self.state.epoch or 0:.2f}",
-            "batch size x accumulation": f"{args.per_device_train_batch_size} x {args.gradient_accumulation_steps}",
-            "optimizer": getattr(args.optim, "value", args.optim),
-            "scheduler (warmup)": f"{getattr(args.lr_scheduler_type, 'value', args.lr_scheduler_type)} ({args.warmup_steps:g})",
-            "loss": args.loss + (f" (gamma {args.focal_gamma:g})" if args.loss == "focal" else ""),
-            "class weights": args.class_weights or "none",
-            "max length": args.max_length,
-            "truncation keeps": "start" if args.truncation_side == "right" else "end",
-            "pooling": config.pooling,
-            "seed": args.seed,
-        }
-        hyperparameters.update(adaptation["hyperparameters"])
+        hyperparameters = self._hyperparameter_rows(
+            {"learning rate (adapters)": args.learning_rate, "learning rate (head)": args.head_learning_rate},
+            {
+                "loss": args.loss + (f" (gamma {args.focal_gamma:g})" if args.loss == "focal" else ""),
+                "class weights": args.class_weights or "none",
+                "max length": args.max_length,
+                "truncation keeps": "start" if args.truncation_side == "right" else "end",
+                "pooling": config.pooling,
+            },
+            adaptation,
+        )
         detail = ""
-        if adaptation["quantization"] == "4bit" and args.quantization == "4bit":
+        if adaptation.quantization == "4bit" and args.quantization == "4bit":
             detail = f"NF4, double quantization {args.bnb_4bit_use_double_quant}, compute {args.bnb_4bit_compute_dtype}"
-        return CardFacts(
-            model_name=model_name or args.hub_model_id or os.path.basename(os.path.normpath(args.output_dir)),
+        return dict(
             base_model=self._base_model_id or config.text_config.name_or_path or classifier.name_or_path,
-            label_names=space.names,
-            multi_label=space.multi_label,
             train_labels=self.train_dataset["labels"],
             train_texts=self.train_texts,
             split_lengths=split_lengths,
             split_truncated={"train": self.truncated["training"], "evaluation": self.truncated.get("evaluation", 0)},
-            max_length=args.max_length,
             hyperparameters=hyperparameters,
-            trainable_parameters=adaptation["trainable"],
-            total_parameters=adaptation["total"],
-            quantization=adaptation["quantization"],
             quantization_detail=detail,
             pooling_suffix=config.pooling_suffix,
-            adaptation=adaptation["method"],
-            dataset_name=dataset_name,
-            tags=list(tags or []),
             evaluation=self._card_evaluation if self._card_evaluation is not None or evaluation is None
-            else self._evaluation_facts(evaluation)[0],
+            else self._predict_facts(evaluation)[0],
         )
 
-    def _adaptation_facts(self) -> dict:
-        """How the model was adapted (method, parameter counts, LoRA settings, quantization), as trained: a merged
-        save replaces the model, so these are kept from before it."""
-        if self._adaptation is not None:
-            return self._adaptation
+    def _adaptation_kind(self) -> tuple[str, str]:
         classifier = _unwrap_classifier(self.model)
         quantization = "4bit" if getattr(classifier, "is_loaded_in_4bit", False) else (
             "8bit" if getattr(classifier, "is_loaded_in_8bit", False) else "none")
-        trainable, total = parameter_counts(self.model)
-        return {
-            "method": "LoRA" if isinstance(self.model, PeftModel) else "full fine-tuning",
-            "trainable": trainable,
-            "total": total,
-            "quantization": quantization,
-            "hyperparameters": lora_rows(self.model),
-        }
+        return "LoRA" if isinstance(self.model, PeftModel) else "full fine-tuning", quantization
 
-    def _evaluation_facts(self, dataset: Dataset, split: str = "eval") -> tuple[EvaluationFacts, dict]:
-        """What the card reports about `dataset`, and the metrics of that prediction pass (prefixed `split_`)."""
+    def _predict_facts(self, dataset: Dataset, split: str = "eval") -> tuple[EvaluationFacts, dict]:
+        """What the card reports about prepared `dataset`, and the metrics of that prediction pass (prefixed
+        `split_`)."""
         space = self.label_space
         config = _unwrap_classifier(self.model).config
         output = self.predict(dataset, metric_key_prefix=split)
@@ -508,50 +422,16 @@ class LastTokenTrainer(CheckpointSaves, Trainer):
         custom_object_save(classifier, output_dir, config=config)  # before the config is written: it adds auto_map
         config.save_pretrained(output_dir)
 
-    def save_merged(self, output_dir: str) -> None:
-        """Merge the LoRA adapters into the backbone (de-quantizing a 4-bit/8-bit one) and save a plain classifier.
-        The trainer's model is the merged model afterwards."""
-        check_not_source(output_dir, self._local_source)
-        self._adaptation = self._adaptation_facts()
-        if self._adaptation["quantization"] != "none":
+    def _adopt_merged(self, merged) -> None:
+        """A merged save records its base (only a record: it loads whole): the repository and, when that is the one
+        loaded from, its commit. Merging into 4-bit/8-bit weights is lossy, which a warning says."""
+        if self._adaptation.quantization != "none":
             logger.warning(
                 "Merging LoRA into %s weights re-quantizes them: the merged model's predictions can differ from the "
-                "trained one's. Keep the adapter (the default save) for exact results.", self._adaptation["quantization"]
+                "trained one's. Keep the adapter (the default save) for exact results.", self._adaptation.quantization
             )
-        merged = self.model.merge_and_unload() if isinstance(self.model, PeftModel) else self.model
-        if getattr(merged, "hf_quantizer", None) is not None:
-            merged = merged.dequantize()
         merged.config.base_model_name_or_path = self._base_model_id
-        # Only a record: a merged save loads whole. It names the commit of the repository named above, or none.
         merged.config.base_model_revision = self._base_revision if self._base_model_id == self._hub_base else None
-        self.model = merged
-        merged.save_pretrained(output_dir)
-        self.processing_class.save_pretrained(output_dir)
-
-
-def suffix_ids(tokenizer, suffix: str) -> list[int]:
-    """Token ids of the pooling suffix, which follows a text: its white space kept (the leading newline of the default
-    suffix), also with a tokenizer that strips whole texts (`texts.add_strip_normalizer`: this trainer's, or one saved
-    with a model)."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        from tokenizers import Tokenizer
-
-        state = json.loads(backend.to_str())
-        normalizer = _without_strip(state.get("normalizer"))
-        if normalizer != state.get("normalizer"):
-            state["normalizer"] = normalizer
-            return Tokenizer.from_str(json.dumps(state)).encode(suffix, add_special_tokens=False).ids
-    return tokenizer(suffix, add_special_tokens=False)["input_ids"]
-
-
-def _without_strip(normalizer: dict | None) -> dict | None:
-    if normalizer is None or normalizer.get("type") == "Strip":
-        return None
-    if normalizer.get("type") == "Sequence":
-        kept = [step for step in normalizer["normalizers"] if step.get("type") != "Strip"]
-        return {**normalizer, "normalizers": kept} if kept else None
-    return normalizer
 
 
 def prepare_peft(model, args: LastTokenConfig, peft_config) -> PeftModel:
