@@ -176,3 +176,15 @@ def hub_cache(tmp_path):
     path = tmp_path / "hub"
     path.mkdir()
     return path
+
+
+@pytest.fixture
+def data_files(tmp_path):
+    """Train / validation / test CSV files of `testing_utils.synthetic` rows."""
+    from testing_utils import synthetic
+
+    files = {}
+    for split, (rows, seed) in {"train": (48, 1), "validation": (18, 2), "test": (24, 3)}.items():
+        files[split] = tmp_path / f"{split}.csv"
+        synthetic(rows, seed=seed).to_csv(files[split])
+    return files

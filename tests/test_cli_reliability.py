@@ -16,7 +16,7 @@ from hf_clf_ext.distillation.config import DistillationConfig
 from hf_clf_ext.instruction.config import InstructionConfig
 from hf_clf_ext.last_token.config import LastTokenConfig
 
-from test_recipes import NO_SUCH_MODEL, data_files, recipe, write_config  # noqa: F401 - fixture
+from testing_utils import NO_SUCH_MODEL, recipe, write_config
 
 LABELS = ["business", "entertainment", "sport"]
 

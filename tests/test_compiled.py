@@ -146,7 +146,7 @@ def _train_twice(build):
 
 
 def test_last_token_trainer_trains_compiled_like_eager(tiny_lm_dirs, tokenizer, tmp_path, monkeypatch):
-    from test_last_token_trainer import make_trainer, synthetic
+    from testing_utils import make_trainer, synthetic
 
     def build(torch_compile):
         return make_trainer(tiny_lm_dirs["llama", "pad"], tokenizer, tmp_path / str(torch_compile),
@@ -168,8 +168,8 @@ def test_last_token_trainer_trains_compiled_like_eager(tiny_lm_dirs, tokenizer, 
 
 
 def test_instruction_recipe_trains_compiled_like_eager(tiny_lm_dirs, tokenizer, tmp_path):
-    from test_instruction import recipe
-    from test_last_token_trainer import synthetic
+    from testing_utils import instruction_trainer as recipe
+    from testing_utils import synthetic
 
     def build(torch_compile):
         return recipe(tiny_lm_dirs["llama", "pad"], tokenizer, tmp_path / str(torch_compile),

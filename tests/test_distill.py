@@ -18,8 +18,8 @@ from hf_clf_ext.distillation.trainer import distillation_loss, soften, truncated
 from hf_clf_ext.distillation.teacher_labels import label_pool
 from hf_clf_ext.distillation.tfidf import TfidfClassifier
 
-from test_last_token_trainer import synthetic
-from test_recipes import NO_SUCH_MODEL, recipe, write_config
+from testing_utils import synthetic
+from testing_utils import NO_SUCH_MODEL, recipe, write_config
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 

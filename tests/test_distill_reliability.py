@@ -41,7 +41,7 @@ from hf_clf_ext.distillation.teacher_labels import (
 )
 from hf_clf_ext.distillation.tfidf import SETTINGS_FILE, WEIGHTS_FILE, TfidfClassifier
 
-from test_recipes import recipe
+from testing_utils import recipe
 
 NAMES = ["business", "sport"]
 KEYWORDS = {"business": "market", "sport": "striker"}

@@ -5,8 +5,8 @@ import pytest
 
 from hf_clf_ext import InstructionTrainer, LastTokenTrainer
 
-from test_instruction import config as instruction_config
-from test_last_token_trainer import arguments, synthetic
+from testing_utils import instruction_config
+from testing_utils import arguments, synthetic
 
 
 @pytest.mark.parametrize("approach", ["last_token", "instruction"])

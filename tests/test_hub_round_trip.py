@@ -10,7 +10,7 @@ import pytest
 from hf_clf_ext import LastTokenTrainer, predict_texts
 
 from conftest import publish, run_fresh
-from test_last_token_trainer import arguments, synthetic
+from testing_utils import arguments, synthetic
 
 BASE = "tiny-org/tiny-llama"
 LONG = " ".join(["the market shares rose sharply after the bank cut interest rates"] * 20)  # past max_length

@@ -14,7 +14,8 @@ from hf_clf_ext.instruction.classifier import ANSWER_CUE
 from hf_clf_ext.cards.model_card import CONFUSION_PLOT, RELIABILITY_PLOT
 
 from conftest import publish, run_fresh
-from test_last_token_trainer import synthetic
+from testing_utils import instruction_config as config, synthetic
+from testing_utils import brute_force_scores as _brute_force_scores, instruction_trainer as recipe  # noqa: F401
 
 # A chat template written with the tiny tokenizer's own tokens: <unk> ends every turn (an end-of-turn token that
 # is not eos, as ChatML's <|im_end|> is not eos in every tokenizer).
@@ -24,29 +25,9 @@ CHAT_TEMPLATE = (
 )
 
 
-def config(tmp_path, **overrides):
-    defaults = dict(
-        output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, gradient_accumulation_steps=1,
-        per_device_eval_batch_size=16, optim="adamw_torch", max_length=256, report_to="none", use_cpu=True,
-        eval_strategy="no", logging_steps=4, disable_tqdm=True, seed=0,
-        lora_target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-    )
-    defaults.update(overrides)
-    return InstructionConfig(**defaults)
-
-
 @pytest.fixture
 def llama_dir(tiny_lm_dirs):
     return tiny_lm_dirs["llama", "pad"]
-
-
-def recipe(llama_dir, tokenizer, tmp_path, train=None, evaluation=None, **overrides):
-    return InstructionTrainer(
-        str(llama_dir), args=config(tmp_path, **overrides),
-        train_dataset=train if train is not None else synthetic(96, seed=1),
-        eval_dataset=evaluation if evaluation is not None else synthetic(30, seed=2),
-        processing_class=tokenizer,
-    )
 
 
 def test_sft_labels_cover_the_answer_only(llama_dir, tokenizer, tmp_path):
@@ -356,48 +337,6 @@ def test_verbalizer_needs_labels():
         Verbalizer([])
 
 
-def _brute_force_scores(model, prompt, tokens):
-    """The definition of `score_labels`, with a full forward pass for every sequence (no cache, no batching)."""
-    def logp(answer, seq):
-        ids = torch.tensor([list(prompt) + answer + seq])
-        with torch.no_grad():
-            logprobs = model(ids).logits[0].float().log_softmax(-1)
-        start = len(prompt) + len(answer)
-        return sum(logprobs[start + k - 1, token].item() for k, token in enumerate(seq))
-
-    n = len(tokens.first)
-    if not tokens.multi_label:
-        labels = [list(ids) for ids in tokens.first]
-        scores = []
-        for ids in labels:
-            score = logp([], ids)
-            if any(len(other) > len(ids) and other[: len(ids)] == ids for other in labels):  # `pos` of `positive`
-                score = np.logaddexp.reduce([score + logp(ids, [stop]) for stop in set(tokens.stop)])
-            scores.append(score)
-        return torch.tensor(scores).softmax(-1).numpy()
-    scores, chosen, answer = np.zeros(n), [], []
-    while True:
-        candidates = [i for i in range(n) if not chosen or i > chosen[-1]]
-        lead = list(tokens.delimiter) if chosen else []
-        pieces = tokens.after_delimiter if chosen else tokens.first
-        stops, more = sorted(set(tokens.stop)), len(chosen) + 1 < (tokens.max_labels or n)
-        # A label is named when what decoding allows after it follows: a stop token, or the delimiter before another.
-        options = [np.logaddexp.reduce([logp(answer, lead + list(pieces[i]) + [end]) for end in
-                                        ([tokens.delimiter[0]] if more and i < n - 1 else []) + stops])
-                   for i in candidates]
-        if chosen:  # stopping is allowed once a label is named
-            options.append(np.logaddexp.reduce([logp(answer, [stop]) for stop in stops]))
-        shares = torch.tensor(options).softmax(-1).numpy()
-        scores[candidates] = shares[: len(candidates)]
-        best = int(np.argmax(shares))
-        if best == len(candidates):
-            return scores
-        chosen.append(candidates[best])
-        if chosen[-1] == n - 1 or len(chosen) == (tokens.max_labels or n):
-            return scores
-        answer += lead + list(pieces[chosen[-1]])
-
-
 @pytest.mark.parametrize("multi_label", [False, True])
 @pytest.mark.parametrize("tree", [True, False], ids=["tree-attention", "repeated-cache"])
 def test_score_labels_matches_a_brute_force_forward(tiny_lm_dirs, tokenizer, family, multi_label, tree, monkeypatch):
@@ -489,7 +428,7 @@ def test_both_trainers_load_the_tokenizer_saved_with_the_model(llama_dir, tmp_pa
     from transformers import AutoModelForCausalLM
     from transformers.utils.quantization_config import QuantizationMethod
 
-    from test_last_token_trainer import arguments
+    from testing_utils import arguments
 
     def build(model):
         if approach == "instruction":

@@ -18,62 +18,12 @@ from hf_clf_ext.last_token.trainer import balanced_class_weights, focal_loss
 from hf_clf_ext.labels import LabelSpace
 
 from conftest import publish
-
-KEYWORDS = {"business": "market", "sport": "striker", "entertainment": "film"}
-FILLER = "the of and in after while as for its new over despite weak growth season holiday well".split()
-
-
-def synthetic(n: int, seed: int, multi_label: bool = False) -> Dataset:
-    """Texts of filler words with planted topic keywords; the label is which keywords occur."""
-    rng = random.Random(seed)
-    texts, labels = [], []
-    names = list(KEYWORDS)
-    for i in range(n):
-        present = [n_ for n_ in names if rng.random() < 0.4] if multi_label else [names[i % len(names)]]
-        if multi_label and not present:
-            present = [rng.choice(names)]
-        words = rng.choices(FILLER, k=rng.randint(4, 12))
-        for name in present:
-            words.insert(rng.randrange(len(words) + 1), KEYWORDS[name])
-        texts.append(" ".join(words))
-        labels.append(sorted(present) if multi_label else present[0])
-    return Dataset.from_dict({"text": texts, "label": labels})
-
-
-def arguments(tmp_path, **overrides):
-    defaults = dict(
-        output_dir=str(tmp_path / "out"),
-        num_train_epochs=4,
-        per_device_train_batch_size=8,
-        gradient_accumulation_steps=1,
-        per_device_eval_batch_size=16,
-        learning_rate=3e-3,
-        head_learning_rate=1e-2,
-        optim="adamw_torch",
-        max_length=64,
-        lora_target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-        logging_steps=5,
-        report_to="none",
-        seed=0,
-        use_cpu=True,
-    )
-    defaults.update(overrides)
-    return LastTokenConfig(**defaults)
+from testing_utils import FILLER, KEYWORDS, arguments, make_trainer, synthetic  # noqa: F401
 
 
 @pytest.fixture
 def llama_dir(tiny_lm_dirs):
     return tiny_lm_dirs["llama", "pad"]
-
-
-def make_trainer(llama_dir, tokenizer, tmp_path, train=None, evaluation=None, **overrides):
-    return LastTokenTrainer(
-        model=str(llama_dir),
-        args=arguments(tmp_path, **overrides),
-        train_dataset=train if train is not None else synthetic(96, seed=1),
-        eval_dataset=evaluation if evaluation is not None else synthetic(48, seed=2),
-        processing_class=tokenizer,
-    )
 
 
 def test_single_label_training_learns_the_task(llama_dir, tokenizer, tmp_path):

@@ -28,8 +28,8 @@ from hf_clf_ext import (
 from hf_clf_ext.last_token.modeling_last_token import ADAPTER_SUBFOLDER
 
 from conftest import _tiny_config, publish
-from test_instruction import config as instruction_config
-from test_last_token_trainer import arguments, synthetic
+from testing_utils import instruction_config
+from testing_utils import arguments, synthetic
 
 BASE = "tiny-org/moving-base"
 TEXTS = ["the bank cut interest rates", "the striker scored twice in the final match", "phones sold well!"]

@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, LogitsProcessorList, PreTrainedTo
 
 from hf_clf_ext.instruction.logits_process import VerbalizerLogitsProcessor
 from hf_clf_ext.instruction.verbalizer import LabelTokens, Verbalizer
-from test_verbalizer import ALPHABET, CONTEXT, SHARED_PREFIX, label_sets, wordpiece_tokenizer
+from testing_utils import ALPHABET, CONTEXT, SHARED_PREFIX, label_sets, wordpiece_tokenizer
 
 EXTRA_VOCAB = 5  # models often have more logits than the tokenizer has tokens
 

@@ -10,7 +10,7 @@ from PIL import Image
 from hf_clf_ext import LastTokenTrainer
 from hf_clf_ext.cards.model_card import CONFUSION_PLOT, RELIABILITY_PLOT, RESULTS_FILE
 
-from test_last_token_trainer import arguments, synthetic
+from testing_utils import arguments, synthetic
 
 
 @pytest.fixture(scope="module")

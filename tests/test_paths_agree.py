@@ -23,8 +23,8 @@ from hf_clf_ext.export import export_stock
 from hf_clf_ext.texts import normalize_text
 
 from conftest import publish, run_fresh
-from test_last_token_trainer import arguments, synthetic
-from test_recipes import recipe
+from testing_utils import arguments, synthetic
+from testing_utils import recipe
 
 BASE = "tiny-org/paths-llama"
 LONG = " ".join(["the market shares rose sharply after the bank cut interest rates"] * 12)  # past max_length

@@ -11,7 +11,7 @@ from hf_clf_ext.instruction import scoring
 from hf_clf_ext.instruction.prompt_cache import SharedPrefix
 from hf_clf_ext.instruction.verbalizer import LabelTokens
 
-from test_instruction import _brute_force_scores
+from testing_utils import brute_force_scores as _brute_force_scores
 
 OPENING = "Classify the text into one of these labels: business, sport, tech.\n\nText:"
 TEXTS = [" shares rose", " the striker scored twice in the final match and the crowd sang", " phones sold well!"]

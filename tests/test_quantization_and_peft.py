@@ -154,7 +154,7 @@ def test_sharded_qlora_keeps_one_parameter_dtype(launch, tiny_lm_dirs, tokenizer
     process keeps PEFT's k-bit preparation (float32 norms and head)."""
     from hf_clf_ext.last_token.trainer import default_lora_config, prepare_peft
 
-    from test_last_token_trainer import arguments, synthetic
+    from testing_utils import arguments, synthetic
 
     args = arguments(tmp_path, quantization="4bit", gradient_checkpointing=True)
     if launch == "fsdp":

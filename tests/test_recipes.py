@@ -15,56 +15,7 @@ from transformers import AutoModelForSequenceClassification
 from hf_clf_ext import InstructionClassifier, cli, jobs
 from hf_clf_ext.last_token.config import LastTokenConfig
 
-from test_last_token_trainer import synthetic
-
-ROOT = Path(__file__).resolve().parents[1]
-NO_SUCH_MODEL = "does-not-exist/no-such-model"  # any attempt to load it would fail: errors must come first
-
-
-def recipe(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "recipes" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture
-def data_files(tmp_path):
-    files = {}
-    for split, (rows, seed) in {"train": (48, 1), "validation": (18, 2), "test": (24, 3)}.items():
-        files[split] = tmp_path / f"{split}.csv"
-        synthetic(rows, seed=seed).to_csv(files[split])
-    return files
-
-
-def write_config(tmp_path, model, data_files, approach="last_token", **overrides) -> Path:
-    config = {
-        "model_name_or_path": str(model),
-        "train_file": str(data_files["train"]),
-        "validation_file": str(data_files["validation"]),
-        "test_file": str(data_files["test"]),
-        "output_dir": str(tmp_path / f"out_{approach}"),
-        "num_train_epochs": 2,
-        "per_device_train_batch_size": 8,
-        "gradient_accumulation_steps": 1,
-        "per_device_eval_batch_size": 8,
-        "learning_rate": 3.0e-3,
-        "optim": "adamw_torch",
-        "max_length": 64 if approach == "last_token" else 256,
-        "lora_target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-        "use_cpu": True,
-        "report_to": "none",
-        "disable_tqdm": True,
-        "seed": 0,
-    }
-    if approach == "last_token":
-        config["head_learning_rate"] = 1.0e-2
-    else:
-        config.update(eval_strategy="no", prompt_template="Text: {text}", use_peft=False)
-    config.update(overrides)
-    path = tmp_path / f"{approach}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+from testing_utils import NO_SUCH_MODEL, ROOT, recipe, write_config  # noqa: F401
 
 
 # --- bad input, before any model loads ---------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM
 
 from hf_clf_ext import InstructionClassifier, InstructionPrompt, TextClassifier, Verbalizer, predict_texts
 
-from test_last_token_trainer import make_trainer
+from testing_utils import make_trainer
 
 TWO = {"business": "market", "sport": "striker"}
 

@@ -9,7 +9,7 @@ from hf_clf_ext import LastTokenTrainer
 from hf_clf_ext.texts import tokenize_texts
 
 from conftest import _train_tokenizer
-from test_last_token_trainer import arguments, synthetic
+from testing_utils import arguments, synthetic
 
 TEMPLATES = {"start": "<unk> $A", "end": "$A <eos>", "both": "<unk> $A <eos>"}
 LONG = " ".join(["the market shares rose sharply after the bank cut interest rates"] * 10)

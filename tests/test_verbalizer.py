@@ -13,29 +13,9 @@ from transformers import PreTrainedTokenizerFast
 
 from conftest import _corpus
 from hf_clf_ext.instruction.verbalizer import VERBALIZER_FILE, LabelTokens, Verbalizer
+from testing_utils import ALPHABET, CONTEXT, SHARED_PREFIX, label_sets, wordpiece_tokenizer  # noqa: F401
 
-CONTEXT = "Text: good film\nLabel:"
-SHARED_PREFIX = ["pos", "positive", "positive-ish", "négatif"]
 # Characters of the hypothesis-generated label texts; all of them are in the WordPiece training corpus below.
-ALPHABET = "abpos é日🙂-;"
-
-
-@functools.lru_cache(maxsize=None)
-def wordpiece_tokenizer() -> PreTrainedTokenizerFast:
-    """A second, very different tokenizer: BERT-style normalization (drops control and format characters),
-    whitespace/punctuation pre-tokenization and WordPiece with `##` continuations. Its decode does not round-trip
-    ("日本" -> "日 本"), so tests compare its token ids, not its text."""
-    raw = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    raw.normalizer = normalizers.BertNormalizer(
-        lowercase=False, strip_accents=False, clean_text=True, handle_chinese_chars=True
-    )
-    raw.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    raw.decoder = decoders.WordPiece()
-    extra = "Text: good film\nLabel: positive pos positive-ish négatif 日本 🙂 very good not bad at all ab ba é日 a-b ; , |"
-    words = [extra, *(c * n for c in ALPHABET for n in (1, 2, 3)), *(a + b for a in ALPHABET for b in ALPHABET)]
-    trainer = trainers.WordPieceTrainer(vocab_size=600, special_tokens=["[PAD]", "[UNK]", "[EOS]"])
-    raw.train_from_iterator(_corpus() + words * 3, trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="[EOS]", pad_token="[PAD]", unk_token="[UNK]")
 
 
 @pytest.fixture(scope="module")
@@ -45,15 +25,6 @@ def bpe(tokenizer_dirs):
 
 def ids(tokenizer, text):
     return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
-def label_sets(verbalizer):
-    """Every answer a verbalizer allows, as sorted label-id lists."""
-    n = len(verbalizer.labels)
-    if not verbalizer.multi_label:
-        return [[i] for i in range(n)]
-    most = verbalizer.max_labels or n
-    return [list(c) for k in range(1, min(most, n) + 1) for c in itertools.combinations(range(n), k)]
 
 
 # --- answers as text -------------------------------------------------------------------------------------------------
