@@ -21,6 +21,8 @@ import string
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
+from .labels import check_columns
+
 if TYPE_CHECKING:  # datasets loads only where data is read: prediction imports this module too
     from datasets import Dataset
 
@@ -99,8 +101,6 @@ def build_texts(dataset: Dataset, text_columns: Sequence[str], template: str | N
     fields = template_fields(template)
     if not fields:
         raise ValueError(f"The text template {template!r} refers to no column: use e.g. '{{text}}'.")
-    from .labels import check_columns
-
     check_columns(dataset, fields, split)
     columns = {name: dataset[name] for name in fields}
     texts = []

@@ -7,7 +7,6 @@ import string
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessorList
 from transformers.utils import ADAPTER_CONFIG_NAME, cached_file

@@ -3,7 +3,6 @@
 import logging
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 
 from .compiled import compile_pays, compiled_forward

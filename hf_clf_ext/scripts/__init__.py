@@ -9,6 +9,7 @@ A failure the input causes (`jobs.JobError`) ends the script with one line, `hf-
 
 import functools
 
+from .. import jobs
 from ..jobs import JobError
 
 
@@ -23,3 +24,12 @@ def one_line_errors(main):
             raise SystemExit(f"hf-clf: {error}") from error
 
     return run
+
+
+def run_training(argv, arguments_class, job, approach: str) -> dict:
+    """Config + checks (`jobs.prepare`) -> `job` (train -> evaluate -> save -> push) -> the result table."""
+    script_args, training_args, splits = jobs.prepare(arguments_class, argv)
+    results = job(script_args, training_args, splits)
+    if training_args.process_index == 0:
+        jobs.print_results(results, training_args.output_dir, approach)
+    return results

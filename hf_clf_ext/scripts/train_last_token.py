@@ -2,13 +2,9 @@
 
 from .. import jobs
 from ..last_token.config import LastTokenConfig
-from . import one_line_errors
+from . import one_line_errors, run_training
 
 
 @one_line_errors
 def main(argv=None) -> dict:
-    script_args, training_args, splits = jobs.prepare(LastTokenConfig, argv)
-    results = jobs.train_last_token(script_args, training_args, splits)
-    if training_args.process_index == 0:
-        jobs.print_results(results, training_args.output_dir, "last_token")
-    return results
+    return run_training(argv, LastTokenConfig, jobs.train_last_token, "last_token")
