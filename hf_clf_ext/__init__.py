@@ -121,10 +121,16 @@ class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         new = f"{__name__}.{DEPRECATED_MODULES[old]}"
         _deprecated(spec.name, new)
         target = importlib.import_module(new)
+        # `data` held text functions too (build_texts, tokenize_texts, ...): they live in `texts` now.
+        extra = importlib.import_module(f"{__name__}.texts") if old == "data" else target
         module = types.ModuleType(spec.name, target.__doc__)
-        # Round-2 names too: `from hf_clf_ext.last_token_config import LastTokenClassifierTrainingArguments`.
-        module.__getattr__ = lambda name: getattr(target, DEPRECATED_NAMES.get(name, name))
-        module.__dir__ = lambda: dir(target)
+
+        def attribute(name):  # round-2 names too: `from hf_clf_ext.last_token_config import LastTokenClassifier...`
+            name = DEPRECATED_NAMES.get(name, name)
+            return getattr(target, name) if hasattr(target, name) else getattr(extra, name)
+
+        module.__getattr__ = attribute
+        module.__dir__ = lambda: sorted(set(dir(target)) | set(dir(extra)))
         return module
 
     def exec_module(self, module):

@@ -46,6 +46,14 @@ def test_round_two_module_paths_still_import(old, new):
         f"hf_clf_ext.{old}" in sys.modules  # imported (and warned) earlier in this process
 
 
+def test_round_two_data_module_keeps_its_text_functions():
+    from hf_clf_ext.data import LabelSpace, build_texts, tokenize_texts
+    from hf_clf_ext.labels import LabelSpace as labels_space
+    from hf_clf_ext.texts import build_texts as texts_build, tokenize_texts as texts_tokenize
+
+    assert (LabelSpace, build_texts, tokenize_texts) == (labels_space, texts_build, texts_tokenize)
+
+
 def test_round_two_class_names_through_round_two_module_paths():
     from hf_clf_ext.instruction_trainer import InstructionSFTRecipe
     from hf_clf_ext.last_token_config import LastTokenClassifierTrainingArguments
