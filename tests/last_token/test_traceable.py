@@ -1,6 +1,6 @@
 """The classifier's forward traces whole: `torch.export`, `torch.compile(fullgraph=True)` and ONNX (dynamo exporter,
 run with onnxruntime) give eager logits, pooling suffix and temperature included; its checks run off the graph.
-Dynamo's capture is checked on every family here; inductor's generated code in tests/test_compiled.py."""
+Dynamo's capture is checked on every family here; inductor's generated code in tests/last_token/test_compiled.py."""
 
 import onnxruntime
 import pytest
