@@ -284,7 +284,7 @@ def prepare_distillation(argv=None):
     script_args, args = parse_config(DistillationConfig, argv, DistillScriptArguments)
     if args.student_type != "tfidf" and not script_args.model_name_or_path:
         raise JobError(f"a {args.student_type} student needs model_name_or_path (its backbone).")
-    labels_file = args.teacher_labels_file or os.path.join(args.output_dir, "teacher_labels.jsonl")
+    labels_file = args.teacher_labels_path
     in_output = os.path.dirname(os.path.abspath(labels_file)) == os.path.abspath(args.output_dir)
     check_output_dir(args.output_dir, script_args.overwrite_output_dir,
                      resumable=[os.path.basename(labels_file)] if in_output else [])

@@ -8,6 +8,7 @@ from ..last_token.config import LastTokenConfig
 from .teacher_labels import DEFAULT_MAX_CHARS
 
 STUDENT_TYPES = ("last_token", "sequence_classification", "tfidf")
+DEFAULT_TEACHER_LABELS = "teacher_labels.jsonl"  # in output_dir, unless teacher_labels_file names another file
 
 
 @dataclass
@@ -93,6 +94,12 @@ class DistillationConfig(LastTokenConfig):
             raise ValueError(f"teacher_labels_file {self.teacher_labels_file} is a folder: name a file in it, e.g. "
                              f"{os.path.join(self.teacher_labels_file, 'teacher_labels.jsonl')}.")
         super().__post_init__()
+
+    @property
+    def teacher_labels_path(self) -> str:
+        """Where the teacher's probabilities are written and resumed from: `teacher_labels_file`, or
+        `<output_dir>/teacher_labels.jsonl`."""
+        return self.teacher_labels_file or os.path.join(self.output_dir, DEFAULT_TEACHER_LABELS)
 
 
 def _same_path(a: str, b: str) -> bool:

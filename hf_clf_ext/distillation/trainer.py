@@ -340,7 +340,7 @@ def run_distillation(args, splits, pool_texts: list[str], model: str | None, mod
     gold_texts = train[0] if train is not None and args.include_gold else []
     test_texts = test[0] if test is not None else []
     texts = [*pool_texts, *gold_texts, *test_texts]
-    path = args.teacher_labels_file or os.path.join(args.output_dir, "teacher_labels.jsonl")
+    path = args.teacher_labels_path
     started = time.perf_counter()
     with args.main_process_first(desc="teacher labels"):
         probabilities = label_pool(teacher, texts, path, method=args.teacher_method, batch_size=args.teacher_batch_size,

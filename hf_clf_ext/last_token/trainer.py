@@ -131,7 +131,7 @@ class LastTokenTrainer(ClassifierTrainerMixin, Trainer):
         if args.class_weights == "balanced":
             class_weights = balanced_class_weights(train_labels, space)
         elif args.class_weights:
-            class_weights = [float(w) for w in args.class_weights.split(",")]
+            class_weights = args.class_weight_values()
         label_smoothing = args.label_smoothing_factor if not space.multi_label else 0.0
         if isinstance(model, LastTokenClassifierForSequenceClassification) or isinstance(model, PeftModel):
             classifier = _unwrap_classifier(model)
