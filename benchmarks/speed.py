@@ -22,7 +22,7 @@ products (`F.linear` on 16 x 256 tokens with each projection's weight shape, in 
 achieved FLOP rate (FLOPs of each article's forward at its own length, per second) is held against. Compiled subjects
 compile in their warm-up, whose time is reported. `vllm_offline` runs the stock export of the same classifier in
 vLLM's own virtualenv (`--vllm_python`) on the same token ids. Where the compiled path misses its targets, the report
-ends with profiler tables of the top ops of eager and compiled `predict_texts`.
+ends with profiler tables of the top ops of eager and compiled `classify_texts`.
 """
 
 import argparse
@@ -200,19 +200,19 @@ def _classifier(max_length: int):
 
 
 def _predict(max_length: int, sort: bool, compile: bool = False):
-    from hf_clf_ext import predict_texts
+    from hf_clf_ext import classify_texts
 
     def subject(texts):
         model, tokenizer = _classifier(max_length)
         if sort:
-            return lambda batch: len(predict_texts(model, tokenizer, batch, batch_size=BATCH, compile=compile))
-        return lambda batch: sum(len(predict_texts(model, tokenizer, batch[i : i + BATCH], batch_size=BATCH))
+            return lambda batch: len(classify_texts(model, tokenizer, batch, batch_size=BATCH, compile=compile))
+        return lambda batch: sum(len(classify_texts(model, tokenizer, batch[i : i + BATCH], batch_size=BATCH))
                                  for i in range(0, len(batch), BATCH))
     return subject
 
 
 def _backbone_batches(tokenizer, suffix: list[int], texts: list[str], device) -> list[dict]:
-    """The batches `predict_texts` gives the backbone: longest first, suffix after the real tokens, right padded."""
+    """The batches `classify_texts` gives the backbone: longest first, suffix after the real tokens, right padded."""
     encoded = [ids + suffix for ids in tokenizer(texts, truncation=True)["input_ids"]]
     encoded.sort(key=len, reverse=True)
     batches = []
@@ -368,7 +368,7 @@ def top_ops(profiler, top: int = 12) -> list[dict]:
 
 def vllm_offline(texts: list[str], repeats: int, vllm_python: str) -> dict:
     """The same classifier exported to the stock architecture and classified offline by vLLM (`LLM.classify`) on
-    the token ids `predict_texts` pools, in vLLM's virtualenv: the median of `repeats` passes after a warm-up."""
+    the token ids `classify_texts` pools, in vLLM's virtualenv: the median of `repeats` passes after a warm-up."""
     from hf_clf_ext.export import export_stock
 
     model, tokenizer = _classifier(SHORT)

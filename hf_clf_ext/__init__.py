@@ -41,7 +41,7 @@ _LAZY = {
     "Verbalizer": "instruction.verbalizer",
     "VerbalizerLogitsProcessor": "instruction.logits_process",
     "label_pool": "distillation.teacher_labels",
-    "predict_texts": "last_token.inference",
+    "classify_texts": "last_token.inference",
     "score_labels": "instruction.scoring",
 }
 # Round-2 names, kept working: each warns once (FutureWarning) and gives the new object.
@@ -50,6 +50,7 @@ DEPRECATED_NAMES = {
     "LastTokenClassifierTrainingArguments": "LastTokenConfig",
     "InstructionSFTRecipe": "InstructionTrainer",
     "InstructionSFTConfig": "InstructionConfig",
+    "predict_texts": "classify_texts",  # one verb, `classify`, for every classifier
 }
 # Round-2 module paths (one flat folder), kept importable: `hf_clf_ext.last_token_config` is `hf_clf_ext.last_token.config`.
 DEPRECATED_MODULES = {

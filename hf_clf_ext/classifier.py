@@ -35,7 +35,7 @@ class TextClassifier:
         name_or_path: the folder or repo id it was loaded from.
         labels: class names in id order. multi_label: whether answers name several labels.
         thresholds: the multi-label decision thresholds it applies (one per label), or None.
-        compile: whether `classify` compiles the forward: True, False or None (where it pays; see `predict_texts`).
+        compile: whether `classify` compiles the forward: True, False or None (where it pays; see `classify_texts`).
         model, tokenizer: the loaded model and tokenizer (an instruction classifier's are `self.instruction.model`;
             a TF-IDF student's model is its `TfidfClassifier`, without tokenizer).
     """
@@ -96,9 +96,9 @@ class TextClassifier:
             return self.instruction.classify(texts, method=method, batch_size=batch_size)
         if self.approach == "tfidf":
             return self.model.classify(texts)
-        from .last_token.inference import predict_texts
+        from .last_token.inference import classify_texts
 
-        return predict_texts(self.model, self.tokenizer, texts, batch_size=batch_size,
+        return classify_texts(self.model, self.tokenizer, texts, batch_size=batch_size,
                              compile=compile)
 
     def _check_compile(self, compile: bool | None) -> bool | None:

@@ -1,7 +1,7 @@
 """Texts: the one normalisation every path applies before a text is tokenized, texts built from a row's columns,
 and tokenisation with truncation that leaves room for a pooling suffix.
 
-Training, evaluation, `predict_texts`, `TextClassifier`, the pipeline, instruction prompts, TF-IDF students and
+Training, evaluation, `classify_texts`, `TextClassifier`, the pipeline, instruction prompts, TF-IDF students and
 distillation pools all call `normalize_text`, so a text means the same thing wherever it goes: a classifier trained
 on stripped texts and served raw scored P(business) 0.777 for a text with leading spaces and a trailing newline
 against 0.612 for the same text stripped. The rule is deliberately small: the Unicode White_Space characters are
@@ -139,7 +139,7 @@ def tokenize_texts(
     """Token ids of `texts` (and how many were cut), each at most `max_length - reserve` tokens (`reserve` leaves room
     for the pooling suffix the model appends). The tokenizer truncates itself, keeping the special tokens it adds at
     the start, the end or both (BOS, an appended EOS), so training cuts exactly as `tokenizer(text, truncation=True)`
-    does in `predict_texts` and `pipeline()`. `truncation_side="right"` keeps the start of a long text, `"left"` its
+    does in `classify_texts` and `pipeline()`. `truncation_side="right"` keeps the start of a long text, `"left"` its
     end."""
     if truncation_side not in ("right", "left"):
         raise ValueError(f"truncation_side must be 'right' (keep the start) or 'left' (keep the end), got {truncation_side!r}.")

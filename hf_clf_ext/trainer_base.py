@@ -50,6 +50,7 @@ class ClassifierTrainerMixin(CheckpointSaves):
         "_adopt_merged",  # (merged model) -> None, before a merged save writes it
         "_save_extras",  # (folder) -> None, what a save writes beside the model
         "calibrate",  # the public post-training fitting step (temperature and/or decision thresholds)
+        "classify",  # (raw texts, ...) -> results in the one format (`TextClassifier.classify`'s)
     )
     # `Trainer` / `SFTTrainer` methods each trainer overrides in its own way.
     FRAMEWORK_OVERRIDES = ("__init__", "compute_loss", "_save")
@@ -111,6 +112,9 @@ class ClassifierTrainerMixin(CheckpointSaves):
         raise NotImplementedError
 
     def calibrate(self, *args, **kwargs):
+        raise NotImplementedError
+
+    def classify(self, texts, **kwargs) -> list[dict]:
         raise NotImplementedError
 
     def evaluate_dataset(self, dataset, metric_key_prefix: str = "test") -> dict[str, float]:

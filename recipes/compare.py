@@ -11,11 +11,14 @@ speed (instruction rows: constrained decoding, and label scoring for ECE).
 import argparse
 
 from hf_clf_ext import jobs
+from hf_clf_ext.instruction import METHODS
 from hf_clf_ext.instruction.config import InstructionConfig
 from hf_clf_ext.last_token.config import LastTokenConfig
+from hf_clf_ext.metrics import headline
 from hf_clf_ext.scripts import one_line_errors
 
 COLUMNS = ("F1 micro", "F1 macro", "ECE", "trainable params", "train s", "inference ex/s")
+KEYS = ("f1_micro", "f1_macro", "ece")  # the same result keys for both approaches (see metrics.headline)
 
 
 @one_line_errors
@@ -31,14 +34,11 @@ def main(argv=None) -> list[tuple]:
     if last_token[0].model_name_or_path != instruction[0].model_name_or_path:
         raise jobs.JobError("compare: the two configs name different models.")
     rows = []
-    results = jobs.train_last_token(*last_token)
-    rows.append(("last-token (embedding)", results.get("test_f1_micro"), results.get("test_f1_macro"),
-                 results.get("test_ece"), results["trainable_parameters"], results["train_seconds"],
-                 results.get("test_examples_per_second")))
-    results = jobs.train_instruction(*instruction)
-    rows.append(("instruction (SFT)", results.get("test_generate_f1_micro"), results.get("test_generate_f1_macro"),
-                 results.get("test_score_ece"), results["trainable_parameters"], results["train_seconds"],
-                 results.get("test_generate_examples_per_second")))
+    for name, results, methods in (("last-token (embedding)", jobs.train_last_token(*last_token), ()),
+                                   ("instruction (SFT)", jobs.train_instruction(*instruction), METHODS)):
+        rows.append((name, *(headline(results, f"test_{key}", methods) for key in KEYS),
+                     results["trainable_parameters"], results["train_seconds"],
+                     headline(results, "test_examples_per_second", methods)))
     if last_token[1].process_index == 0:
         print_table(rows)
     return rows

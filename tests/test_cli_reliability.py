@@ -11,7 +11,7 @@ import pytest
 import yaml
 from datasets import Dataset, DatasetDict
 
-from hf_clf_ext import LastTokenClassifierForSequenceClassification, TextClassifier, TfidfClassifier, cli, predict_texts
+from hf_clf_ext import LastTokenClassifierForSequenceClassification, TextClassifier, TfidfClassifier, cli, classify_texts
 from hf_clf_ext.distillation.config import DistillationConfig
 from hf_clf_ext.instruction.config import InstructionConfig
 from hf_clf_ext.last_token.config import LastTokenConfig
@@ -84,7 +84,7 @@ def test_a_batch_size_below_one_is_refused_by_the_api(classifier_dir, size):
     with pytest.raises(ValueError, match=f"batch_size must be a positive integer, got {size}"):
         classifier.classify(["a text", "another"], batch_size=size)
     with pytest.raises(ValueError, match="batch_size must be a positive integer"):
-        predict_texts(classifier.model, classifier.tokenizer, ["a text"], batch_size=size)
+        classify_texts(classifier.model, classifier.tokenizer, ["a text"], batch_size=size)
 
 
 # --- one line for every failure the input causes -----------------------------------------------------------------

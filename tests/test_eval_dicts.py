@@ -29,8 +29,8 @@ def test_a_dict_of_evaluation_sets(approach, tiny_lm_dirs, tokenizer, tmp_path):
     metrics = trainer.evaluate()
     assert {f"eval_news_{metric}", f"eval_forum_{metric}"} <= set(metrics)
     if approach == "instruction":  # classification metrics for every set, on its own texts
-        assert {"eval_news_generate_f1_macro", "eval_forum_score_f1_macro"} <= set(metrics)
+        assert {"eval_news_f1_macro_generate", "eval_forum_f1_macro_score"} <= set(metrics)
         forum = trainer.classification_metrics(list(evaluation["forum"]["text"]),
                                                [[trainer.label_space.names.index(label)] for label in
                                                 evaluation["forum"]["label"]], methods=["generate"])
-        assert forum["generate_f1_macro"] == metrics["eval_forum_generate_f1_macro"]
+        assert forum["f1_macro_generate"] == metrics["eval_forum_f1_macro_generate"]

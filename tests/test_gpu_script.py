@@ -62,7 +62,7 @@ def test_gpu_script_runs_every_section_at_tiny_size_on_cpu(tmp_path):
     assert "NF4" in sections["training_nf4"]["precision"]
 
     inference = sections["inference_bf16"]
-    assert set(inference["subjects"]) == {"predict_texts", "backbone_forward", "predict_texts_compiled"}
+    assert set(inference["subjects"]) == {"classify_texts", "backbone_forward", "predict_texts_compiled"}
     assert all(_positive(entry["examples_per_second"]) for entry in inference["subjects"].values())
     compiled = inference["subjects"]["predict_texts_compiled"]
     assert inference["compile_backend"] == "eager" and compiled["max_probability_difference_vs_eager"] < 1e-4

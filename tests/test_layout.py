@@ -80,6 +80,13 @@ def test_the_self_contained_model_config_names_the_problem_types_as_labels_does(
     assert configuration_last_token.PROBLEM_TYPES == PROBLEM_TYPES
 
 
+def test_the_torch_free_command_line_names_the_instruction_methods_as_the_package_does():
+    import hf_clf_cli
+    from hf_clf_ext.instruction import METHODS
+
+    assert hf_clf_cli.METHOD_CHOICES == METHODS
+
+
 def test_every_module_stays_under_about_500_lines():
     long = {str(path.relative_to(PACKAGE)): n for path in PACKAGE.rglob("*.py")
             if (n := len(path.read_text().splitlines())) > 550}

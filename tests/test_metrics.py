@@ -294,3 +294,15 @@ def test_metrics_from_results_match_the_trainers_metrics_on_the_same_probabiliti
     assert expected["f1_macro"] > 0.3
     for key in ("accuracy", "f1_macro", "f1_micro", "ece", "brier", "roc_auc"):
         assert got[key] == pytest.approx(expected[key], abs=1e-6), key
+
+
+def test_headline_reads_one_set_of_keys_across_approaches():
+    from hf_clf_ext.instruction import METHODS
+    from hf_clf_ext.metrics import headline
+
+    last_token = {"test_f1_macro": 0.9, "test_ece": 0.05}
+    instruction = {"test_f1_macro_generate": 0.8, "test_f1_macro_score": 0.7, "test_ece_score": 0.1}
+    assert (headline(last_token, "test_f1_macro"), headline(last_token, "test_ece")) == (0.9, 0.05)
+    assert headline(instruction, "test_f1_macro", METHODS) == 0.8  # the default method first
+    assert headline(instruction, "test_ece", METHODS) == 0.1  # decoding gives no probabilities: scoring's
+    assert headline(instruction, "test_brier", METHODS) is None

@@ -3,7 +3,7 @@ of every saved kind: each gives what the in-memory model gives for the texts as 
 
 Kinds: a last-token classifier saved as adapter + head (base from a Hub-layout cache) and merged, its stock export, a
 TF-IDF student, a truncated-decoder student, a sequence-classification student, an instruction classifier's label
-scoring. Paths: `predict_texts` in memory, `TextClassifier`, `hf-clf predict`, `pipeline()` with the package, and
+scoring. Paths: `classify_texts` in memory, `TextClassifier`, `hf-clf predict`, `pipeline()` with the package, and
 plain transformers (`AutoTokenizer` + `AutoModelForSequenceClassification`; the stock export's pipeline in a fresh
 process that never imports the package).
 """
@@ -18,7 +18,7 @@ from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassificati
                           BertModel, PreTrainedTokenizerFast, pipeline)
 
 from hf_clf_ext import (InstructionClassifier, InstructionPrompt, LastTokenTrainer, TextClassifier,
-                        TfidfClassifier, Verbalizer, cli, predict_texts)
+                        TfidfClassifier, Verbalizer, cli, classify_texts)
 from hf_clf_ext.export import export_stock
 from hf_clf_ext.texts import normalize_text
 
@@ -66,8 +66,8 @@ def saved(tmp_path_factory, tiny_lm_dirs, tokenizer_dirs):
     trainer.train()
     trainer.save_model()  # adapter + head: the base is a Hub id
     labels = list(trainer.label_space.names)
-    expected = table(predict_texts(trainer.model, trainer.processing_class, CLEAN), labels)
-    in_memory = table(predict_texts(trainer.model, trainer.processing_class, MESSY), labels)
+    expected = table(classify_texts(trainer.model, trainer.processing_class, CLEAN), labels)
+    in_memory = table(classify_texts(trainer.model, trainer.processing_class, MESSY), labels)
     trainer.save_merged(str(folder / "merged"))
     export_stock(folder / "merged", folder / "stock")
     return {"folder": folder, "hub": hub, "labels": labels, "expected": expected, "in_memory": in_memory,

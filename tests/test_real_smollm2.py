@@ -76,7 +76,7 @@ def test_real_model_round_trip(smollm2, articles, tmp_path):
 
 def test_trainer_fine_tunes_smollm2_on_bbc_news(tmp_path):
     """A few real optimizer steps (LoRA + head) on real articles, then predictions and a reloadable save."""
-    from hf_clf_ext import LastTokenTrainer, LastTokenConfig, predict_texts
+    from hf_clf_ext import LastTokenTrainer, LastTokenConfig, classify_texts
 
     directory, gguf_file = smollm2_gguf()
     news = load_bbc_news()
@@ -102,12 +102,12 @@ def test_trainer_fine_tunes_smollm2_on_bbc_news(tmp_path):
     assert 0.0 <= metrics["eval_f1_macro"] <= 1.0 and metrics["eval_ece"] >= 0
 
     texts = list(evaluation["text"][:5])
-    predictions = trainer.predict_texts(texts)
+    predictions = trainer.classify(texts)
     assert all(p["label"] in names and abs(sum(p["probabilities"].values()) - 1) < 1e-4 for p in predictions)
     trainer.save_model(str(tmp_path / "saved"))  # merged: an adapter cannot name a GGUF file as its base
     assert (tmp_path / "saved" / "model.safetensors").exists()
     reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "saved")
-    again = predict_texts(reloaded, trainer.processing_class, texts)
+    again = classify_texts(reloaded, trainer.processing_class, texts)
     assert [p["label"] for p in again] == [p["label"] for p in predictions]
 
 

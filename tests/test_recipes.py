@@ -102,7 +102,7 @@ def test_last_token_recipe_then_cli_evaluate_and_predict(tmp_path, data_files, t
 def test_instruction_recipe_and_cli_predict_from_stdin(tmp_path, data_files, tiny_lm_dirs, capsys, monkeypatch):
     config = write_config(tmp_path, tiny_lm_dirs["llama", "pad"], data_files, approach="instruction")
     results = recipe("train_instruction").main(["--config", str(config)])
-    assert {"test_generate_f1_macro", "test_score_ece"} <= set(results)
+    assert {"test_f1_macro_generate", "test_ece_score"} <= set(results)
     output = Path(yaml.safe_load(config.read_text())["output_dir"])
     capsys.readouterr()
     import io
@@ -156,7 +156,7 @@ def test_two_cpu_processes_through_accelerate_launch(tmp_path, data_files, tiny_
         scored = json.loads(capsys.readouterr().out)
         for metric in ("f1_macro", "ece", "brier"):
             assert scored[metric] == pytest.approx(results["test_score_" + metric], abs=1e-5), metric
-        assert "test_generate_ece" not in results
+        assert "test_ece_generate" not in results
 
 
 def test_compare_prints_both_approaches_side_by_side(tmp_path, data_files, tiny_lm_dirs, capsys):

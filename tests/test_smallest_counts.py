@@ -6,7 +6,7 @@ import pytest
 from datasets import Dataset
 from transformers import AutoModelForCausalLM
 
-from hf_clf_ext import InstructionClassifier, InstructionPrompt, TextClassifier, Verbalizer, predict_texts
+from hf_clf_ext import InstructionClassifier, InstructionPrompt, TextClassifier, Verbalizer, classify_texts
 
 from testing_utils import make_trainer
 
@@ -37,7 +37,7 @@ def test_two_classes_train_calibrate_save_and_predict(tiny_lm_dirs, tokenizer, t
     config = trainer.model.config if hasattr(trainer.model, "config") else None
     assert config is None or config.num_labels == 2
     texts = ["the market rose", "a striker scored", "new season"]
-    expected = predict_texts(trainer.model, trainer.processing_class, texts)
+    expected = classify_texts(trainer.model, trainer.processing_class, texts)
     loaded = TextClassifier.from_pretrained(tmp_path / "out")
     assert loaded.labels == ["business", "sport"]
     got = loaded.classify(texts)

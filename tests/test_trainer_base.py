@@ -10,8 +10,7 @@ from hf_clf_ext import InstructionTrainer, LastTokenTrainer
 from hf_clf_ext.distillation.trainer import LastTokenDistillationTrainer
 from hf_clf_ext.trainer_base import AdaptationFacts, ClassifierTrainerMixin
 
-import test_instruction
-import test_last_token_trainer
+from testing_utils import instruction_trainer, make_trainer, synthetic
 
 ALLOWED = set(ClassifierTrainerMixin.HOOKS) | set(ClassifierTrainerMixin.FRAMEWORK_OVERRIDES)
 
@@ -50,14 +49,14 @@ def test_shared_steps_live_in_the_base_only():
 
 def test_both_trainers_report_adaptation_and_evaluation_alike(tiny_lm_dirs, tokenizer, tmp_path):
     llama = tiny_lm_dirs["llama", "pad"]
-    last_token = test_last_token_trainer.make_trainer(llama, tokenizer, tmp_path / "lt", calibrate=False)
-    instruction = test_instruction.recipe(llama, tokenizer, tmp_path / "it", eval_methods=["score"])
+    last_token = make_trainer(llama, tokenizer, tmp_path / "lt", calibrate=False)
+    instruction = instruction_trainer(llama, tokenizer, tmp_path / "it", eval_methods=["score"])
     facts = [last_token._adaptation_facts(), instruction._adaptation_facts()]
     assert all(type(fact) is AdaptationFacts for fact in facts)
     for fact in facts:
         assert fact.method == "LoRA" and 0 < fact.trainable < fact.total and fact.quantization == "none"
         assert fact.hyperparameters  # the LoRA rows
-    test = test_last_token_trainer.synthetic(8, seed=3)
+    test = synthetic(8, seed=3)
     for trainer in (last_token, instruction):
         metrics = trainer.evaluate_dataset(test)
         # (`Trainer.log`, which the last-token trainer's evaluation goes through, adds `epoch` as ever)
@@ -77,3 +76,19 @@ def test_fit_thresholds_is_a_deprecated_alias_of_calibrate(monkeypatch):
         trainer.fit_thresholds()
     assert calls == [((["a"], [[0]]), {}), ((), {})]
     assert sum(issubclass(w.category, FutureWarning) and "calibrate" in str(w.message) for w in caught) == 1
+
+
+def test_predict_texts_is_a_deprecated_alias_of_classify(monkeypatch):
+    """One verb for every classifier: the last-token trainer's `predict_texts` and the module function of that name
+    still work, warning once."""
+    monkeypatch.setattr(LastTokenTrainer, "classify", lambda self, texts, **k: [{"label": t} for t in texts])
+    monkeypatch.setattr(LastTokenTrainer.predict_texts, "warned", False)
+    trainer = object.__new__(LastTokenTrainer)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert trainer.predict_texts(["a"]) == [{"label": "a"}]
+        trainer.predict_texts(["b"])
+        from hf_clf_ext.last_token import inference
+        from hf_clf_ext.last_token.inference import predict_texts
+    assert predict_texts is inference.classify_texts
+    assert sum("predict_texts is now" in str(w.message) and "classify" in str(w.message) for w in caught) == 2

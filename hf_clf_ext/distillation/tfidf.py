@@ -115,7 +115,7 @@ class TfidfClassifier:
         return z / z.sum(axis=1, keepdims=True)
 
     def classify(self, texts: Sequence[str], batch_size: int = 16) -> list[dict]:
-        """Results in the format of `predict_texts` (`batch_size` is accepted for the shared interface)."""
+        """Results in the format of `classify_texts` (`batch_size` is accepted for the shared interface)."""
         from ..labels import results_from_probabilities
         from ..texts import check_texts
 

@@ -245,7 +245,7 @@ def stock_student(name_or_path: str, space: LabelSpace, **from_pretrained_kwargs
 
 def prepare_stock_tokenizer(tokenizer, args):
     """The student's tokenizer as it is saved: it cuts texts where training cut them (`model_max_length`, the side
-    of `truncation_side`), as `TextClassifier`, `predict_texts` and `pipeline(..., truncation=True)` cut with it, and
+    of `truncation_side`), as `TextClassifier`, `classify_texts` and `pipeline(..., truncation=True)` cut with it, and
     strips them as `texts.normalize_text` does (training texts are stripped), for users of plain transformers."""
     from ..texts import add_strip_normalizer
 
@@ -262,7 +262,7 @@ def train_stock_student(args, space: LabelSpace, model, tokenizer, texts, encode
     prepare_stock_tokenizer(tokenizer, args)
 
     def encode(split_texts, labels, extra=None):
-        # Exactly as predict_texts tokenizes: normalised texts, cut at the tokenizer's model_max_length.
+        # Exactly as classify_texts tokenizes: normalised texts, cut at the tokenizer's model_max_length.
         columns = dict(tokenizer(normalize_texts(split_texts), truncation=True))
         return Dataset.from_dict({**columns, "labels": list(labels), **(extra or {})})
 

@@ -2,14 +2,14 @@
 quantization and LoRA options, with the paper's defaults."""
 
 import json
+import warnings
 from dataclasses import dataclass, field
 
 import torch
 from trl import SFTConfig
 
 from ..arguments import DataArguments, LoraArguments, QuantizationArguments, SavingArguments, check_finite_options
-
-EVAL_METHODS = ("generate", "score")
+from .classifier import METHODS as EVAL_METHODS
 
 
 @dataclass
@@ -81,6 +81,22 @@ class InstructionConfig(DataArguments, QuantizationArguments, LoraArguments, Sav
         unknown = set(self.eval_methods) - set(EVAL_METHODS)
         if unknown:
             raise ValueError(f"eval_methods must be among {EVAL_METHODS}, got {sorted(unknown)}.")
+        self.metric_for_best_model = suffixed_metric_name(self.metric_for_best_model)
         if self.bf16 is None:
             self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported()) and not self.use_cpu
         super().__post_init__()
+
+
+def suffixed_metric_name(name: str | None) -> str | None:
+    """Round 2 keyed metrics `<method>_<metric>` (`generate_f1_macro`); they are `<metric>_<method>` now, as every
+    result key with a method: an old name in `metric_for_best_model` is rewritten, with a warning."""
+    if not name:
+        return name
+    prefix = "eval_" if name.startswith("eval_") else ""
+    method, _, metric = name.removeprefix(prefix).partition("_")
+    if method not in EVAL_METHODS or not metric:
+        return name
+    new = f"{prefix}{metric}_{method}"
+    warnings.warn(f"metric_for_best_model={name!r} is the old key order; it names {new!r} now.", FutureWarning,
+                  stacklevel=3)
+    return new

@@ -262,7 +262,7 @@ class InstructionTrainer(ClassifierTrainerMixin, SFTTrainer):
 
     def classification_metrics(self, texts, label_ids, methods: Sequence[str] | None = None) -> dict[str, float]:
         """Metrics of each classification method on `texts` (F1, accuracy; ECE and Brier for label scoring), keyed
-        `<method>_<metric>`, plus each method's examples per second."""
+        `<metric>_<method>` (the method a suffix, as in `f1_macro_generate`), plus each method's examples per second."""
         return self._evaluate_texts(texts, label_ids, methods=methods)[0]
 
     def _evaluation_facts(self, dataset: Dataset, split: str) -> tuple[EvaluationFacts, dict]:
@@ -276,7 +276,7 @@ class InstructionTrainer(ClassifierTrainerMixin, SFTTrainer):
         return facts, {f"{split}_{key}": value for key, value in metrics.items()}
 
     def _evaluate_texts(self, texts, label_ids, split: str = "evaluation", methods=None):
-        """One classification pass per method: the metrics (keyed `<method>_<metric>`), and what the card reports
+        """One classification pass per method: the metrics (keyed `<metric>_<method>`), and what the card reports
         (constrained decoding as the headline; label scoring's metrics as `secondary_metrics`, and its probabilities
         for the reliability diagram, when it ran)."""
         references = self._references(label_ids)
@@ -284,8 +284,8 @@ class InstructionTrainer(ClassifierTrainerMixin, SFTTrainer):
         space = self.label_space
         results = {method: metrics_from_results(rows, references, space.problem_type, space.id2label)
                    for method, (rows, _) in runs.items()}
-        metrics = {f"{method}_{key}": value for method, result in results.items() for key, value in result.items()}
-        metrics |= {f"{method}_examples_per_second": speed for method, (_, speed) in runs.items()}
+        metrics = {f"{key}_{method}": value for method, result in results.items() for key, value in result.items()}
+        metrics |= {f"examples_per_second_{method}": speed for method, (_, speed) in runs.items()}
         primary = "generate" if "generate" in runs else "score"
         probabilities = probabilities_from_results(runs["score"][0], space.names) if "score" in runs else None
         predictions = named_from_results(runs[primary][0], space.names)
@@ -331,7 +331,7 @@ class InstructionTrainer(ClassifierTrainerMixin, SFTTrainer):
 
     def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"):
         """The evaluation loss, plus classification metrics on the evaluation texts (so that logging, callbacks and
-        best-model selection all see e.g. `eval_generate_f1_macro`)."""
+        best-model selection all see e.g. `eval_f1_macro_generate`)."""
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
         texts, label_ids = self._eval_sets.get(metric_key_prefix, (None, None))
         if description == "Evaluation" and texts is not None and dataloader.dataset is not None \

@@ -4,7 +4,7 @@
     modeling_last_token.py       LastTokenClassifierForSequenceClassification   } weights (trust_remote_code)
     config.py                    LastTokenConfig: training arguments (TrainingArguments + data, LoRA, loss, calibration)
     trainer.py                   LastTokenTrainer (transformers.Trainer)
-    inference.py                 predict_texts: length-sorted batches, labels and probabilities
-    compiled.py                  predict_texts(compile=True): torch.compile over bucketed shapes
+    inference.py                 classify_texts: length-sorted batches, labels and probabilities
+    compiled.py                  classify_texts(compile=True): torch.compile over bucketed shapes
     pipeline.py                  pipeline("text-classification") defaults for the model
 """

@@ -1,6 +1,6 @@
 """A `torch.compile`d forward for long inference jobs, over bucketed shapes so that batches reuse compiled graphs.
 
-`predict_texts(..., compile=True)` (also `TextClassifier.from_pretrained(..., compile=True)`, `hf-clf predict
+`classify_texts(..., compile=True)` (also `TextClassifier.from_pretrained(..., compile=True)`, `hf-clf predict
 --compile`) runs the classifier through `torch.compile(model, dynamic=True)`. Batches are padded to a fixed number of
 rows and their length padded up to a multiple of `BUCKET_TOKENS` (never past the model's position limit), so a
 length-sorted job meets a handful of shapes: the first batch of each pays for tracing and code generation, the rest

@@ -12,7 +12,7 @@ from ..texts import check_batch_size, check_texts
 logger = logging.getLogger(__name__)
 
 
-def predict_texts(model, tokenizer, texts: Sequence[str], *, batch_size: int = 16,
+def classify_texts(model, tokenizer, texts: Sequence[str], *, batch_size: int = 16,
                   compile: bool | None = None) -> list[dict]:
     """Classify `texts` with a last-token classifier (plain or wrapped by PEFT) or its stock export.
 
@@ -65,3 +65,14 @@ def predict_texts(model, tokenizer, texts: Sequence[str], *, batch_size: int = 1
     if compiled is not None:
         logger.info("%s", compiled.stats)
     return results
+
+
+def __getattr__(name: str):
+    if name == "predict_texts":  # the round-2 name, from this module's path
+        from .. import _deprecated
+
+        _deprecated(f"{__name__}.predict_texts", f"{__name__}.classify_texts")
+        globals()[name] = classify_texts  # warned once
+        return classify_texts
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+

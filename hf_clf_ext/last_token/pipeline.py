@@ -16,7 +16,7 @@ TASK = "text-classification"
 
 class LastTokenClassificationPipeline(TextClassificationPipeline):
     """For a last-token classifier: texts are normalised as in training (`texts.normalize_text`) and truncated to the trained length (the saved tokenizer's
-    `model_max_length`), as in training and `predict_texts`, unless `truncation=` says otherwise; and a multi-label
+    `model_max_length`), as in training and `classify_texts`, unless `truncation=` says otherwise; and a multi-label
     model returns, by default, the labels whose probability reaches their tuned decision threshold (sorted by
     score; `top_k=` gives scores without a decision, as the stock pipeline does)."""
 

@@ -22,14 +22,14 @@ from ..arguments import first_split, name_best_metric_for_eval_sets
 from ..calibration import fit_temperature, tune_thresholds
 from ..labels import decide, decision_thresholds, encode_split
 from ..texts import add_strip_normalizer, build_texts, load_tokenizer, suffix_ids, tokenize_texts
-from .inference import predict_texts
+from .inference import classify_texts
 from .config import LastTokenConfig
 from ..metrics import build_compute_metrics, load_metric, probabilities_from_logits
 from ..cards.model_card import EvaluationFacts
 from .losses import balanced_class_weights, focal_loss  # noqa: F401 (also importable from here, as before)
 from .modeling_last_token import ADAPTER_SUBFOLDER, HEAD_MODULE, LastTokenClassifierForSequenceClassification
 from ..hub import check_not_source
-from ..trainer_base import AdaptationFacts, ClassifierTrainerMixin
+from ..trainer_base import AdaptationFacts, ClassifierTrainerMixin, deprecated_alias
 
 logger = logging.getLogger(__name__)
 
@@ -292,17 +292,19 @@ class LastTokenTrainer(ClassifierTrainerMixin, Trainer):
         self.log(metrics)
         return facts, metrics
 
-    def predict_texts(self, texts: Sequence[str], batch_size: int | None = None,
-                      compile: bool | None = None) -> list[dict]:
-        """Labels and probabilities for raw texts (see `hf_clf_ext.predict_texts`); compiled by default when the
+    def classify(self, texts: Sequence[str], batch_size: int | None = None,
+                 compile: bool | None = None) -> list[dict]:
+        """Labels and probabilities for raw texts (see `hf_clf_ext.classify_texts`); compiled by default when the
         trainer trains compiled (`torch_compile=True`)."""
-        return predict_texts(
+        return classify_texts(
             self.model,
             self.processing_class,
             texts,
             batch_size=batch_size or self.args.per_device_eval_batch_size,
             compile=compile if compile is not None else (True if self.args.torch_compile else None),
         )
+
+    predict_texts = deprecated_alias("predict_texts", "classify")
 
     # --- model card and Hub ------------------------------------------------------------------------------------------
 

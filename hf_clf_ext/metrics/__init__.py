@@ -16,7 +16,8 @@ from ..labels import PROBLEM_TYPES, decide, decision_thresholds
 METRICS_DIR = Path(__file__).resolve().parent
 _CONFIG_NAMES = {"single_label_classification": "single_label", "multi_label_classification": "multi_label"}
 
-__all__ = ["METRICS_DIR", "build_compute_metrics", "load_metric", "metrics_from_results", "probabilities_from_logits"]
+__all__ = ["METRICS_DIR", "build_compute_metrics", "headline", "load_metric", "metrics_from_results",
+           "probabilities_from_logits"]
 
 
 def load_metric(name: str, config_name: str | None = None, **kwargs: Any) -> evaluate.EvaluationModule:
@@ -137,7 +138,7 @@ def named_from_results(results: Sequence[dict], names: Sequence[str]) -> np.ndar
 
 def metrics_from_results(results: Sequence[dict], references: Any, problem_type: str,
                          id2label: Mapping[int, str]) -> dict[str, float]:
-    """Metrics of classifier results (`predict_texts`, `classify`, `TextClassifier.classify`): label metrics of the
+    """Metrics of classifier results (`classify_texts`, `classify`, `TextClassifier.classify`): label metrics of the
     labels they name, and calibration metrics (ECE, Brier, ROC-AUC) only when they carry probabilities."""
     from transformers import EvalPrediction
 
@@ -161,3 +162,14 @@ def logits_from_probabilities(probabilities: Any, problem_type: str) -> np.ndarr
     p = np.clip(np.asarray(probabilities, dtype=np.float64), 1e-7, 1 - 1e-7)
     _check_problem_type(problem_type)
     return np.log(p / (1 - p)) if problem_type == "multi_label_classification" else np.log(p)
+
+
+def headline(results: Mapping[str, float], key: str, methods: Sequence[str] = ()) -> float | None:
+    """`results[key]`, or where an approach classifies in several ways (result keys `<key>_<method>`) the first of
+    `methods` that reports it: an instruction classifier's `test_f1_macro` is its constrained decoding's and its
+    `test_ece` its label scoring's (`methods=("generate", "score")`), since decoding gives no probabilities."""
+    for name in (key, *(f"{key}_{method}" for method in methods)):
+        if name in results:
+            return results[name]
+    return None
+

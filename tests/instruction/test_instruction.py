@@ -52,9 +52,9 @@ def test_short_sft_run_learns_a_synthetic_task(llama_dir, tokenizer, tmp_path):
     before = trainer.classification_metrics(trainer.eval_texts, trainer.eval_label_ids)
     trainer.train()
     after = trainer.classification_metrics(trainer.eval_texts, trainer.eval_label_ids)
-    assert after["generate_f1_macro"] >= 0.9 and after["score_f1_macro"] >= 0.9, after
-    assert after["generate_f1_macro"] > before["generate_f1_macro"] + 0.4, (before, after)
-    assert after["score_ece"] < before["score_ece"]
+    assert after["f1_macro_generate"] >= 0.9 and after["f1_macro_score"] >= 0.9, after
+    assert after["f1_macro_generate"] > before["f1_macro_generate"] + 0.4, (before, after)
+    assert after["ece_score"] < before["ece_score"]
     scored = trainer.classify(["the market", "a striker"], method="score")
     assert [s["label"] for s in scored] == ["business", "sport"]
     assert all(abs(sum(s["probabilities"].values()) - 1) < 1e-5 for s in scored)
@@ -140,7 +140,7 @@ def test_classify_runs_under_the_training_mixed_precision(llama_dir, tokenizer, 
 def test_evaluation_reports_classification_metrics(llama_dir, tokenizer, tmp_path):
     trainer = recipe(llama_dir, tokenizer, tmp_path, use_peft=False, num_train_epochs=1)
     metrics = trainer.evaluate()
-    for key in ("eval_loss", "eval_generate_f1_macro", "eval_generate_accuracy", "eval_score_f1_macro", "eval_score_ece"):
+    for key in ("eval_loss", "eval_f1_macro_generate", "eval_accuracy_generate", "eval_f1_macro_score", "eval_ece_score"):
         assert key in metrics, sorted(metrics)
 
 
@@ -193,8 +193,8 @@ def test_multi_label_answers_and_scores(llama_dir, tokenizer, tmp_path):
     agreement = np.mean([g["labels"] == s["labels"] for g, s in zip(generated, scored)])
     assert agreement >= 0.75, agreement
     metrics = trainer.classification_metrics(trainer.eval_texts, trainer.eval_label_ids)
-    assert {"generate_subset_accuracy", "score_hamming_loss", "score_ece"} <= set(metrics)
-    assert not {"generate_ece", "generate_brier", "generate_roc_auc"} & set(metrics)  # hard labels: no calibration
+    assert {"subset_accuracy_generate", "hamming_loss_score", "ece_score"} <= set(metrics)
+    assert not {"ece_generate", "brier_generate", "roc_auc_generate"} & set(metrics)  # hard labels: no calibration
     trainer.save_model()
     assert InstructionClassifier.from_pretrained(trainer.args.output_dir).decision_thresholds == thresholds
 
@@ -464,3 +464,11 @@ def test_many_labels_are_scored_without_repeating_the_prompt_cache(tiny_lm_dirs,
     np.testing.assert_allclose(got.sum(-1), 1.0, atol=1e-5)
     for prompt, row in zip(prompts, got):
         np.testing.assert_allclose(row, _brute_force_scores(model, prompt, tokens), atol=1e-5)
+
+
+@pytest.mark.parametrize("old, new", [("generate_f1_macro", "f1_macro_generate"), ("eval_score_ece", "eval_ece_score"),
+                                      ("f1_macro_score", "f1_macro_score"), ("loss", "loss")])
+def test_round_two_metric_names_for_best_model_name_todays_keys(tmp_path, old, new, recwarn):
+    args = InstructionConfig(output_dir=str(tmp_path), use_cpu=True, metric_for_best_model=old)
+    assert args.metric_for_best_model == new
+    assert any("old key order" in str(w.message) for w in recwarn.list) == (old != new)

@@ -1,5 +1,5 @@
 """Tokenizers that add special tokens at the start, the end or both: training cuts texts exactly as inference does
-(`tokenizer(text, truncation=True)` in `predict_texts` and `pipeline()`), keeping what the tokenizer adds."""
+(`tokenizer(text, truncation=True)` in `classify_texts` and `pipeline()`), keeping what the tokenizer adds."""
 
 import pytest
 from tokenizers import processors
@@ -36,7 +36,7 @@ def test_training_tokens_equal_inference_tokens(where, side):
         assert (ids[0] == unk) == (where in ("start", "both")) and (ids[-1] == eos) == (where in ("end", "both"))
 
 
-def test_the_trainer_feeds_the_tokens_predict_texts_feeds(tiny_lm_dirs, tmp_path):
+def test_the_trainer_feeds_the_tokens_classify_texts_feeds(tiny_lm_dirs, tmp_path):
     tokenizer = tokenizer_adding("both")
     trainer = LastTokenTrainer(
         str(tiny_lm_dirs["llama", "pad"]), args=arguments(tmp_path, max_length=20, eval_strategy="no",

@@ -10,7 +10,7 @@ import transformers
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, PreTrainedTokenizerFast
 from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
 
-from hf_clf_ext import LastTokenClassifierForSequenceClassification, predict_texts
+from hf_clf_ext import LastTokenClassifierForSequenceClassification, classify_texts
 from hf_clf_ext.export import export_stock
 
 from conftest import TINY_DIMS, publish
@@ -68,14 +68,14 @@ def test_weights_load_padding_round_trips_and_stock_export(family_lm, tokenizer,
             padded = model(**tokenizer(texts, padding=True, return_tensors="pt")).logits
             torch.testing.assert_close(padded, alone, atol=1e-5, rtol=1e-4, msg=f"{family}, {side} padding")
 
-    expected = [list(r["probabilities"].values()) for r in predict_texts(model, tokenizer, texts)]
+    expected = [list(r["probabilities"].values()) for r in classify_texts(model, tokenizer, texts)]
     model.save_pretrained(tmp_path / "saved")
     tokenizer.save_pretrained(tmp_path / "saved")
     repo = publish(tmp_path / "saved", f"tiny-org/{family.replace('_', '-')}-classifier", tmp_path / "hub")
     for source, options in ((tmp_path / "saved", {}), (repo, {"cache_dir": str(tmp_path / "hub")})):
         loaded = AutoModelForSequenceClassification.from_pretrained(source, **options)
         assert type(loaded) is LastTokenClassifierForSequenceClassification
-        got = [list(r["probabilities"].values()) for r in predict_texts(loaded, tokenizer, texts)]
+        got = [list(r["probabilities"].values()) for r in classify_texts(loaded, tokenizer, texts)]
         np.testing.assert_allclose(got, expected, atol=1e-6)
 
     if type(model.config.text_config) not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING:  # granite, ...

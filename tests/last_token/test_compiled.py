@@ -11,7 +11,7 @@ import torch
 import torch._dynamo.utils
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from hf_clf_ext import LastTokenClassifierForSequenceClassification, TextClassifier, predict_texts
+from hf_clf_ext import LastTokenClassifierForSequenceClassification, TextClassifier, classify_texts
 from hf_clf_ext.last_token import compiled as compiled_module
 from hf_clf_ext.last_token import trainer as last_token_trainer
 from hf_clf_ext.last_token.compiled import BUCKET_TOKENS, compile_pays, compiled_forward
@@ -55,10 +55,10 @@ def test_compiled_predictions_equal_eager_and_reuse_their_graphs(saved):
     model = LastTokenClassifierForSequenceClassification.from_pretrained(saved).eval()
     tokenizer = AutoTokenizer.from_pretrained(saved)
     texts = _texts(37, seed=0)  # 37 = 4 full batches of 8 and a short one, lengths from 1 to ~120 tokens
-    eager = predict_texts(model, tokenizer, texts, batch_size=8, compile=False)
+    eager = classify_texts(model, tokenizer, texts, batch_size=8, compile=False)
     assert compiled_module._ATTRIBUTE not in model.__dict__  # eager never builds the compiled forward
     before = _graphs()
-    _assert_same(predict_texts(model, tokenizer, texts, batch_size=8, compile=True), eager)
+    _assert_same(classify_texts(model, tokenizer, texts, batch_size=8, compile=True), eager)
     stats = compiled_forward(model).stats
     lengths = {shape[1] for shape in stats.shapes}
     assert {shape[0] for shape in stats.shapes} == {8}  # the short batch ran as a full one
@@ -67,9 +67,9 @@ def test_compiled_predictions_equal_eager_and_reuse_their_graphs(saved):
     assert 1 <= compiled_graphs <= 2, compiled_graphs  # dynamic shapes: one graph, at most one re-specialisation
     # Other texts, other lengths: the compiled graphs are reused, nothing is compiled again.
     others = _texts(19, seed=1)
-    again = predict_texts(model, tokenizer, others, batch_size=8, compile=True)
+    again = classify_texts(model, tokenizer, others, batch_size=8, compile=True)
     assert _graphs() - before == compiled_graphs
-    _assert_same(again, predict_texts(model, tokenizer, others, batch_size=8, compile=False))
+    _assert_same(again, classify_texts(model, tokenizer, others, batch_size=8, compile=False))
     assert "compiled forward" in str(stats) and stats.batches == 8
     assert "_hf_clf_compiled" not in "".join(model.state_dict())  # the compiled module is not saved with the model
 
@@ -157,11 +157,11 @@ def test_last_token_trainer_trains_compiled_like_eager(tiny_lm_dirs, tokenizer, 
     _, compiled = _train_twice(build)
     texts = _texts(6, seed=3)
     asked = []
-    monkeypatch.setattr(last_token_trainer, "predict_texts", lambda *a, **k: asked.append(k["compile"]) or [])
-    compiled.predict_texts(texts)
+    monkeypatch.setattr(last_token_trainer, "classify_texts", lambda *a, **k: asked.append(k["compile"]) or [])
+    compiled.classify(texts)
     assert asked == [True]  # a trainer that trains compiled predicts compiled (checked in the tests above)
     monkeypatch.undo()
-    expected = compiled.predict_texts(texts, compile=False)
+    expected = compiled.classify(texts, compile=False)
     compiled.save_model()
     loaded = TextClassifier.from_pretrained(compiled.args.output_dir)  # no "_orig_mod." prefixes in the save
     _assert_same(loaded.classify(texts), expected)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from hf_clf_ext import LastTokenClassifierForSequenceClassification, predict_texts
+from hf_clf_ext import LastTokenClassifierForSequenceClassification, classify_texts
 from hf_clf_ext.export import export_stock
 
 from conftest import run_fresh
@@ -54,7 +54,7 @@ def test_stock_export_reproduces_our_probabilities_without_the_package(tiny_lm_d
                                                                        multi_label, tmp_path):
     model = classifier_with_suffix(tiny_lm_dir, tokenizer, multi_label)
     texts = texts + [LONG]
-    ours = predict_texts(model, tokenizer, texts)
+    ours = classify_texts(model, tokenizer, texts)
     expected = [list(r["probabilities"].values()) for r in ours]
     model.save_pretrained(tmp_path / "ours")
     tokenizer.save_pretrained(tmp_path / "ours")

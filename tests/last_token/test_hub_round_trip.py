@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from hf_clf_ext import LastTokenTrainer, predict_texts
+from hf_clf_ext import LastTokenTrainer, classify_texts
 
 from conftest import publish, run_fresh
 from testing_utils import arguments, synthetic
@@ -63,7 +63,7 @@ def test_every_save_loads_by_repo_id_with_the_trained_probabilities(setting, tin
     trainer.save_model()
     texts = texts + [LONG]
     # One text per batch, as the pipeline and the fresh process run them (4-bit kernels round by batch shape).
-    predicted = [predict_texts(trainer.model, tokenizer, [text])[0] for text in texts]
+    predicted = [classify_texts(trainer.model, tokenizer, [text])[0] for text in texts]
     expected = [list(r["probabilities"].values()) for r in predicted]
     saved = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert "adapter_config.json" not in saved  # at the top it would make the Auto classes load the base alone
@@ -84,14 +84,14 @@ def test_every_save_loads_by_repo_id_with_the_trained_probabilities(setting, tin
         np.testing.assert_allclose(piped, expected, atol=1e-5)
         if not multi_label:
             assert [row["label"] for row in loaded["decided"]] == [r["label"] for r in predicted]
-        elif with_package:  # the tuned thresholds decide, as in predict_texts
+        elif with_package:  # the tuned thresholds decide, as in classify_texts
             assert [sorted(row["label"] for row in rows) for rows in loaded["decided"]] == [
                 sorted(r["labels"]) for r in predicted]
 
 
 def test_one_loader_predicts_by_repo_id_importing_only_what_prediction_needs(tiny_lm_dirs, tokenizer, hub_cache,
                                                                             tmp_path, texts):
-    """`TextClassifier` loads a saved classifier by repo id with `predict_texts`' results, and `import hf_clf_ext`
+    """`TextClassifier` loads a saved classifier by repo id with `classify_texts`' results, and `import hf_clf_ext`
     for prediction leaves the training stack (TRL, datasets, evaluate, scikit-learn, matplotlib) unimported. (PEFT,
     which loads the adapter, imports bitsandbytes itself where it is installed.)"""
     publish(tiny_lm_dirs["llama", "pad"], BASE, hub_cache)
@@ -101,7 +101,7 @@ def test_one_loader_predicts_by_repo_id_importing_only_what_prediction_needs(tin
     )
     trainer.train()
     trainer.save_model()
-    expected = predict_texts(trainer.model, tokenizer, texts)
+    expected = classify_texts(trainer.model, tokenizer, texts)
     repo = publish(tmp_path / "out", "tiny-org/classifier", hub_cache)
     loaded = run_fresh(f"""
         import json, sys

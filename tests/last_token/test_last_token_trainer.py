@@ -12,7 +12,7 @@ from hf_clf_ext import (
     LastTokenClassifierForSequenceClassification,
     LastTokenTrainer,
     LastTokenConfig,
-    predict_texts,
+    classify_texts,
 )
 from hf_clf_ext.last_token.trainer import balanced_class_weights, focal_loss
 from hf_clf_ext.labels import LabelSpace
@@ -108,8 +108,8 @@ def test_calibration_survives_save_and_load(llama_dir, tokenizer, tmp_path):
         assert loaded.config.temperature == results["temperature"], name
         assert loaded.config.decision_thresholds == results["decision_thresholds"], name
         texts = list(synthetic(8, seed=5, multi_label=True)["text"])
-        expected = predict_texts(trainer.model, tokenizer, texts)
-        actual = predict_texts(loaded, tokenizer, texts)
+        expected = classify_texts(trainer.model, tokenizer, texts)
+        actual = classify_texts(loaded, tokenizer, texts)
         assert [a["labels"] for a in actual] == [e["labels"] for e in expected], name
         for e, a in zip(expected, actual):
             np.testing.assert_allclose(list(a["probabilities"].values()), list(e["probabilities"].values()), atol=1e-5)
@@ -219,19 +219,19 @@ def test_truncation_keeps_the_start_or_the_end(llama_dir, tokenizer, tmp_path, s
     assert kept in tokenizer.decode(ids)
 
 
-def test_predict_texts_sorts_batches_but_keeps_the_input_order(llama_dir, tokenizer, tmp_path):
+def test_classify_texts_sorts_batches_but_keeps_the_input_order(llama_dir, tokenizer, tmp_path):
     trainer = make_trainer(llama_dir, tokenizer, tmp_path, num_train_epochs=3, calibrate=False)
     trainer.train()
     texts = list(synthetic(9, seed=11)["text"]) + ["market " * 100]
-    one_by_one = predict_texts(trainer.model, tokenizer, texts, batch_size=1)
-    batched = trainer.predict_texts(texts, batch_size=4)
+    one_by_one = classify_texts(trainer.model, tokenizer, texts, batch_size=1)
+    batched = trainer.classify(texts, batch_size=4)
     for single, batch in zip(one_by_one, batched):
         assert single["label"] == batch["label"]
         assert abs(sum(batch["probabilities"].values()) - 1) < 1e-5
         np.testing.assert_allclose(list(batch["probabilities"].values()), list(single["probabilities"].values()),
                                    atol=1e-5)
     with pytest.raises(ValueError, match=r"Texts \[1\] are empty"):
-        predict_texts(trainer.model, tokenizer, ["market", "  "])
+        classify_texts(trainer.model, tokenizer, ["market", "  "])
 
 
 def test_balanced_weights_and_focal_loss():
