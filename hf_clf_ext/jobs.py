@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
+from .arguments import check_sharding_takes_effect
 from .texts import build_texts, template_fields
 from .labels import check_columns
 from .cards.model_card import parameter_counts
@@ -103,6 +104,10 @@ def parse_config(training_arguments_class, argv: Sequence[str] | None = None, sc
         unknown = [item.lstrip("-") for item in remaining if item.startswith("--")]
         raise JobError(f"unknown configuration keys {unknown}; see --help for the valid ones.")
     _check_cpu_bf16(training_args)
+    try:
+        check_sharding_takes_effect(training_args)  # before data or a model loads (the trainers check it too)
+    except ValueError as error:
+        raise JobError(str(error)) from error
     return script_args, training_args
 
 

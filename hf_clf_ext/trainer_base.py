@@ -15,6 +15,7 @@ from transformers import set_seed
 
 from .cards.model_card import CardFacts, EvaluationFacts, lora_rows, parameter_counts, write_model_card
 from .hub import CheckpointSaves, base_revision, check_not_source, hub_base, local_source
+from .arguments import check_sharding_takes_effect
 from .labels import build_label_space
 
 # `from_pretrained` options that also reach the Hub when the backbone's commit is resolved.
@@ -66,6 +67,7 @@ class ClassifierTrainerMixin(CheckpointSaves):
         resumed runs start alike) and the label space of the training data."""
         if train_dataset is None:
             raise ValueError(f"{self._trainer_name} needs a train_dataset.")
+        check_sharding_takes_effect(args)
         self._hub_base = None if init_kwargs.get("gguf_file") else hub_base(model)
         self._base_model_id = args.base_model_id or self._hub_base
         self._local_source = local_source(model)

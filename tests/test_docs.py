@@ -376,3 +376,18 @@ def test_readme_is_a_landing_page_led_by_the_two_commands():
                       if line.startswith("pip install"))
     assert [block[:1] + block[2:] for block in blocks[:2]] == [("bash", MAIN_JOB), ("bash", ci_command)]
     assert [language for language, _, _ in blocks].count("bash") >= 2
+
+
+def test_no_griffe_check_is_turned_off_and_cross_references_link(site):
+    """Round 3 left `warn_unknown_params` / `warn_missing_types` off and docstrings' [`Foo`] shortcut references
+    rendered as literal brackets: every check is on now, and a reference names its target
+    ([`Foo`][hf_clf_ext.module.Foo]), so it becomes a link."""
+    options = re.findall(r"^\s+(warn_\w+):\s*(\w+)", (ROOT / "mkdocs.yml").read_text(), re.M)
+    assert options and all(value == "true" for _, value in options), options
+    shortcut = re.compile(r"\[`[\w.]+`\](?![\[(]|$)")  # a reference may go on the next line
+    bare = [f"{path.relative_to(ROOT)}:{n}" for path in (ROOT / "hf_clf_ext").rglob("*.py")
+            for n, line in enumerate(path.read_text().splitlines(), 1) if shortcut.search(line)]
+    assert not bare, bare
+    page = (site / "reference" / "last_token" / "index.html").read_text()
+    assert 'href="#hf_clf_ext.last_token.trainer.LastTokenTrainer"' in page
+    assert "[<code>LastTokenTrainer</code>]" not in page

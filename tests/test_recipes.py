@@ -142,12 +142,12 @@ def test_two_cpu_processes_through_accelerate_launch(tmp_path, data_files, tiny_
     output = Path(yaml.safe_load(config.read_text())["output_dir"])
     results = json.loads((output / jobs.RESULTS_FILE).read_text())
     assert results["world_size"] == 2
-    prefix = "test_" if approach == "last_token" else "test_generate_"
+    suffix = "" if approach == "last_token" else "_generate"  # the method a suffix where there are several
     assert cli.main(["evaluate", "--model", str(output), "--file", str(data_files["test"])]) == 0
     single = json.loads(capsys.readouterr().out)
     card = json.loads((output / "eval_results.json").read_text())["metrics"]  # what the main process wrote
     for metric in ("accuracy", "f1_macro", "f1_micro"):
-        assert single[metric] == pytest.approx(results[prefix + metric], abs=1e-6), metric
+        assert single[metric] == pytest.approx(results[f"test_{metric}{suffix}"], abs=1e-6), metric
         assert single[metric] == pytest.approx(card[metric], abs=1e-6), metric
     assert "held-out test split" in (output / "README.md").read_text()
     if approach == "instruction":  # each process scored half the texts; the gathered results are all of them
@@ -155,7 +155,7 @@ def test_two_cpu_processes_through_accelerate_launch(tmp_path, data_files, tiny_
                          "score"]) == 0
         scored = json.loads(capsys.readouterr().out)
         for metric in ("f1_macro", "ece", "brier"):
-            assert scored[metric] == pytest.approx(results["test_score_" + metric], abs=1e-5), metric
+            assert scored[metric] == pytest.approx(results[f"test_{metric}_score"], abs=1e-5), metric
         assert "test_ece_generate" not in results
 
 

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from accelerate.utils import gather_object
 from datasets import Dataset
-from peft import LoraConfig, PeftModel
-from transformers import PreTrainedModel
+from peft import LoraConfig, PeftConfig, PeftModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trl import SFTTrainer
 
 from ..labels import encode_split, decision_thresholds
@@ -41,8 +41,9 @@ class InstructionTrainer(ClassifierTrainerMixin, SFTTrainer):
     Args:
         model: a causal-LM name/path or object (TRL loads names with `args.model_init_kwargs`, quantized as
             `args.quantization` says).
-        args: [`InstructionConfig`].
-        train_dataset / eval_dataset: `datasets.Dataset` with `args.text_columns` and `args.label_column`.
+        args: [`InstructionConfig`][hf_clf_ext.instruction.config.InstructionConfig].
+        train_dataset: a `datasets.Dataset` with `args.text_columns` and `args.label_column`.
+        eval_dataset: the same (or a dict of them: metrics per set).
         processing_class: the tokenizer (loaded from `model` when it is a name/path).
         peft_config: defaults to LoRA from `args` (r=64 on all projections).
         labels: class names in id order, when the label column holds ids without a `ClassLabel` feature.
@@ -56,9 +57,9 @@ class InstructionTrainer(ClassifierTrainerMixin, SFTTrainer):
         model: str | PreTrainedModel,
         args: InstructionConfig | None = None,
         train_dataset: Dataset | None = None,
-        eval_dataset: Dataset | None = None,
-        processing_class=None,
-        peft_config=None,
+        eval_dataset: Dataset | dict[str, Dataset] | None = None,
+        processing_class: PreTrainedTokenizerBase | None = None,
+        peft_config: PeftConfig | None = None,
         labels: Sequence[str] | None = None,
         callbacks=None,
         **kwargs,

@@ -22,9 +22,9 @@ class LastTokenConfig(
     DataArguments, QuantizationArguments, LoraArguments, SavingArguments, TrainingArguments
 ):
     r"""
-    Arguments of [`LastTokenTrainer`]. Every `TrainingArguments` field applies; the defaults below follow
-    the paper (8-bit AdamW, linear schedule with warmup, effective batch 8 through gradient accumulation, up to 20
-    epochs with early stopping on validation macro-F1).
+    Arguments of [`LastTokenTrainer`][hf_clf_ext.last_token.trainer.LastTokenTrainer]. Every `TrainingArguments`
+    field applies; the defaults below follow the paper (8-bit AdamW, linear schedule with warmup, effective batch 8
+    through gradient accumulation, up to 20 epochs with early stopping on validation macro-F1).
     """
 
     # --- Data (plus text_columns, text_template, label_column, drop_unknown_labels) --------------------------------

@@ -35,9 +35,10 @@ def check_decoder_only(config: PreTrainedConfig) -> None:
 
 class LastTokenClassifierConfig(PreTrainedConfig):
     r"""
-    Configuration of [`LastTokenClassifierForSequenceClassification`].
+    Configuration of [`LastTokenClassifierForSequenceClassification`]
+    [hf_clf_ext.last_token.modeling_last_token.LastTokenClassifierForSequenceClassification].
 
-    Args:
+    Attributes:
         text_config (`dict` or `PreTrainedConfig`):
             Configuration of the decoder-only backbone (any `AutoModel` causal LM: Llama, Qwen2/3, Mistral,
             Gemma 3, SmolLM, ...).

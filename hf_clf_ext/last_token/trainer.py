@@ -13,8 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from datasets import Dataset
-from peft import LoraConfig, PeftModel, TaskType, get_peft_model, prepare_model_for_kbit_training
-from transformers import DataCollatorWithPadding, EarlyStoppingCallback, PreTrainedModel, Trainer
+from peft import LoraConfig, PeftConfig, PeftModel, TaskType, get_peft_model, prepare_model_for_kbit_training
+from transformers import DataCollatorWithPadding, EarlyStoppingCallback, PreTrainedModel, PreTrainedTokenizerBase, Trainer
 from transformers.dynamic_module_utils import custom_object_save
 from transformers.trainer import TRAINING_ARGS_NAME
 
@@ -35,13 +35,15 @@ logger = logging.getLogger(__name__)
 
 
 class LastTokenTrainer(ClassifierTrainerMixin, Trainer):
-    """Fine-tunes [`LastTokenClassifierForSequenceClassification`] on raw rows of text and labels.
+    """Fine-tunes a [`LastTokenClassifierForSequenceClassification`]
+    [hf_clf_ext.last_token.modeling_last_token.LastTokenClassifierForSequenceClassification] on raw rows of text and labels.
 
     Args:
         model: a causal-LM name/path (built with `from_backbone`, quantized as `args.quantization` says) or a model
             object (a causal LM to wrap, or an existing last-token classifier).
-        args: [`LastTokenConfig`].
-        train_dataset / eval_dataset: `datasets.Dataset` with `args.text_columns` and `args.label_column`.
+        args: [`LastTokenConfig`][hf_clf_ext.last_token.config.LastTokenConfig].
+        train_dataset: a `datasets.Dataset` with `args.text_columns` and `args.label_column`.
+        eval_dataset: the same (or a dict of them: metrics per set).
         processing_class: the tokenizer (loaded from `model` when it is a name/path).
         peft_config: a PEFT config; defaults to LoRA from `args` (`lora_r`, `lora_alpha`, ...), head trained and saved.
         labels: class names in id order, when the label column holds ids without a `ClassLabel` feature.
@@ -57,9 +59,9 @@ class LastTokenTrainer(ClassifierTrainerMixin, Trainer):
         model: str | PreTrainedModel,
         args: LastTokenConfig | None = None,
         train_dataset: Dataset | None = None,
-        eval_dataset: Dataset | None = None,
-        processing_class=None,
-        peft_config=None,
+        eval_dataset: Dataset | dict[str, Dataset] | None = None,
+        processing_class: PreTrainedTokenizerBase | None = None,
+        peft_config: PeftConfig | None = None,
         labels: Sequence[str] | None = None,
         model_init_kwargs: dict | None = None,
         compute_metrics=None,
