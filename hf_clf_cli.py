@@ -3,6 +3,7 @@
     hf-clf train --approach last_token --config recipes/configs/smollm2_135m_bbc_last_token.yaml [--key value ...]
     hf-clf evaluate --model outputs/smollm2-bbc --dataset bundled:bbc_news --split test
     hf-clf predict --model outputs/smollm2-bbc "Shares rose after the results." < more_texts.txt
+    hf-clf predict --model outputs/smollm2-bbc --input_file texts.jsonl --output_file predictions.jsonl  # any size
     hf-clf export --model outputs/smollm2-bbc --output outputs/smollm2-bbc-stock    # stock architecture, for vLLM
     hf-clf distill --config recipes/configs/distill_smollm2_bbc_tfidf.yaml   # teacher labels a pool -> student
 
@@ -138,16 +139,36 @@ def evaluate(argv) -> int:
 
 def prediction_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-clf predict", description="One JSON line per text: from arguments, "
-                                     "--input (one text per line), or standard input.")
+                                     "--input (one text per line) or standard input, printed; or a whole file or "
+                                     "dataset split into --output_file, streamed, shared out across the processes "
+                                     "of an `accelerate launch`, resumable (hf_clf_ext.batch).")
     _model_options(parser)
-    parser.add_argument("--input", help="A file with one text per line (blank lines are skipped).")
+    parser.add_argument("--input", help="A file with one text per line (blank lines are skipped), printed.")
     parser.add_argument("texts", nargs="*")
+    batch = parser.add_argument_group("batch prediction into a file (hf_clf_ext.batch)")
+    batch.add_argument("--input_file", help="A .txt (one text per line), .jsonl, .csv or .parquet file, read as a "
+                       "stream.")
+    batch.add_argument("--dataset", help="Instead of --input_file: a Hub id (streamed), saved folder or "
+                       "'bundled:bbc_news'.")
+    batch.add_argument("--dataset_config", default=None, help="Configuration name of a Hub dataset.")
+    batch.add_argument("--split", default="test", help="The split of --dataset (default: test).")
+    batch.add_argument("--text_columns", nargs="+", default=["text"])
+    batch.add_argument("--text_template", default=None)
+    batch.add_argument("--id_column", default=None, help="A column whose value each output line carries as its id "
+                       "(default: the row's 0-based position).")
+    batch.add_argument("--output_file", help="The JSON Lines file to write, in input order.")
+    batch.add_argument("--chunk_size", type=positive_int, default=1024,
+                       help="Texts per part: the unit shared out across processes and redone after a stop.")
+    batch.add_argument("--overwrite", action="store_true", help="Replace an existing --output_file.")
     return parser
 
 
 def predict(argv) -> int:
-    """One JSON line per text: from arguments, `--input` (one text per line), or standard input."""
+    """One JSON line per text: from arguments, `--input` (one text per line), or standard input; or a file or dataset
+    into `--output_file` (`hf_clf_ext.batch.predict_file`)."""
     args = prediction_parser().parse_args(argv)
+    if args.input_file or args.dataset or args.output_file:
+        return _predict_file(args)
     if args.texts and args.input:
         raise fail("give texts as arguments or with --input, not both.")
     if args.texts:
@@ -168,17 +189,35 @@ def predict(argv) -> int:
     except ValueError as error:
         raise fail(error) from error
     classifier = _load(args.model, args.method, args.compile)
+    from hf_clf_ext.batch import json_line
+
     for text, result in zip(texts, classifier.classify(texts, args.method, args.batch_size)):
         print(json_line({"text": text, **result}))
     _report_compile(classifier)
     return 0
 
 
-def json_line(record: dict) -> str:
-    """One JSON Lines record, unicode kept readable, but U+2028 / U+2029 escaped: JSON allows them raw inside strings,
-    and line readers (Python's `str.splitlines`, JavaScript) end a line there. NaN is refused (it is not JSON)."""
-    text = json.dumps(record, ensure_ascii=False, allow_nan=False)
-    return text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+def _predict_file(args) -> int:
+    if args.texts or args.input:
+        raise fail("give texts as arguments / --input (printed), or --input_file / --dataset with --output_file, "
+                   "not both.")
+    if bool(args.input_file) == bool(args.dataset):
+        raise fail("give either --input_file or --dataset (with --split), and --output_file.")
+    if not args.output_file:
+        raise fail("--input_file / --dataset write their predictions to --output_file: name it.")
+    from hf_clf_ext.batch import predict_file
+
+    try:
+        summary = predict_file(args.model, args.output_file, input_file=args.input_file, dataset=args.dataset,
+                               split=args.split, dataset_config=args.dataset_config, text_columns=args.text_columns,
+                               text_template=args.text_template, id_column=args.id_column, method=args.method,
+                               batch_size=args.batch_size, chunk_size=args.chunk_size, compile=args.compile,
+                               overwrite=args.overwrite)
+    except (OSError, ValueError) as error:
+        raise fail(error) from error
+    if os.environ.get("RANK", "0") == "0":
+        print(json.dumps(summary))
+    return 0
 
 
 def export_parser() -> argparse.ArgumentParser:

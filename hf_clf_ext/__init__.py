@@ -41,6 +41,7 @@ _LAZY = {
     "Verbalizer": "instruction.verbalizer",
     "VerbalizerLogitsProcessor": "instruction.logits_process",
     "label_pool": "distillation.teacher_labels",
+    "predict_file": "batch",
     "classify_texts": "last_token.inference",
     "score_labels": "instruction.scoring",
 }

@@ -92,24 +92,33 @@ def template_fields(template: str) -> list[str]:
     return [name for _, name, _, _ in string.Formatter().parse(template) if name]
 
 
-def build_texts(dataset: Dataset, text_columns: Sequence[str], template: str | None, split: str) -> list[str]:
-    """One string per row: the single text column, or several columns joined by `template` (default: blank lines
-    between them), each field and the whole normalised by `texts.normalize_text` (as every inference path
-    normalises). Empty texts are an error naming the rows."""
+def text_template(text_columns: Sequence[str], template: str | None) -> tuple[str, list[str]]:
+    """The template that builds a row's text (default: the text columns, blank lines between them) and the columns it
+    reads, or an error when it reads none."""
     if template is None:
         template = "\n\n".join("{" + column + "}" for column in text_columns)
     fields = template_fields(template)
     if not fields:
         raise ValueError(f"The text template {template!r} refers to no column: use e.g. '{{text}}'.")
+    return template, fields
+
+
+def row_text(values: dict, template: str, where: str) -> str:
+    """One row's text: `template` filled with the row's `values` (its fields), each field and the whole normalised by
+    `normalize_text` (as every inference path normalises); non-text values are an error naming `where`."""
+    bad = [name for name, value in values.items() if not isinstance(value, str)]
+    if bad:
+        raise ValueError(f"{where} has non-text values in {bad}: {values}.")
+    return normalize_text(template.format(**{name: normalize_text(value) for name, value in values.items()}))
+
+
+def build_texts(dataset: Dataset, text_columns: Sequence[str], template: str | None, split: str) -> list[str]:
+    """One string per row (`row_text` over `text_template`). Empty texts are an error naming the rows."""
+    template, fields = text_template(text_columns, template)
     check_columns(dataset, fields, split)
     columns = {name: dataset[name] for name in fields}
-    texts = []
-    for row in range(len(dataset)):
-        values = {name: columns[name][row] for name in fields}
-        bad = [name for name, value in values.items() if not isinstance(value, str)]
-        if bad:
-            raise ValueError(f"Row {row} of the {split} data has non-text values in {bad}: {values}.")
-        texts.append(normalize_text(template.format(**{name: normalize_text(value) for name, value in values.items()})))
+    texts = [row_text({name: columns[name][row] for name in fields}, template, f"Row {row} of the {split} data")
+             for row in range(len(dataset))]
     empty = [row for row, text in enumerate(texts) if not text]
     if empty:
         raise ValueError(f"Rows {empty[:20]} of the {split} data have empty text ({len(empty)} in all).")

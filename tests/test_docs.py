@@ -241,6 +241,11 @@ def check_command(tokens: list[str], where: str) -> None:
     elif Path(program).name in ("python", "python3") and len(tokens) > 1 and tokens[1].endswith(".py"):
         check_script(tokens[1], tokens[2:], where)
     elif program == "accelerate" and tokens[1:2] == ["launch"]:
+        if "-m" in tokens:  # a module: the hf-clf command (accelerate launch -m hf_clf_ext.cli predict ...)
+            module = tokens.index("-m") + 1
+            assert tokens[module] == "hf_clf_ext.cli", f"{where}: accelerate launch -m {tokens[module]}"
+            check_hf_clf(tokens[module + 1:], where)
+            return
         scripts = [index for index, token in enumerate(tokens) if token.endswith(".py")]
         assert scripts, f"{where}: accelerate launch without a script"
         check_script(tokens[scripts[0]], tokens[scripts[0] + 1:], where)

@@ -314,7 +314,7 @@ def write_student_card(output_dir: str, *, student: str, space: LabelSpace, dist
 
 def run_distillation(args, splits, pool_texts: list[str], model: str | None, model_kwargs: dict,
                      dataset_name: str | None = None) -> dict:
-    """The teacher labels pool + gold + test texts (resumably, on the main process first); the student of
+    """The teacher labels pool + gold + test texts (resumably, shared out across the processes); the student of
     `args.student_type` trains on the pool (and the gold rows), is saved to `args.output_dir`, evaluated on the test
     split against the teacher, and carded. Returns the flat results (`test_*` the student's, `teacher_test_*`)."""
     from transformers import EvalPrediction
@@ -342,9 +342,8 @@ def run_distillation(args, splits, pool_texts: list[str], model: str | None, mod
     texts = [*pool_texts, *gold_texts, *test_texts]
     path = args.teacher_labels_path
     started = time.perf_counter()
-    with args.main_process_first(desc="teacher labels"):
-        probabilities = label_pool(teacher, texts, path, method=args.teacher_method, batch_size=args.teacher_batch_size,
-                                   max_chars=args.max_pool_chars, progress=not args.disable_tqdm)
+    probabilities = label_pool(teacher, texts, path, method=args.teacher_method, batch_size=args.teacher_batch_size,
+                               max_chars=args.max_pool_chars, progress=not args.disable_tqdm)  # every process labels
     teacher_seconds = time.perf_counter() - started
     thresholds, approach = teacher.thresholds, teacher.approach
     del teacher

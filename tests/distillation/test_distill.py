@@ -21,6 +21,8 @@ from hf_clf_ext.distillation.tfidf import TfidfClassifier
 from testing_utils import synthetic
 from testing_utils import NO_SUCH_MODEL, recipe, write_config
 
+ROOT = Path(__file__).resolve().parents[2]
+
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -98,6 +100,32 @@ def test_tfidf_student_through_the_cli(tmp_path, teacher, capsys):
     assert evaluated["f1_macro"] == pytest.approx(results["test_f1_macro"], abs=1e-9)
     # The keywords decide the labels: the student learns them from the teacher's soft labels.
     assert results["test_f1_macro"] >= 0.8, results
+
+
+def test_two_processes_share_the_teacher_labelling(tmp_path, teachers):
+    """Under `accelerate launch` every process labels its chunks of the pool (it was the main process alone while the
+    other waited); the labels file and the student are those of one process."""
+    import os
+    import subprocess
+    import sys
+
+    teacher = teachers["single_label"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    results = {}
+    for folder, processes in ((one, 1), (two, 2)):
+        folder.mkdir()
+        config = distill_config(folder, teacher, "tfidf", teacher_batch_size=4, disable_tqdm=False)
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                   str(ROOT / "recipes" / "accelerate" / "cpu_2proc.yaml"), "--num_processes", str(processes),
+                   str(ROOT / "recipes" / "distill.py"), "--config", str(config)]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert ("teacher labels (process 0 of 2)" in done.stderr) == (processes == 2)
+        results[processes] = json.loads((folder / "student_tfidf" / jobs.RESULTS_FILE).read_text())
+    assert (two / "teacher_labels.jsonl").read_bytes() == (one / "teacher_labels.jsonl").read_bytes()
+    for key in ("test_f1_macro", "test_agreement", "teacher_test_f1_macro", "pool_size"):
+        assert results[2][key] == results[1][key], key
 
 
 def test_truncated_decoder_student_trains_cards_and_exports(tmp_path, teacher, capsys):
@@ -198,8 +226,8 @@ def test_labelling_resumes_where_it_stopped(tmp_path, teachers):
     path = tmp_path / "labels.jsonl"
     with pytest.raises(KeyboardInterrupt):
         label_pool(model, texts, path, progress=False, batch_size=8, chunk_size=16)
-    with open(path, "a") as file:
-        file.write('{"index": 3, "probabil')  # a line cut short by the crash
+    assert not path.exists()  # the file appears whole, once every chunk is done; the finished chunks are parts
+    (tmp_path / "labels.jsonl.parts" / "part-0000002.jsonl.tmp7").write_text('{"index": 3, "probabil')  # a cut write
     calls.clear()
     model.classify = lambda batch, **kwargs: (calls.append(len(batch)), classify(batch, **kwargs))[1]
     resumed = label_pool(model, texts, path, progress=False, batch_size=8, chunk_size=16)

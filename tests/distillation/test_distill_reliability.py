@@ -6,6 +6,7 @@ from conftest's tokenizer."""
 
 import hashlib
 import json
+import os
 import math
 import random
 import shutil
@@ -32,13 +33,9 @@ from hf_clf_ext.distillation.trainer import (
     train_stock_student,
 )
 from hf_clf_ext.last_token.trainer import _unwrap_classifier
-from hf_clf_ext.distillation.teacher_labels import (
-    check_pool_texts,
-    fingerprint,
-    folder_fingerprint,
-    label_pool,
-    teacher_fingerprint,
-)
+from hf_clf_ext.distillation.teacher_labels import check_pool_texts, label_pool
+from hf_clf_ext.fingerprints import classifier_fingerprint as teacher_fingerprint
+from hf_clf_ext.fingerprints import fingerprint, folder_fingerprint
 from hf_clf_ext.distillation.tfidf import SETTINGS_FILE, WEIGHTS_FILE, TfidfClassifier
 
 from testing_utils import recipe
@@ -495,7 +492,8 @@ def test_a_teacher_giving_nan_is_an_error_and_nothing_is_written(tmp_path, teach
     path = tmp_path / "labels.jsonl"
     with pytest.raises(ValueError, match="not finite numbers"):
         label_pool(teacher, ["the market rose", "striker scored"], path, progress=False)
-    assert len(path.read_text().splitlines()) == 1  # the header only: no NaN row to train on
+    assert not path.exists()  # no NaN row to train on: no part was written, nor the file
+    assert os.listdir(f"{path}.parts") == ["header.json"]
 
 
 def test_a_damaged_row_of_a_labels_file_is_an_error(tmp_path, teacher_dir):
