@@ -292,7 +292,8 @@ def prepare_distillation(argv=None):
     labels_file = args.teacher_labels_path
     in_output = os.path.dirname(os.path.abspath(labels_file)) == os.path.abspath(args.output_dir)
     check_output_dir(args.output_dir, script_args.overwrite_output_dir,
-                     resumable=[os.path.basename(labels_file)] if in_output else [])
+                     resumable=[os.path.basename(labels_file), f"{os.path.basename(labels_file)}.parts"] if in_output
+                     else [])
     splits = load_splits(script_args, pool=True)
     check_data(splits, args)
     try:

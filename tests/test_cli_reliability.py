@@ -186,6 +186,8 @@ def test_a_tfidf_student_is_not_overwritten_but_its_teacher_labels_resume(tmp_pa
     for name in os.listdir(output):
         if name != "teacher_labels.jsonl":
             os.remove(output / name)
+    (output / "teacher_labels.jsonl.parts").mkdir()  # the finished chunks of an interrupted run: resumable too
+    (output / "teacher_labels.jsonl.parts" / "part-0000000.jsonl").write_text("{}\n")
     with pytest.raises(BaseException) as error:  # past the folder check: the teacher does not exist
         cli.main(["distill", "--config", str(config)])
     assert "saved model" not in str(error.value) and "not empty" not in str(error.value)

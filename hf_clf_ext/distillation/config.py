@@ -30,8 +30,9 @@ class DistillationConfig(LastTokenConfig):
     teacher_batch_size: int = field(default=16, metadata={"help": "Batch size of the teacher labelling the pool."})
     teacher_labels_file: str | None = field(
         default=None,
-        metadata={"help": "JSONL file of the teacher's probabilities, written as labelling goes and resumed from "
-                  "(default: <output_dir>/teacher_labels.jsonl)."},
+        metadata={"help": "JSONL file of the teacher's probabilities, written once labelling is done (its parts, "
+                  "in <file>.parts/, as it goes: a stopped run resumes there) (default: "
+                  "<output_dir>/teacher_labels.jsonl)."},
     )
     max_pool_chars: int = field(
         default=DEFAULT_MAX_CHARS, metadata={"help": "Pool texts longer than this many characters are an error."}

@@ -1,0 +1,137 @@
+"""Batch prediction past one process: 2 processes against 1 on the BBC pool, and peak memory against corpus size.
+
+    python benchmarks/scale.py --model outputs/smollm2-135m-bbc-last-token
+
+1. Sharded prediction: the 1,680 BBC pool articles through `hf-clf predict --input_file --output_file`, once in one
+   process with 2 threads and once under `accelerate launch` with 2 processes of 1 thread each
+   (recipes/accelerate/cpu_2proc.yaml); texts/s of each (the engine's own clock, model load excluded) and whether the
+   merged output is byte for byte the single process's.
+2. Memory flat in the corpus size: peak RSS of `hf-clf predict` over 10,000 and 100,000 synthetic texts (5-40 words)
+   with the tiny committed classifier of tests/fixtures/saved_kinds/merged, so that the engine, not the model,
+   dominates what grows. Each run is measured alone, in its own process (`resource.RUSAGE_CHILDREN` of a wrapper).
+
+Writes benchmarks/results/scale.md and scale.json (the machine named).
+"""
+
+import argparse
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+TINY = ROOT / "tests" / "fixtures" / "saved_kinds" / "merged"
+WRAPPER = ("import resource, subprocess, sys; done = subprocess.run(sys.argv[1:]); "
+           "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(done.returncode)")
+
+
+def machine() -> str:
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor())
+    return f"{model}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+
+
+def predict(model: str, inputs: Path, output: Path, processes: int, threads: int, extra=()) -> dict:
+    """One `hf-clf predict` run into `output`: its printed summary, wall seconds and peak RSS (MiB, the largest
+    process's)."""
+    cli = ["-m", "hf_clf_ext.cli", "predict", "--model", model, "--input_file", str(inputs), "--id_column", "id",
+           "--output_file", str(output), *extra]
+    if processes == 1:
+        command = [sys.executable, *cli]
+    else:
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                   str(ROOT / "recipes" / "accelerate" / "cpu_2proc.yaml"), "--num_processes", str(processes), *cli]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", WRAPPER, *command], capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - started
+    if done.returncode:
+        raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    return {**summary, "wall_seconds": round(wall, 1), "peak_rss_mib": round(int(done.stderr.split()[-1]) / 1024, 1)}
+
+
+def write_jsonl(path: Path, texts) -> None:
+    with open(path, "w", encoding="utf-8") as file:
+        for i, text in enumerate(texts):
+            file.write(json.dumps({"id": f"t{i}", "text": text}) + "\n")
+
+
+def synthetic(n: int, seed: int = 0):
+    words = ("market shares rose fell bank rates film award match striker goal election vote minister phone "
+             "software launch profits quarter team season music album court law health energy oil price").split()
+    rng = random.Random(seed)
+    for _ in range(n):
+        yield " ".join(rng.choice(words) for _ in range(rng.randint(5, 40)))
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="The classifier for the BBC pool (a folder or repo id).")
+    parser.add_argument("--model_note", default="", help="What the model is, for the report.")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    args = parser.parse_args(argv)
+    from hf_clf_ext.bundled import bbc_news_splits
+
+    results = {"machine": machine(), "model": args.model, "model_note": args.model_note, "runs": {}}
+    with tempfile.TemporaryDirectory() as work:
+        work = Path(work)
+        pool = work / "pool.jsonl"
+        write_jsonl(pool, bbc_news_splits(pool=True)["pool"]["text"])
+        one = predict(args.model, pool, work / "one.jsonl", processes=1, threads=2)
+        two = predict(args.model, pool, work / "two.jsonl", processes=2, threads=1)
+        results["runs"]["bbc_pool"] = {"one_process": one, "two_processes": two, "identical": (
+            (work / "one.jsonl").read_bytes() == (work / "two.jsonl").read_bytes())}
+        print(json.dumps(results["runs"]["bbc_pool"], indent=2), flush=True)
+        memory = {}
+        for size in args.sizes:
+            inputs = work / f"synthetic_{size}.jsonl"
+            write_jsonl(inputs, synthetic(size))
+            memory[size] = predict(str(TINY), inputs, work / f"synthetic_{size}_out.jsonl", processes=1, threads=2,
+                                   extra=["--batch_size", "64"])
+            memory[size]["input_mib"] = round(inputs.stat().st_size / 2**20, 1)
+            print(size, json.dumps(memory[size]), flush=True)
+        results["runs"]["memory"] = memory
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "scale.json").write_text(json.dumps(results, indent=2) + "\n")
+    (RESULTS / "scale.md").write_text(report(results))
+    return results
+
+
+def report(results: dict) -> str:
+    pool, memory = results["runs"]["bbc_pool"], results["runs"]["memory"]
+    one, two = pool["one_process"], pool["two_processes"]
+    lines = [
+        "<!-- written by benchmarks/scale.py; do not edit by hand -->",
+        f"Machine: {results['machine']}. Model: `{results['model']}`{' (' + results['model_note'] + ')' if results['model_note'] else ''}.",
+        "",
+        f"**Sharded prediction of the BBC pool** ({one['texts']:,} articles, `hf-clf predict --input_file "
+        "--output_file`; texts/s by the engine's clock, from the model loaded to the output merged):",
+        "",
+        "| run | threads per process | texts/s | engine seconds | wall seconds (imports and load included) | peak RSS, largest process (MiB) |",
+        "|:--|--:|--:|--:|--:|--:|",
+        f"| 1 process | 2 | {one['texts_per_second']:.1f} | {one['seconds']:.1f} | {one['wall_seconds']:.1f} | {one['peak_rss_mib']:,.0f} |",
+        f"| 2 processes (`accelerate launch`, gloo) | 1 | {two['texts_per_second']:.1f} | {two['seconds']:.1f} | {two['wall_seconds']:.1f} | {two['peak_rss_mib']:,.0f} |",
+        "",
+        f"Merged output of 2 processes byte for byte the single process's: **{'yes' if pool['identical'] else 'NO'}**.",
+        "",
+        "**Memory against corpus size** (synthetic texts of 5-40 words, the tiny classifier of "
+        "`tests/fixtures/saved_kinds/merged`, batch 64, chunks of 1,024):",
+        "",
+        "| texts | input file (MiB) | peak RSS (MiB) | texts/s |",
+        "|--:|--:|--:|--:|",
+        *[f"| {int(size):,} | {row['input_mib']:.1f} | {row['peak_rss_mib']:,.0f} | {row['texts_per_second']:,.0f} |"
+          for size, row in memory.items()],
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
