@@ -108,6 +108,7 @@ def report(results: dict) -> str:
     pool, memory = results["runs"]["bbc_pool"], results["runs"]["memory"]
     one, two = pool["one_process"], pool["two_processes"]
     lines = [
+        "# Past one process: sharded batch prediction and memory against corpus size",
         "<!-- written by benchmarks/scale.py; do not edit by hand -->",
         f"Machine: {results['machine']}. Model: `{results['model']}`{' (' + results['model_note'] + ')' if results['model_note'] else ''}.",
         "",
