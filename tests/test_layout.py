@@ -91,3 +91,13 @@ def test_every_module_stays_under_about_500_lines():
     long = {str(path.relative_to(PACKAGE)): n for path in PACKAGE.rglob("*.py")
             if (n := len(path.read_text().splitlines())) > 550}
     assert not long, long
+
+
+def test_every_subpackage_is_installed_by_a_non_editable_install():
+    """pyproject.toml lists the packages a wheel holds: a folder left out works in the editable install the suite
+    uses, and is missing for everyone who runs `pip install .` (hf_clf_ext.scripts was, so the recipes broke)."""
+    import tomllib
+
+    listed = set(tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {".".join(module.parent.relative_to(PACKAGE.parent).parts) for module in PACKAGE.rglob("*.py")}
+    assert folders == listed
