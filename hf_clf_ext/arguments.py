@@ -4,11 +4,12 @@ mixins."""
 import dataclasses
 import logging
 import math
-import os
 from dataclasses import dataclass, field
 
 import torch
 from transformers import BitsAndBytesConfig
+
+from .sharding import shards_parameters
 
 DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 QUANTIZATION_CHOICES = ("4bit", "8bit", "none")
@@ -105,33 +106,6 @@ class QuantizationArguments:
             raise ValueError(f"Sharded QLoRA (FSDP / ZeRO-3) loads every parameter in {dtype}, the 4-bit weights' "
                              f"storage dtype; got dtype={given!r}. Leave dtype unset, or set bnb_4bit_quant_storage.")
         return {**{key: value for key, value in init.items() if key != "torch_dtype"}, "dtype": dtype}
-
-
-def shards_parameters(args) -> bool:
-    """Whether FSDP or DeepSpeed ZeRO-3 shards the parameters in this run: from the training arguments or from
-    `accelerate launch`'s environment."""
-    from transformers.integrations import is_deepspeed_zero3_enabled
-
-    def flag(name: str) -> bool:
-        return os.environ.get(name, "false").lower() in ("1", "true", "yes")
-
-    zero3 = flag("ACCELERATE_USE_DEEPSPEED") and os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3"
-    return bool(getattr(args, "fsdp", False)) or flag("ACCELERATE_USE_FSDP") or zero3 or is_deepspeed_zero3_enabled()
-
-
-def check_sharding_takes_effect(args) -> None:
-    """Refuse an FSDP run that would not shard. accelerate turns FSDP on only for GPU-class devices: under
-    `accelerate launch` with an FSDP config on CPU (`use_cpu: true`, or no accelerator) it runs DDP instead, every
-    process holding the whole model, without a word (measured here: 2 CPU processes trained to the end, and the saved
-    weights were bit-identical to the DDP run's). A config that cannot take effect is an error."""
-    fsdp = bool(getattr(args, "fsdp", False)) or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in (
-        "1", "true", "yes")
-    if fsdp and (args.use_cpu or not torch.accelerator.is_available()):
-        raise ValueError(
-            "FSDP was asked for (an `accelerate launch` FSDP config, or `fsdp=`), but this run is on CPU, where "
-            "accelerate does not shard: it would train DDP with the whole model in every process. Launch with a "
-            "DDP config on CPU (recipes/accelerate/cpu_2proc.yaml), or FSDP on GPUs."
-        )
 
 
 @dataclass

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
-from .arguments import check_sharding_takes_effect
+from .sharding import check_sharding_takes_effect
 from .texts import build_texts, template_fields
 from .labels import check_columns
 from .cards.model_card import parameter_counts
@@ -358,7 +358,8 @@ def train_instruction(script_args: ScriptArguments, training_args, splits: Datas
 def _train_evaluate_save(trainer, splits: DatasetDict, dataset: str) -> dict:
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=trainer.args.resume_from_checkpoint)
-    results = {"train_seconds": time.perf_counter() - started, "world_size": trainer.args.world_size}
+    results = {"train_seconds": time.perf_counter() - started, "world_size": trainer.args.world_size,
+               "distributed_type": trainer.accelerator.distributed_type.value}  # what ran, not what was asked
     results["trainable_parameters"] = parameter_counts(trainer.model)[0]
     if "validation" in splits:
         results.update(trainer.evaluate())

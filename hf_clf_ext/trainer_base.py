@@ -15,7 +15,7 @@ from transformers import set_seed
 
 from .cards.model_card import CardFacts, EvaluationFacts, lora_rows, parameter_counts, write_model_card
 from .hub import CheckpointSaves, base_revision, check_not_source, hub_base, local_source
-from .arguments import check_sharding_takes_effect
+from .sharding import check_sharding_takes_effect, shard_on_cpu
 from .labels import build_label_space
 
 # `from_pretrained` options that also reach the Hub when the backbone's commit is resolved.
@@ -49,6 +49,7 @@ class ClassifierTrainerMixin(CheckpointSaves):
         "_own_card_facts",  # (AdaptationFacts) -> the CardFacts fields that are the trainer's own
         "_after_training",  # what follows `train()`: calibration, the card's evaluation
         "_adopt_merged",  # (merged model) -> None, before a merged save writes it
+        "_rebuild_model",  # -> a new copy of the model as built before training (a merged save under FSDP)
         "_save_extras",  # (folder) -> None, what a save writes beside the model
         "calibrate",  # the public post-training fitting step (temperature and/or decision thresholds)
         "classify",  # (raw texts, ...) -> results in the one format (`TextClassifier.classify`'s)
@@ -101,6 +102,12 @@ class ClassifierTrainerMixin(CheckpointSaves):
             for adapter_config in model.peft_config.values():
                 adapter_config.revision = self._base_revision
 
+    def create_accelerator_and_postprocess(self):
+        """`Trainer`'s accelerator, with FSDP2 switched on for CPU workers where it was asked for (accelerate would
+        run them as DDP: `sharding.shard_on_cpu`)."""
+        super().create_accelerator_and_postprocess()
+        shard_on_cpu(self)
+
     # --- training and evaluation -------------------------------------------------------------------------------------
 
     def train(self, *args, **kwargs):
@@ -144,12 +151,23 @@ class ClassifierTrainerMixin(CheckpointSaves):
     def _adaptation_kind(self) -> tuple[str, str]:
         raise NotImplementedError
 
-    def save_merged(self, output_dir: str) -> None:
+    def save_merged(self, output_dir: str, state_dict: dict | None = None) -> None:
         """Merge the LoRA adapters into the backbone (de-quantizing a 4-bit/8-bit one) and save a plain model, which
-        loads whole on any machine. The trainer's model is the merged model afterwards."""
+        loads whole on any machine. The trainer's model is the merged model afterwards.
+
+        Under FSDP every process holds a shard of each weight: call it on every process (the weights are gathered,
+        or pass the `state_dict` `Trainer.save_model` gathered); the main process rebuilds the model as the trainer
+        built it, loads them and merges, the others keep their shards."""
         check_not_source(output_dir, self._local_source)
         self._adaptation = self._adaptation_facts()
-        merged = self.model.merge_and_unload() if isinstance(self.model, PeftModel) else self.model
+        model = self.model
+        if self.is_fsdp_enabled:
+            if state_dict is None:
+                state_dict = self.accelerator.get_state_dict(self.model)  # a collective: every process
+            if not self.args.should_save:
+                return
+            model = self._unsharded_model(state_dict)
+        merged = model.merge_and_unload() if isinstance(model, PeftModel) else model
         if getattr(merged, "hf_quantizer", None) is not None:
             merged = merged.dequantize()
         self._adopt_merged(merged)
@@ -157,6 +175,22 @@ class ClassifierTrainerMixin(CheckpointSaves):
         merged.save_pretrained(output_dir)
         self.processing_class.save_pretrained(output_dir)
         self._save_extras(output_dir)
+
+    def _unsharded_model(self, state_dict: dict):
+        """The trained model whole, from the state dict gathered from every process: rebuilt as the trainer built it
+        (`_rebuild_model`, without its trained weights) and loaded strictly."""
+        rebuilt = self._rebuild_model()
+        if rebuilt is None:
+            raise ValueError(
+                f"{self._trainer_name} was given a model object, which it cannot rebuild whole after FSDP sharded it: "
+                "pass the model as a name or path to save it merged under FSDP."
+            )
+        rebuilt.load_state_dict(state_dict, strict=True)
+        return rebuilt
+
+    def _rebuild_model(self):
+        """Hook: a new copy of the model as the trainer built it before training (None where it cannot)."""
+        return None
 
     def _adopt_merged(self, merged) -> None:
         """Hook: adjust the merged model (its config) or the trainer's references to the model, before saving."""

@@ -6,7 +6,7 @@ import warnings
 
 import pytest
 
-from hf_clf_ext import InstructionConfig, InstructionTrainer, LastTokenConfig, LastTokenTrainer
+from hf_clf_ext import InstructionTrainer, LastTokenTrainer
 from hf_clf_ext.distillation.trainer import LastTokenDistillationTrainer
 from hf_clf_ext.trainer_base import AdaptationFacts, ClassifierTrainerMixin
 
@@ -92,17 +92,3 @@ def test_predict_texts_is_a_deprecated_alias_of_classify(monkeypatch):
         from hf_clf_ext.last_token.inference import predict_texts
     assert predict_texts is inference.classify_texts
     assert sum("predict_texts is now" in str(w.message) and "classify" in str(w.message) for w in caught) == 2
-
-
-@pytest.mark.parametrize("trainer_class", [LastTokenTrainer, InstructionTrainer])
-def test_an_fsdp_launch_on_cpu_is_refused_before_a_model_loads(trainer_class, tmp_path, monkeypatch):
-    """accelerate runs DDP when an FSDP config meets CPU processes; the trainers (and jobs) refuse it instead."""
-    from hf_clf_ext import jobs
-
-    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
-    args = (LastTokenConfig if trainer_class is LastTokenTrainer else InstructionConfig)(
-        output_dir=str(tmp_path), use_cpu=True)
-    with pytest.raises(ValueError, match="accelerate does not shard"):
-        trainer_class("no/such-model", args=args, train_dataset=synthetic(4, seed=0))
-    with pytest.raises(jobs.JobError, match="accelerate does not shard"):
-        jobs.parse_config(type(args), ["--model_name_or_path", "m", "--output_dir", str(tmp_path), "--use_cpu", "true"])

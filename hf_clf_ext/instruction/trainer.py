@@ -6,6 +6,7 @@ therefore all see the same token ids, whatever the tokenizer merges across the p
 """
 
 import logging
+import os
 import time
 from collections.abc import Sequence
 
@@ -13,8 +14,8 @@ import numpy as np
 import torch
 from accelerate.utils import gather_object
 from datasets import Dataset
-from peft import LoraConfig, PeftConfig, PeftModel
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from peft import LoraConfig, PeftConfig, PeftModel, get_peft_model
+from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 from trl import SFTTrainer
 
 from ..labels import encode_split, decision_thresholds
@@ -26,7 +27,8 @@ from ..calibration import tune_thresholds
 from ..metrics import load_metric, metrics_from_results, named_from_results, probabilities_from_results
 from ..cards.model_card import EvaluationFacts, metric_rows
 from .prompt_cache import is_prompt_learning, supports_logits_to_keep
-from ..arguments import first_split, name_best_metric_for_eval_sets, shards_parameters
+from ..arguments import first_split, name_best_metric_for_eval_sets
+from ..sharding import shards_parameters
 from ..hub import check_not_source
 from ..trainer_base import AdaptationFacts, ClassifierTrainerMixin, deprecated_alias
 from .verbalizer import Verbalizer
@@ -118,6 +120,8 @@ class InstructionTrainer(ClassifierTrainerMixin, SFTTrainer):
                 lora_dropout=args.lora_dropout,
                 target_modules=list(args.lora_target_modules),
             )
+        # A merged save under FSDP rebuilds the model whole (`_rebuild_model`).
+        self._source, self._init, self._peft_config = model, dict(init), peft_config
         super().__init__(
             model=model,
             args=args,
@@ -356,7 +360,13 @@ class InstructionTrainer(ClassifierTrainerMixin, SFTTrainer):
             if self.args.should_save:
                 self._save_extras(output_dir)
         elif self.args.should_save:
-            self.save_merged(output_dir)
+            self.save_merged(output_dir, state_dict)
+
+    def _rebuild_model(self):
+        if not isinstance(self._source, (str, os.PathLike)):
+            return None
+        model = AutoModelForCausalLM.from_pretrained(self._source, **self._init)
+        return get_peft_model(model, self._peft_config) if self._peft_config is not None else model
 
     def _adopt_merged(self, merged) -> None:
         self.classifier.model = merged

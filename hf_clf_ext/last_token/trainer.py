@@ -6,6 +6,7 @@ Like TRL's trainers it takes a model name/path or object plus a `peft_config`, a
 
 import copy
 import dataclasses
+import functools
 import logging
 import os
 from collections.abc import Sequence
@@ -79,6 +80,10 @@ class LastTokenTrainer(ClassifierTrainerMixin, Trainer):
 
         _, train_labels = encode_split(train_dataset, args.label_column, self.label_space, split="training")
         source = model
+        self._rebuild = None
+        if isinstance(model, (str, os.PathLike)):  # a merged save under FSDP rebuilds the model whole
+            self._rebuild = functools.partial(self._build_model, model, args, tokenizer, train_labels,
+                                                    dict(model_init_kwargs), peft_config)
         model = self._build_model(model, args, tokenizer, train_labels, model_init_kwargs, peft_config)
         classifier = _unwrap_classifier(model)
         self._record_base_revision(source, model, model_init_kwargs)
@@ -413,7 +418,7 @@ class LastTokenTrainer(ClassifierTrainerMixin, Trainer):
             if not self.args.merge_adapter:
                 logger.info("The backbone was loaded from a local folder or GGUF file, which an adapter could not name "
                             "as its base on another machine: saving the merged model.")
-            return self.save_merged(output_dir)
+            return self.save_merged(output_dir, state_dict)
         else:
             self.model.save_pretrained(os.path.join(output_dir, ADAPTER_SUBFOLDER), state_dict=state_dict)
             self.processing_class.save_pretrained(output_dir)
@@ -425,6 +430,9 @@ class LastTokenTrainer(ClassifierTrainerMixin, Trainer):
                 config.base_quantization_config = quantization_config.to_dict()
         custom_object_save(classifier, output_dir, config=config)  # before the config is written: it adds auto_map
         config.save_pretrained(output_dir)
+
+    def _rebuild_model(self):
+        return self._rebuild() if self._rebuild is not None else None
 
     def _adopt_merged(self, merged) -> None:
         """A merged save records its base (only a record: it loads whole): the repository and, when that is the one

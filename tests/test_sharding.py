@@ -1,0 +1,102 @@
+"""FSDP2 on 2 CPU processes (gloo) through `accelerate launch`, both approaches: the model is really sharded (each
+process's checkpoint holds its own shard), the adapters train, the final folder loads with what one process trains
+from the same rows, and a run resumes from its sharded checkpoint. What cannot shard
+(one process, FSDP1 on CPU) is refused before a model loads."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from hf_clf_ext import InstructionConfig, InstructionTrainer, LastTokenConfig, LastTokenTrainer, TextClassifier, jobs
+
+from testing_utils import ROOT, recipe, synthetic, write_config
+
+FSDP = ROOT / "recipes" / "accelerate" / "cpu_2proc_fsdp.yaml"
+TEXTS = ["the bank cut interest rates", "the striker scored twice in the final", "a new phone was released",
+         "the film won an award", "voters went to the polls"]
+
+
+def launch(config: Path, approach: str, *extra: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(FSDP),
+               str(ROOT / "recipes" / f"train_{approach}.py"), "--config", str(config), *extra]
+    run = subprocess.run(command, capture_output=True, text=True, cwd=config.parent, timeout=900,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr[-8000:]
+    return run
+
+
+def probabilities(folder, method=None) -> np.ndarray:
+    classifier = TextClassifier.from_pretrained(folder)
+    results = classifier.classify(TEXTS, method=method) if method else classifier.classify(TEXTS)
+    return np.array([[row["probabilities"][name] for name in classifier.labels] for row in results])
+
+
+@pytest.mark.parametrize("approach", ["last_token", "instruction"])
+def test_fsdp2_on_two_cpu_processes_shards_and_saves_what_one_process_trains(tmp_path, data_files, tiny_lm_dirs,
+                                                                             approach):
+    model = tiny_lm_dirs["llama", "pad"]
+    # The same 8 rows a step either way: 2 processes x 4 rows, or 1 process x 8; no dropout, so that the two runs
+    # differ only by float summation order.
+    common = dict(num_train_epochs=1, lora_dropout=0.0, eval_strategy="no", save_strategy="steps", save_steps=3,
+                  load_best_model_at_end=False)
+    common.update(calibrate=False) if approach == "last_token" else common.update(use_peft=True)
+    (tmp_path / "fsdp").mkdir(), (tmp_path / "one").mkdir()
+    sharded = write_config(tmp_path / "fsdp", model, data_files, approach, per_device_train_batch_size=4, **common)
+    single = write_config(tmp_path / "one", model, data_files, approach, per_device_train_batch_size=8, **common)
+    launch(sharded, approach)
+    recipe(f"train_{approach}").main(["--config", str(single)])
+    out_sharded = Path(yaml.safe_load(sharded.read_text())["output_dir"])
+    out_single = Path(yaml.safe_load(single.read_text())["output_dir"])
+
+    results = json.loads((out_sharded / jobs.RESULTS_FILE).read_text())
+    assert results["world_size"] == 2 and results["distributed_type"] == "FSDP"
+    # Sharded checkpoints: one file of the model's state per process (DDP saves one whole copy).
+    shards = sorted(p.name for p in (out_sharded / "checkpoint-3").rglob("*.distcp"))
+    assert {"__0_0.distcp", "__1_0.distcp"} <= set(shards), shards
+
+    method = "score" if approach == "instruction" else None
+    trained = probabilities(out_sharded, method)
+    np.testing.assert_allclose(trained, probabilities(out_single, method), atol=2e-4)
+    # The adapters trained under FSDP: the merged backbone is not the base's.
+    saved, base = load_file(out_sharded / "model.safetensors"), load_file(model / "model.safetensors")
+    changed = [name for name, tensor in base.items() if any(
+        key.endswith(name.removeprefix("model.")) and saved[key].shape == tensor.shape
+        and not torch.equal(saved[key], tensor) for key in saved)]
+    assert any("layers.0.self_attn.q_proj" in name for name in changed), changed
+
+    if approach == "last_token":  # a second epoch resumes from the sharded checkpoint of the first
+        run = launch(sharded, approach, "--num_train_epochs", "2", "--resume_from_checkpoint", "true",
+                     "--log_level", "info")
+        assert "Resuming training from checkpoint with epoch 1 and global step 6" in run.stderr  # sharded state loaded
+        state = json.loads((out_sharded / "checkpoint-12" / "trainer_state.json").read_text())
+        assert state["global_step"] == 12 and state["epoch"] == 2.0
+        TextClassifier.from_pretrained(out_sharded).classify(TEXTS)
+
+
+@pytest.mark.parametrize("trainer_class", [LastTokenTrainer, InstructionTrainer])
+def test_fsdp_that_cannot_shard_on_cpu_is_refused_before_a_model_loads(trainer_class, tmp_path, monkeypatch):
+    """One process has nothing to shard over, and accelerate applies neither FSDP1 nor DeepSpeed to CPU workers: all
+    would train unsharded, so the trainers and the jobs refuse them before a model loads."""
+    config_class = LastTokenConfig if trainer_class is LastTokenTrainer else InstructionConfig
+    for sharding, world_size, version, message in (
+            ("FSDP", "1", "2", "this run has one process: there is nothing to shard over"),
+            ("FSDP", "1", "1", "FSDP1 was asked for on CPU"),
+            ("DEEPSPEED", "1", "2", "DeepSpeed was asked for .* but this run is on CPU")):
+        monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+        monkeypatch.setenv(f"ACCELERATE_USE_{sharding}", "true")
+        monkeypatch.setenv("WORLD_SIZE", world_size)
+        monkeypatch.setenv("FSDP_VERSION", version)
+        with pytest.raises(ValueError, match=message):
+            trainer_class("no/such-model", args=config_class(output_dir=str(tmp_path), use_cpu=True),
+                          train_dataset=synthetic(4, seed=0))
+        with pytest.raises(jobs.JobError, match=message):
+            jobs.parse_config(config_class, ["--model_name_or_path", "m", "--output_dir", str(tmp_path),
+                                             "--use_cpu", "true"])
