@@ -15,6 +15,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from hf_clf_ext.sharding import check_sharding_takes_effect
 from hf_clf_ext import InstructionConfig, InstructionTrainer, LastTokenConfig, LastTokenTrainer, TextClassifier, jobs
 
 from testing_utils import ROOT, recipe, synthetic, write_config
@@ -86,13 +87,10 @@ def test_fsdp_that_cannot_shard_on_cpu_is_refused_before_a_model_loads(trainer_c
     """One process has nothing to shard over, and accelerate applies neither FSDP1 nor DeepSpeed to CPU workers: all
     would train unsharded, so the trainers and the jobs refuse them before a model loads."""
     config_class = LastTokenConfig if trainer_class is LastTokenTrainer else InstructionConfig
-    for sharding, world_size, version, message in (
-            ("FSDP", "1", "2", "this run has one process: there is nothing to shard over"),
-            ("FSDP", "1", "1", "FSDP1 was asked for on CPU"),
-            ("DEEPSPEED", "1", "2", "DeepSpeed was asked for .* but this run is on CPU")):
-        monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
-        monkeypatch.setenv(f"ACCELERATE_USE_{sharding}", "true")
-        monkeypatch.setenv("WORLD_SIZE", world_size)
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    for version, message in (("2", "this run has one process: there is nothing to shard over"),
+                             ("1", "FSDP1 was asked for on CPU")):
         monkeypatch.setenv("FSDP_VERSION", version)
         with pytest.raises(ValueError, match=message):
             trainer_class("no/such-model", args=config_class(output_dir=str(tmp_path), use_cpu=True),
@@ -100,3 +98,10 @@ def test_fsdp_that_cannot_shard_on_cpu_is_refused_before_a_model_loads(trainer_c
         with pytest.raises(jobs.JobError, match=message):
             jobs.parse_config(config_class, ["--model_name_or_path", "m", "--output_dir", str(tmp_path),
                                              "--use_cpu", "true"])
+    # DeepSpeed: the arguments are built first (with the launch's variable set, transformers itself requires the
+    # deepspeed package and keeps a global DeepSpeed config), then the check sees the launch.
+    monkeypatch.delenv("ACCELERATE_USE_FSDP")
+    args = config_class(output_dir=str(tmp_path), use_cpu=True)
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    with pytest.raises(ValueError, match="DeepSpeed was asked for .* but this run is on CPU"):
+        check_sharding_takes_effect(args)
