@@ -9,6 +9,11 @@
 2. Memory flat in the corpus size: peak RSS of `hf-clf predict` over 10,000 and 100,000 synthetic texts (5-40 words)
    with the tiny committed classifier of tests/fixtures/saved_kinds/merged, so that the engine, not the model,
    dominates what grows. Each run is measured alone, in its own process (`resource.RUSAGE_CHILDREN` of a wrapper).
+3. Streaming training: the last-token recipe with `--streaming true` over 10,000 and 100,000 synthetic labelled rows
+   (a tiny random Llama with the fixture's tokenizer, the same 100 steps of 8 rows), against the same recipe reading
+   the 100,000 rows whole: peak RSS of each.
+
+`--parts` runs some of them; the others keep their last results (scale.json).
 
 Writes benchmarks/results/scale.md and scale.json (the machine named).
 """
@@ -71,17 +76,88 @@ def synthetic(n: int, seed: int = 0):
         yield " ".join(rng.choice(words) for _ in range(rng.randint(5, 40)))
 
 
+def tiny_backbone(folder: Path) -> Path:
+    """A random 2-layer Llama with the fixture classifier's tokenizer: the engine, not the model, is measured."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(TINY)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def train(config: dict, work: Path, name: str) -> dict:
+    """One `recipes/train_last_token.py` run: its results, wall seconds and peak RSS (MiB)."""
+    import yaml
+
+    path = work / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({**config, "output_dir": str(work / name)}))
+    command = [sys.executable, str(ROOT / "recipes" / "train_last_token.py"), "--config", str(path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "TOKENIZERS_PARALLELISM": "false"}
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", WRAPPER, *command], capture_output=True, text=True, env=env)
+    if done.returncode:
+        raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+    results = json.loads((work / name / "all_results.json").read_text())
+    return {"streamed": results["streamed"], "train_seconds": round(results["train_seconds"], 1),
+            "wall_seconds": round(time.perf_counter() - started, 1),
+            "peak_rss_mib": round(int(done.stderr.split()[-1]) / 1024, 1)}
+
+
+def streaming_runs(work: Path, sizes) -> dict:
+    labels = ["business", "entertainment", "sport"]
+    words = {"business": "shares", "entertainment": "film", "sport": "striker"}
+    backbone = tiny_backbone(work / "backbone")
+    test = work / "test.jsonl"
+    test.write_text("".join(json.dumps({"text": f"{t} {words[labels[i % 3]]}", "label": labels[i % 3]}) + "\n"
+                            for i, t in enumerate(synthetic(60, seed=1))))
+    config = {"model_name_or_path": str(backbone), "test_file": str(test), "max_steps": 100,
+              "per_device_train_batch_size": 8, "max_length": 64, "eval_strategy": "no", "save_strategy": "no",
+              "load_best_model_at_end": False, "calibrate": False, "use_cpu": True, "report_to": "none",
+              "disable_tqdm": True, "optim": "adamw_torch", "learning_rate": 1e-3}
+    runs = {}
+    for size in sizes:
+        data = work / f"train_{size}.jsonl"
+        data.write_text("".join(json.dumps({"text": f"{t} {words[labels[i % 3]]}", "label": labels[i % 3]}) + "\n"
+                                for i, t in enumerate(synthetic(size, seed=2))))
+        runs[f"streamed_{size}"] = {"rows": size, "input_mib": round(data.stat().st_size / 2**20, 1),
+                                    **train({**config, "train_file": str(data), "streaming": True}, work, f"s{size}")}
+        print(size, json.dumps(runs[f"streamed_{size}"]), flush=True)
+    size = max(sizes)
+    runs[f"in_memory_{size}"] = {"rows": size, "input_mib": runs[f"streamed_{size}"]["input_mib"],
+                                 **train({**config, "train_file": str(work / f"train_{size}.jsonl")}, work, f"m{size}")}
+    print(size, json.dumps(runs[f"in_memory_{size}"]), flush=True)
+    return runs
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="The classifier for the BBC pool (a folder or repo id).")
+    parser.add_argument("--model", help="The classifier for the BBC pool (a folder or repo id).")
     parser.add_argument("--model_note", default="", help="What the model is, for the report.")
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--parts", nargs="+", choices=["pool", "memory", "streaming"],
+                        default=["pool", "memory", "streaming"])
     args = parser.parse_args(argv)
     from hf_clf_ext.bundled import bbc_news_splits
 
-    results = {"machine": machine(), "model": args.model, "model_note": args.model_note, "runs": {}}
+    saved = RESULTS / "scale.json"
+    results = json.loads(saved.read_text()) if saved.exists() else {"runs": {}}
+    results.setdefault("machines", {})
+    if "pool" in args.parts:
+        if not args.model:
+            parser.error("--model is needed for the BBC pool part")
+        results.update(model=args.model, model_note=args.model_note)
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
+        if "streaming" in args.parts:
+            results["runs"]["streaming"] = streaming_runs(work, args.sizes)
+            results["machines"]["streaming"] = machine()
+        if "memory" not in args.parts and "pool" not in args.parts:
+            return write(results)
+        results["machine"] = machine()
         pool = work / "pool.jsonl"
         write_jsonl(pool, bbc_news_splits(pool=True)["pool"]["text"])
         one = predict(args.model, pool, work / "one.jsonl", processes=1, threads=2)
@@ -98,6 +174,10 @@ def main(argv=None) -> dict:
             memory[size]["input_mib"] = round(inputs.stat().st_size / 2**20, 1)
             print(size, json.dumps(memory[size]), flush=True)
         results["runs"]["memory"] = memory
+    return write(results)
+
+
+def write(results: dict) -> dict:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "scale.json").write_text(json.dumps(results, indent=2) + "\n")
     (RESULTS / "scale.md").write_text(report(results))
@@ -131,6 +211,19 @@ def report(results: dict) -> str:
           for size, row in memory.items()],
         "",
     ]
+    streaming = results["runs"].get("streaming")
+    if streaming:
+        lines += [
+            f"**Streaming training** (`recipes/train_last_token.py --streaming true`; {results['machines']['streaming']}; "
+            "a tiny random Llama, 100 steps of 8 rows at 64 tokens, synthetic labelled rows; the label space from one "
+            "pass over the label column):",
+            "",
+            "| training data | rows | input file (MiB) | peak RSS (MiB) | training seconds |",
+            "|:--|--:|--:|--:|--:|",
+            *[f"| {'streamed' if row['streamed'] else 'read whole'} | {row['rows']:,} | {row['input_mib']:.1f} | "
+              f"{row['peak_rss_mib']:,.0f} | {row['train_seconds']:.1f} |" for row in streaming.values()],
+            "",
+        ]
     return "\n".join(lines)
 
 

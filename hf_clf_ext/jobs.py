@@ -15,6 +15,7 @@ from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 from .sharding import check_sharding_takes_effect
 from .texts import build_texts, template_fields
 from .labels import check_columns
+from .streaming import is_stream
 from .cards.model_card import parameter_counts
 
 BUNDLED_MODELS = {
@@ -60,6 +61,12 @@ class ScriptArguments:
         default=None, metadata={"help": "Class names in id order, when the label column holds bare ids."}
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training rows."})
+    streaming: bool = field(
+        default=False,
+        metadata={"help": "Read the training split lazily (datasets' streaming=True: a local file or a Hub dataset), "
+                  "tokenised as training reads it and never held whole (last-token training; needs max_steps). The "
+                  "label space comes from `labels`, or from one pass over the label column."},
+    )
     gguf_file: str | None = field(default=None, metadata={"help": "Load the model from this GGUF file in its folder."})
     dtype: str | None = field(default=None, metadata={"help": "Weights dtype: 'bfloat16', 'float16', 'float32'."})
     attn_implementation: str | None = field(default=None, metadata={"help": "e.g. 'sdpa', 'eager', 'flash_attention_2'."})
@@ -104,6 +111,14 @@ def parse_config(training_arguments_class, argv: Sequence[str] | None = None, sc
         unknown = [item.lstrip("-") for item in remaining if item.startswith("--")]
         raise JobError(f"unknown configuration keys {unknown}; see --help for the valid ones.")
     _check_cpu_bf16(training_args)
+    if getattr(script_args, "streaming", False):
+        from .last_token.config import LastTokenConfig
+
+        if not issubclass(training_arguments_class, LastTokenConfig):
+            raise JobError("streaming trains the last-token classifier only: the instruction approach and "
+                           "distillation read their training data whole.")
+        if training_args.max_steps <= 0:
+            raise JobError("streaming training needs max_steps (a stream has no length to count epochs in).")
     try:
         check_sharding_takes_effect(training_args)  # before data or a model loads (the trainers check it too)
     except ValueError as error:
@@ -180,7 +195,8 @@ def load_splits(script_args: ScriptArguments, pool: bool = False) -> DatasetDict
                                 ("test", script_args.test_file))
             if path
         }
-        splits = DatasetDict({split: read_data_file(path) for split, path in files.items()})
+        splits = DatasetDict({split: read_data_file(path, streaming=script_args.streaming and split == "train")
+                              for split, path in files.items()})
     elif script_args.dataset:
         if os.path.isdir(script_args.dataset):
             loaded = load_from_disk(script_args.dataset)
@@ -195,10 +211,18 @@ def load_splits(script_args: ScriptArguments, pool: bool = False) -> DatasetDict
         if names["train"] not in loaded:
             raise JobError(f"{script_args.dataset} has no split {names['train']!r}; it has {list(loaded)}.")
         splits = DatasetDict({split: loaded[name] for split, name in names.items() if name in loaded})
+        if script_args.streaming:  # the other splits are read whole: evaluation reads them several times
+            splits["train"] = (loaded[names["train"]].to_iterable_dataset() if os.path.isdir(script_args.dataset)
+                               else load_dataset(script_args.dataset, script_args.dataset_config,
+                                                 split=names["train"], streaming=True))
     else:
         raise JobError("give a dataset (Hub id, saved folder or 'bundled:bbc_news') or a train_file.")
+    if script_args.streaming and script_args.dataset in BUNDLED_DATASETS:
+        splits["train"] = splits["train"].to_iterable_dataset()
     if script_args.max_train_samples is not None:
-        splits["train"] = splits["train"].select(range(min(script_args.max_train_samples, len(splits["train"]))))
+        train = splits["train"]
+        splits["train"] = (train.take(script_args.max_train_samples) if is_stream(train)
+                           else train.select(range(min(script_args.max_train_samples, len(train)))))
     if pool:
         if script_args.pool_file:
             splits["pool"] = read_data_file(script_args.pool_file)
@@ -226,14 +250,14 @@ def load_split(dataset: str, split: str, dataset_config: str | None = None) -> D
     return loaded[split]
 
 
-def read_data_file(path: str) -> Dataset:
+def read_data_file(path: str, streaming: bool = False) -> Dataset:
     builder = DATA_BUILDERS.get(os.path.splitext(path)[1].lower())
     if builder is None:
         raise JobError(f"cannot read {path}: use a .csv, .json, .jsonl or .parquet file.")
     if not os.path.isfile(path) or not os.access(path, os.R_OK):
         raise JobError(f"cannot read {path}: no such readable file.")
     try:
-        return load_dataset(builder, data_files=path, split="train")
+        return load_dataset(builder, data_files=path, split="train", streaming=streaming)
     except Exception as error:  # noqa: BLE001 - the datasets error is chained
         raise JobError(f"cannot read {path} as {builder}: {error}") from error
 
@@ -359,7 +383,8 @@ def _train_evaluate_save(trainer, splits: DatasetDict, dataset: str) -> dict:
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=trainer.args.resume_from_checkpoint)
     results = {"train_seconds": time.perf_counter() - started, "world_size": trainer.args.world_size,
-               "distributed_type": trainer.accelerator.distributed_type.value}  # what ran, not what was asked
+               "distributed_type": trainer.accelerator.distributed_type.value,  # what ran, not what was asked
+               "streamed": is_stream(splits["train"])}
     results["trainable_parameters"] = parameter_counts(trainer.model)[0]
     if "validation" in splits:
         results.update(trainer.evaluate())

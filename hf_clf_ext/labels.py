@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .streaming import first_row, is_stream
+
 if TYPE_CHECKING:  # datasets loads only where data is read: prediction imports this module too
     from datasets import Dataset
 
@@ -64,6 +66,8 @@ def _kind(value) -> str:
 def _class_label_names(dataset: Dataset, column: str) -> list[str] | None:
     from datasets import ClassLabel, Sequence as SequenceFeature
 
+    if dataset.features is None or column not in dataset.features:  # a stream whose features are not known
+        return None
     feature = dataset.features[column]
     if isinstance(feature, SequenceFeature):
         feature = feature.feature
@@ -73,18 +77,20 @@ def _class_label_names(dataset: Dataset, column: str) -> list[str] | None:
 
 
 def check_columns(dataset: Dataset, columns: Sequence[str], split: str = "training") -> None:
-    missing = [column for column in columns if column not in dataset.column_names]
+    names = dataset.column_names
+    if names is None and is_stream(dataset):  # a stream that does not know its features: its first row does
+        names = list(first_row(dataset, split))
+    missing = [column for column in columns if column not in names]
     if missing:
-        raise ValueError(
-            f"The {split} data has no column {', '.join(map(repr, missing))}; its columns are {dataset.column_names}."
-        )
+        raise ValueError(f"The {split} data has no column {', '.join(map(repr, missing))}; its columns are {names}.")
 
 
 def label_values(dataset: Dataset, column: str, split: str = "training") -> list:
     """The label column, with `ClassLabel` ids replaced by their names: each split is decoded with its own
     feature, so splits whose `ClassLabel`s list the names in different orders still agree."""
     check_columns(dataset, [column], split)
-    values = list(dataset[column])
+    # A stream is read once, keeping this column alone.
+    values = [row[column] for row in dataset] if is_stream(dataset) else list(dataset[column])
     names = _class_label_names(dataset, column)
     if names is None:
         return values
@@ -93,8 +99,15 @@ def label_values(dataset: Dataset, column: str, split: str = "training") -> list
 
 def build_label_space(dataset: Dataset, label_column: str, labels: Sequence[str] | None = None) -> LabelSpace:
     """Infer the label space from the training data: names from string labels (sorted) or a `ClassLabel` feature
-    (its order), or `labels` (id order) for bare integer ids; lists of labels mean multi-label."""
-    values = label_values(dataset, label_column)
+    (its order), or `labels` (id order) for bare integer ids; lists of labels mean multi-label. A stream given
+    `labels` is not read through: its first row tells the labels' kind, and a label outside them is an error when
+    training reaches it."""
+    kind_only = labels is not None and is_stream(dataset)
+    if kind_only:
+        check_columns(dataset, [label_column])
+        values = [first_row(dataset)[label_column]]
+    else:
+        values = label_values(dataset, label_column)
     kinds = Counter(_kind(value) for value in values)
     if len(kinds) != 1 or next(iter(kinds)) not in ("str", "int", "list"):
         raise ValueError(
@@ -122,7 +135,7 @@ def build_label_space(dataset: Dataset, label_column: str, labels: Sequence[str]
     seen = {names[i] for i in flat} if from_ids else set(flat)
     if seen - set(names):
         raise ValueError(f"Labels {sorted(seen - set(names))} in the training data are not among {names}.")
-    if set(names) - seen:
+    if set(names) - seen and not kind_only:
         logger.warning("Labels %s never occur in the training data.", sorted(set(names) - seen))
     return LabelSpace(names=tuple(names), multi_label=multi_label, from_ids=from_ids)
 

@@ -17,6 +17,7 @@ from .cards.model_card import CardFacts, EvaluationFacts, lora_rows, parameter_c
 from .hub import CheckpointSaves, base_revision, check_not_source, hub_base, local_source
 from .sharding import check_sharding_takes_effect, shard_on_cpu
 from .labels import build_label_space
+from .streaming import is_stream
 
 # `from_pretrained` options that also reach the Hub when the backbone's commit is resolved.
 HUB_KEYS = ("token", "cache_dir", "local_files_only")
@@ -69,6 +70,9 @@ class ClassifierTrainerMixin(CheckpointSaves):
         if train_dataset is None:
             raise ValueError(f"{self._trainer_name} needs a train_dataset.")
         check_sharding_takes_effect(args)
+        if is_stream(train_dataset) and args.max_steps <= 0:
+            raise ValueError("The train_dataset is a stream (an IterableDataset), which has no length: set max_steps "
+                             "(the number of optimizer steps to train), as epochs cannot be counted.")
         self._hub_base = None if init_kwargs.get("gguf_file") else hub_base(model)
         self._base_model_id = args.base_model_id or self._hub_base
         self._local_source = local_source(model)

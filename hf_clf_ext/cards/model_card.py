@@ -73,6 +73,8 @@ class CardFacts:
     evaluation: EvaluationFacts | None = None
     extra: dict = field(default_factory=dict)  # template-specific variables
     split_truncated: dict[str, int] | None = None  # rows cut to max_length; default: rows that reach it
+    label_counts: Sequence[int] | None = None  # streamed training: rows per label, counted as trained on
+    label_examples: dict[int, str] | None = None  # streamed training: one text per label
 
 
 def template_path(name: str) -> Path:
@@ -141,8 +143,8 @@ def _template_variables(facts: CardFacts, plots: list[dict]) -> dict:
     from importlib.metadata import version
 
     names = list(facts.label_names)
-    counts = np.zeros(len(names), dtype=int)
-    examples: dict[int, str] = {}
+    counts = np.zeros(len(names), dtype=int) if facts.label_counts is None else np.asarray(facts.label_counts)
+    examples = {i: _one_line(text) for i, text in (facts.label_examples or {}).items()}
     for text, label in zip(facts.train_texts, facts.train_labels):
         ids = np.flatnonzero(np.asarray(label)) if facts.multi_label else [int(label)]
         for i in ids:

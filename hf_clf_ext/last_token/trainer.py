@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from accelerate.utils import gather_object
 from datasets import Dataset
 from peft import LoraConfig, PeftConfig, PeftModel, TaskType, get_peft_model, prepare_model_for_kbit_training
 from transformers import DataCollatorWithPadding, EarlyStoppingCallback, PreTrainedModel, PreTrainedTokenizerBase, Trainer
@@ -22,6 +23,7 @@ from transformers.trainer import TRAINING_ARGS_NAME
 from ..arguments import first_split, name_best_metric_for_eval_sets
 from ..calibration import fit_temperature, tune_thresholds
 from ..labels import decide, decision_thresholds, encode_split
+from ..streaming import StreamedRows, is_stream, tokenized_stream
 from ..texts import add_strip_normalizer, build_texts, load_tokenizer, suffix_ids, tokenize_texts
 from .inference import classify_texts
 from .config import LastTokenConfig
@@ -78,7 +80,9 @@ class LastTokenTrainer(ClassifierTrainerMixin, Trainer):
             args = dataclasses.replace(args, eval_strategy="no", load_best_model_at_end=False, calibrate=False)
         tokenizer = processing_class or load_tokenizer(model, model_init_kwargs.get("gguf_file"))
 
-        _, train_labels = encode_split(train_dataset, args.label_column, self.label_space, split="training")
+        train_labels = None  # a stream is read for its labels only where balanced class weights need them
+        if not is_stream(train_dataset) or args.class_weights == "balanced":
+            _, train_labels = encode_split(train_dataset, args.label_column, self.label_space, split="training")
         source = model
         self._rebuild = None
         if isinstance(model, (str, os.PathLike)):  # a merged save under FSDP rebuilds the model whole
@@ -98,6 +102,7 @@ class LastTokenTrainer(ClassifierTrainerMixin, Trainer):
         add_strip_normalizer(tokenizer)
 
         self.truncated: dict[str, int] = {}  # rows cut to max_length, per split (for the model card)
+        self._streamed = StreamedRows(len(self.label_space.names), reserve) if is_stream(train_dataset) else None
         train, self.train_texts = self._prepare_dataset(train_dataset, tokenizer, args, reserve, "training")
         evaluation = None
         name_best_metric_for_eval_sets(args, eval_dataset)
@@ -184,7 +189,13 @@ class LastTokenTrainer(ClassifierTrainerMixin, Trainer):
     # --- data --------------------------------------------------------------------------------------------------------
 
     def _prepare_dataset(self, dataset: Dataset, tokenizer, args, reserve: int, split: str) -> tuple[Dataset, list]:
-        """Tokenized rows with encoded `labels`, and the texts they were built from."""
+        """Tokenized rows with encoded `labels`, and the texts they were built from (a stream: tokenized as training
+        reads it, no texts kept)."""
+        if is_stream(dataset):
+            if split != "training":
+                raise ValueError(f"The {split} data is a stream: evaluation reads its data several times, so give a "
+                                 "Dataset (a stream trains only).")
+            return tokenized_stream(dataset, self.label_space, tokenizer, args, reserve), None
         dataset, labels = encode_split(
             dataset, args.label_column, self.label_space, drop_unknown=args.drop_unknown_labels, split=split
         )
@@ -218,6 +229,11 @@ class LastTokenTrainer(ClassifierTrainerMixin, Trainer):
         self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
         return self.optimizer
 
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if self._streamed is not None:  # the card's facts about streamed rows, counted as they are trained on
+            self._streamed.add(inputs, self.processing_class)
+        return super().training_step(model, inputs, num_items_in_batch)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.args.loss != "focal":
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
@@ -234,6 +250,8 @@ class LastTokenTrainer(ClassifierTrainerMixin, Trainer):
 
     def _after_training(self) -> None:
         """Calibrate (which evaluates for the card) when `args.calibrate` is set, else evaluate for the card."""
+        if self._streamed is not None:  # every process counted its own batches
+            self._streamed = StreamedRows.combine(gather_object([self._streamed]))
         if self.args.calibrate and self.eval_dataset is not None:
             self.calibrate()
         else:
@@ -320,7 +338,9 @@ class LastTokenTrainer(ClassifierTrainerMixin, Trainer):
         config, args = classifier.config, self.args
         reserve = len(config.suffix_token_ids or [])
         evaluation = first_split(self.eval_dataset)
-        split_lengths = {"train": [len(ids) + reserve for ids in self.train_dataset["input_ids"]]}
+        streamed = self._streamed
+        split_lengths = {"train": list(streamed.lengths) if streamed is not None
+                         else [len(ids) + reserve for ids in self.train_dataset["input_ids"]]}
         if evaluation is not None:
             split_lengths["evaluation"] = [len(ids) + reserve for ids in evaluation["input_ids"]]
         hyperparameters = self._hyperparameter_rows(
@@ -339,10 +359,13 @@ class LastTokenTrainer(ClassifierTrainerMixin, Trainer):
             detail = f"NF4, double quantization {args.bnb_4bit_use_double_quant}, compute {args.bnb_4bit_compute_dtype}"
         return dict(
             base_model=self._base_model_id or config.text_config.name_or_path or classifier.name_or_path,
-            train_labels=self.train_dataset["labels"],
-            train_texts=self.train_texts,
+            train_labels=self.train_dataset["labels"] if streamed is None else (),
+            train_texts=self.train_texts or (),
+            label_counts=list(streamed.counts) if streamed is not None else None,
+            label_examples=streamed.examples if streamed is not None else None,
             split_lengths=split_lengths,
-            split_truncated={"train": self.truncated["training"], "evaluation": self.truncated.get("evaluation", 0)},
+            split_truncated={"evaluation": self.truncated.get("evaluation", 0),
+                             **({"train": self.truncated["training"]} if streamed is None else {})},
             hyperparameters=hyperparameters,
             quantization_detail=detail,
             pooling_suffix=config.pooling_suffix,
