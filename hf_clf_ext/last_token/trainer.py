@@ -74,6 +74,9 @@ class LastTokenTrainer(ClassifierTrainerMixin, Trainer):
         if args is None:
             args = LastTokenConfig(output_dir="last-token-classifier")
         model_init_kwargs = dict(model_init_kwargs or {})
+        if any(map(is_stream, eval_dataset.values() if isinstance(eval_dataset, dict) else [eval_dataset])):
+            raise ValueError("The evaluation data is a stream: evaluation reads its data several times, so give a "
+                             "Dataset (a stream, an IterableDataset, trains only).")
         self._setup(model, args, train_dataset, labels, model_init_kwargs)
         if eval_dataset is None and args.eval_strategy != "no":
             logger.warning("No eval_dataset: evaluation, early stopping, best-model selection and calibration are off.")
@@ -191,10 +194,7 @@ class LastTokenTrainer(ClassifierTrainerMixin, Trainer):
     def _prepare_dataset(self, dataset: Dataset, tokenizer, args, reserve: int, split: str) -> tuple[Dataset, list]:
         """Tokenized rows with encoded `labels`, and the texts they were built from (a stream: tokenized as training
         reads it, no texts kept)."""
-        if is_stream(dataset):
-            if split != "training":
-                raise ValueError(f"The {split} data is a stream: evaluation reads its data several times, so give a "
-                                 "Dataset (a stream trains only).")
+        if is_stream(dataset):  # the training data (evaluation streams are refused before a model loads)
             return tokenized_stream(dataset, self.label_space, tokenizer, args, reserve), None
         dataset, labels = encode_split(
             dataset, args.label_column, self.label_space, drop_unknown=args.drop_unknown_labels, split=split

@@ -11,10 +11,10 @@ import pytest
 import torch
 from datasets import IterableDataset, load_dataset
 
-from hf_clf_ext import LastTokenConfig, LastTokenTrainer, jobs
+from hf_clf_ext import InstructionTrainer, LastTokenConfig, LastTokenTrainer, jobs
 from hf_clf_ext.labels import build_label_space
 
-from testing_utils import arguments, synthetic, write_config, recipe
+from testing_utils import arguments, instruction_config, recipe, synthetic, write_config
 
 
 def stream(path) -> IterableDataset:
@@ -66,10 +66,15 @@ def test_a_stream_trains_like_the_same_rows_in_memory_in_the_same_order(rows, ti
         [[r["probabilities"][n] for n in space.names] for r in in_memory.classify(texts)], atol=1e-5)
 
 
-def test_a_stream_without_max_steps_is_refused_before_a_model_loads(rows, tmp_path):
-    _, path = rows
+def test_what_a_stream_cannot_do_is_refused_before_a_model_loads(rows, tmp_path):
+    data, path = rows
     with pytest.raises(ValueError, match="has no length: set max_steps"):
         LastTokenTrainer("no/such-model", args=arguments(tmp_path), train_dataset=stream(path))
+    with pytest.raises(ValueError, match="The evaluation data is a stream"):
+        LastTokenTrainer("no/such-model", args=arguments(tmp_path, max_steps=2), train_dataset=data,
+                         eval_dataset=stream(path))
+    with pytest.raises(ValueError, match="InstructionTrainer reads its data whole"):
+        InstructionTrainer("no/such-model", args=instruction_config(tmp_path, max_steps=2), train_dataset=stream(path))
 
 
 def test_the_recipe_streams_its_training_file(rows, tiny_lm_dirs, data_files, tmp_path):
