@@ -107,22 +107,25 @@ def train(config: dict, work: Path, name: str) -> dict:
             "peak_rss_mib": round(int(done.stderr.split()[-1]) / 1024, 1)}
 
 
+def write_labelled(path: Path, n: int, seed: int) -> Path:
+    """`n` synthetic rows, each with the keyword of its label (three labels in turn)."""
+    labels = {"business": "shares", "entertainment": "film", "sport": "striker"}
+    names = list(labels)
+    path.write_text("".join(json.dumps({"text": f"{text} {labels[names[i % 3]]}", "label": names[i % 3]}) + "\n"
+                            for i, text in enumerate(synthetic(n, seed=seed))))
+    return path
+
+
 def streaming_runs(work: Path, sizes) -> dict:
-    labels = ["business", "entertainment", "sport"]
-    words = {"business": "shares", "entertainment": "film", "sport": "striker"}
     backbone = tiny_backbone(work / "backbone")
-    test = work / "test.jsonl"
-    test.write_text("".join(json.dumps({"text": f"{t} {words[labels[i % 3]]}", "label": labels[i % 3]}) + "\n"
-                            for i, t in enumerate(synthetic(60, seed=1))))
+    test = write_labelled(work / "test.jsonl", 60, seed=1)
     config = {"model_name_or_path": str(backbone), "test_file": str(test), "max_steps": 100,
               "per_device_train_batch_size": 8, "max_length": 64, "eval_strategy": "no", "save_strategy": "no",
               "load_best_model_at_end": False, "calibrate": False, "use_cpu": True, "report_to": "none",
               "disable_tqdm": True, "optim": "adamw_torch", "learning_rate": 1e-3}
     runs = {}
     for size in sizes:
-        data = work / f"train_{size}.jsonl"
-        data.write_text("".join(json.dumps({"text": f"{t} {words[labels[i % 3]]}", "label": labels[i % 3]}) + "\n"
-                                for i, t in enumerate(synthetic(size, seed=2))))
+        data = write_labelled(work / f"train_{size}.jsonl", size, seed=2)
         runs[f"streamed_{size}"] = {"rows": size, "input_mib": round(data.stat().st_size / 2**20, 1),
                                     **train({**config, "train_file": str(data), "streaming": True}, work, f"s{size}")}
         print(size, json.dumps(runs[f"streamed_{size}"]), flush=True)

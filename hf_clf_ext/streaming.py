@@ -22,6 +22,12 @@ def is_stream(dataset) -> bool:
     return datasets is not None and isinstance(dataset, datasets.IterableDataset)
 
 
+def any_stream(*datasets) -> bool:
+    """Whether any of `datasets` (each a dataset, a dict of them, or None) is a stream."""
+    return any(is_stream(dataset) for given in datasets
+               for dataset in (given.values() if isinstance(given, dict) else [given]))
+
+
 def first_row(dataset, split: str = "training") -> dict:
     for row in dataset:
         return row
@@ -31,15 +37,11 @@ def first_row(dataset, split: str = "training") -> dict:
 def tokenized_stream(dataset, space, tokenizer, args, reserve: int, split: str = "training"):
     """`dataset`'s rows as model inputs (`input_ids`, `attention_mask`, `labels`), computed lazily as they are read;
     a row without text or with a label outside `space` is an error when it is reached, naming it."""
-    from .labels import encode_labels
+    from .labels import check_columns, encode_labels
     from .texts import row_text, text_template, tokenize_texts
 
     template, fields = text_template(args.text_columns, args.text_template)
-    present = first_row(dataset, split)
-    missing = [column for column in (*fields, args.label_column) if column not in present]
-    if missing:
-        raise ValueError(f"The {split} stream has no column {', '.join(map(repr, missing))}; its columns are "
-                         f"{list(present)}.")
+    check_columns(dataset, [*fields, args.label_column], split)
 
     def encode(batch: dict) -> dict:
         rows = len(batch[args.label_column])

@@ -29,7 +29,7 @@ from ..cards.model_card import EvaluationFacts, metric_rows
 from .prompt_cache import is_prompt_learning, supports_logits_to_keep
 from ..arguments import first_split, name_best_metric_for_eval_sets
 from ..sharding import shards_parameters
-from ..streaming import is_stream
+from ..streaming import any_stream
 from ..hub import check_not_source
 from ..trainer_base import AdaptationFacts, ClassifierTrainerMixin, deprecated_alias
 from .verbalizer import Verbalizer
@@ -69,8 +69,7 @@ class InstructionTrainer(ClassifierTrainerMixin, SFTTrainer):
     ):
         if args is None:
             args = InstructionConfig(output_dir="instruction-classifier")
-        if any(map(is_stream, (train_dataset, *(eval_dataset.values() if isinstance(eval_dataset, dict)
-                                                 else [eval_dataset])))):
+        if any_stream(train_dataset, eval_dataset):
             raise ValueError("InstructionTrainer reads its data whole: give Dataset objects (a stream, an "
                              "IterableDataset, trains the last-token classifier: LastTokenTrainer).")
         init = args.model_init_kwargs if isinstance(args.model_init_kwargs, dict) else {}

@@ -23,7 +23,7 @@ from transformers.trainer import TRAINING_ARGS_NAME
 from ..arguments import first_split, name_best_metric_for_eval_sets
 from ..calibration import fit_temperature, tune_thresholds
 from ..labels import decide, decision_thresholds, encode_split
-from ..streaming import StreamedRows, is_stream, tokenized_stream
+from ..streaming import StreamedRows, any_stream, is_stream, tokenized_stream
 from ..texts import add_strip_normalizer, build_texts, load_tokenizer, suffix_ids, tokenize_texts
 from .inference import classify_texts
 from .config import LastTokenConfig
@@ -74,7 +74,7 @@ class LastTokenTrainer(ClassifierTrainerMixin, Trainer):
         if args is None:
             args = LastTokenConfig(output_dir="last-token-classifier")
         model_init_kwargs = dict(model_init_kwargs or {})
-        if any(map(is_stream, eval_dataset.values() if isinstance(eval_dataset, dict) else [eval_dataset])):
+        if any_stream(eval_dataset):
             raise ValueError("The evaluation data is a stream: evaluation reads its data several times, so give a "
                              "Dataset (a stream, an IterableDataset, trains only).")
         self._setup(model, args, train_dataset, labels, model_init_kwargs)
