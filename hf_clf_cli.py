@@ -25,6 +25,7 @@ import sys
 APPROACHES = ("last_token", "instruction")
 COMMANDS = ("train", "evaluate", "predict", "export", "distill")
 METHOD_CHOICES = ("generate", "score")  # hf_clf_ext.instruction.METHODS, spelled here to parse without torch
+ENGINE_CHOICES = ("torch", "vllm", "onnxruntime")  # hf_clf_ext.engines.ENGINES, likewise
 
 
 def main(argv=None) -> int:
@@ -84,6 +85,14 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="Run a last-token classifier through torch.compile (bucketed shapes); by default only "
                              "long jobs on hardware where it pays are compiled (see hf_clf_ext.last_token.compiled).")
+    parser.add_argument("--engine", choices=ENGINE_CHOICES, default=None,
+                        help="Where the forward runs: by default onnxruntime for an ONNX export and torch (this "
+                             "process) otherwise; vllm: a last-token classifier's stock export served by vLLM from "
+                             "its own virtualenv, in one process.")
+    parser.add_argument("--vllm_python", default=None, help="The python of vLLM's virtualenv, for --engine vllm "
+                        "(default: $HF_CLF_EXT_VLLM_PYTHON).")
+    parser.add_argument("--vllm_options", default=None, help="A JSON object of vLLM LLM() arguments for --engine "
+                        "vllm, e.g. '{\"tensor_parallel_size\": 2}'.")
 
 
 def evaluation_parser() -> argparse.ArgumentParser:
@@ -119,7 +128,7 @@ def evaluate(argv) -> int:
             args.dataset, args.split, args.dataset_config)
     except (OSError, ValueError) as error:  # a JobError is a ValueError
         raise fail(error) from error
-    classifier = _load(args.model, args.method, args.compile)
+    classifier = _load(args)
     space = LabelSpace(names=tuple(classifier.labels), multi_label=classifier.multi_label)
     try:
         if args.labels:
@@ -188,7 +197,7 @@ def predict(argv) -> int:
         check_texts(texts)  # before the model loads
     except ValueError as error:
         raise fail(error) from error
-    classifier = _load(args.model, args.method, args.compile)
+    classifier = _load(args)
     from hf_clf_ext.batch import json_line
 
     for text, result in zip(texts, classifier.classify(texts, args.method, args.batch_size)):
@@ -212,7 +221,7 @@ def _predict_file(args) -> int:
                                split=args.split, dataset_config=args.dataset_config, text_columns=args.text_columns,
                                text_template=args.text_template, id_column=args.id_column, method=args.method,
                                batch_size=args.batch_size, chunk_size=args.chunk_size, compile=args.compile,
-                               overwrite=args.overwrite)
+                               overwrite=args.overwrite, **_engine_options(args))
     except (OSError, ValueError) as error:
         raise fail(error) from error
     if os.environ.get("RANK", "0") == "0":
@@ -227,6 +236,12 @@ def export_parser() -> argparse.ArgumentParser:
                                      "LM with its verbalizer.")
     parser.add_argument("--model", required=True, help="A classifier of either approach: a folder or a Hub repo id.")
     parser.add_argument("--output", required=True, help="The folder to write the stock model and tokenizer to.")
+    parser.add_argument("--format", choices=("transformers", "onnx"), default="transformers",
+                        help="transformers (the stock architecture; the default) or onnx (model.onnx with the "
+                             "export's tokenizer, config and a card; a last-token classifier, its stock export or a "
+                             "sequence-classification student), which TextClassifier runs on onnxruntime.")
+    parser.add_argument("--quantize", choices=("int8",), default=None,
+                        help="With --format onnx: onnxruntime's dynamic int8 quantization of the MatMul weights.")
     return parser
 
 
@@ -234,9 +249,19 @@ def export(argv) -> int:
     args = export_parser().parse_args(argv)
     if os.path.exists(args.output) and (not os.path.isdir(args.output) or os.listdir(args.output)):
         raise fail(f"{args.output} is not empty; choose a new folder.")
+    if args.quantize and args.format != "onnx":
+        raise fail("--quantize applies to --format onnx.")
     from hf_clf_ext.classifier import saved_approach
-    from hf_clf_ext.export import export_instruction, export_stock
+    from hf_clf_ext.export import export_instruction, export_onnx, export_stock
 
+    if args.format == "onnx":
+        try:
+            facts = export_onnx(args.model, args.output, quantize=args.quantize)
+        except (OSError, ValueError) as error:
+            raise fail(error) from error
+        print(json.dumps({"output": args.output, "format": "onnx", "architecture": facts["architecture"],
+                          "quantization": facts["quantization"]}))
+        return 0
     try:
         approach = saved_approach(args.model)
     except (OSError, ValueError) as error:
@@ -244,8 +269,8 @@ def export(argv) -> int:
     if approach == "tfidf":
         raise fail(f"{args.model} is a TF-IDF student: it has no stock transformers architecture, and its folder "
                    "(JSON + safetensors) is already what serves it: load it with TextClassifier.from_pretrained.")
-    if approach == "stock":
-        raise fail(f"{args.model} is a stock *ForSequenceClassification model already (an export): serve it as it is.")
+    if approach in ("stock", "onnx"):
+        raise fail(f"{args.model} is {'an ONNX export' if approach == 'onnx' else 'a stock *ForSequenceClassification model already (an export)'}: serve it as it is.")
     try:
         architecture = (export_instruction if approach == "instruction" else export_stock)(args.model, args.output)
     except ValueError as error:
@@ -263,16 +288,29 @@ def _report_compile(classifier) -> None:
         print(stats, file=sys.stderr)
 
 
-def _load(model: str, method: str | None, compile: bool | None = None):
-    """The classifier, with `method` checked against what it offers before any text is classified."""
+def _load(args):
+    """The classifier of `--model` on its `--engine`, with `--method` checked against what it offers before any
+    text is classified."""
     from hf_clf_ext.classifier import TextClassifier
 
     try:
-        classifier = TextClassifier.from_pretrained(model, compile=compile)
-        classifier.gives_probabilities(method)
+        classifier = TextClassifier.from_pretrained(args.model, compile=args.compile, **_engine_options(args))
+        classifier.gives_probabilities(args.method)
     except (OSError, ValueError) as error:
         raise fail(error) from error
     return classifier
+
+
+def _engine_options(args) -> dict:
+    """`--engine`, `--vllm_python` and `--vllm_options` as `TextClassifier.from_pretrained`'s arguments."""
+    from hf_clf_ext.engines import check_engine_launch, parse_vllm_options
+
+    try:
+        check_engine_launch(args.engine)  # before anything loads
+        options = parse_vllm_options(args.vllm_options) or None
+    except ValueError as error:
+        raise fail(error) from error
+    return {"engine": args.engine, "vllm_python": args.vllm_python, "vllm_options": options}
 
 
 if __name__ == "__main__":

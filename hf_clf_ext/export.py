@@ -12,6 +12,8 @@ text (`texts.normalize_text`, as training did) in its normalizer. Multi-label de
 import copy
 import json
 import os
+import shutil
+import tempfile
 
 import torch
 from tokenizers import processors
@@ -22,6 +24,9 @@ from .last_token.modeling_last_token import LastTokenClassifierForSequenceClassi
 from .texts import add_strip_normalizer
 
 EXPORT_FACTS_FILE = "export.json"
+ONNX_FILE = "model.onnx"
+ONNX_FACTS_FILE = "onnx.json"  # what a runtime needs besides the graph: labels, activation, lengths, padding
+QUANTIZATIONS = ("int8",)
 
 
 def export_stock(source, output_dir: str | os.PathLike, tokenizer=None, **load_kwargs) -> str:
@@ -123,3 +128,95 @@ def append_suffix_to_tokenizer(tokenizer, suffix_ids: list[int], suffix_text: st
     check = tokenizer("x")["input_ids"]
     if check[-len(suffix_ids):] != list(suffix_ids):
         raise ValueError(f"The tokenizer did not keep the pooling suffix {suffix_text!r} in its post-processor.")
+
+
+def export_onnx(source, output_dir: str | os.PathLike, *, quantize: str | None = None,
+                nodes_to_exclude: list[str] | None = None, **load_kwargs) -> dict:
+    """Write `source` to `output_dir` as an ONNX folder: `model.onnx` (`input_ids`, `attention_mask` -> `logits`,
+    dynamic batch and length; the temperature folded into the head), the tokenizer with the pooling suffix in its
+    post-processor, `config.json` (`id2label`, `problem_type`, `decision_thresholds`), `onnx.json` (what a runtime
+    needs besides the graph) and a card saying how to run it, with or without this package. Returns `onnx.json`'s facts.
+
+    `source`: a last-token classifier (folder or Hub repo; exported to the stock architecture first, see
+    `export_stock`), its stock export, or a sequence-classification student. `quantize="int8"`: onnxruntime's dynamic
+    quantization of the MatMul weights (per channel, signed 8-bit; activations quantized per batch as they run),
+    except `nodes_to_exclude`. `TextClassifier.from_pretrained(output_dir)` runs the folder with onnxruntime."""
+    from transformers import AutoModelForSequenceClassification
+
+    from .classifier import saved_approach
+    from .engines.onnxruntime_engine import require_onnxruntime
+
+    require_onnxruntime()  # its quantization tools, and whoever runs the folder, need it
+
+    if quantize not in (None, *QUANTIZATIONS):
+        raise ValueError(f"quantize={quantize!r}: use {' or '.join(map(repr, QUANTIZATIONS))}, or None for float32.")
+    output_dir = str(output_dir)
+    if os.path.exists(output_dir) and (not os.path.isdir(output_dir) or os.listdir(output_dir)):
+        raise ValueError(f"{output_dir} is not empty; choose a new folder.")
+    approach = saved_approach(str(source))
+    if approach not in ("last_token", "stock"):
+        raise ValueError(f"{source} is {'an' if approach == 'instruction' else 'a'} {approach} classifier: the ONNX "
+                         "export takes last-token classifiers, their stock exports and sequence-classification "
+                         "students.")
+    with tempfile.TemporaryDirectory() as scratch:
+        stock_dir = str(source)
+        if approach == "last_token":
+            stock_dir = os.path.join(scratch, "stock")
+            export_stock(source, stock_dir, **load_kwargs)
+        model = AutoModelForSequenceClassification.from_pretrained(stock_dir, dtype=torch.float32).eval()
+        tokenizer = AutoTokenizer.from_pretrained(stock_dir)
+        if tokenizer.pad_token_id is None:
+            raise ValueError(f"{source}'s tokenizer has no pad token: batches could not be padded.")
+        tokenizer.padding_side = "right"
+        sample = dict(tokenizer(["a b c", "a"], padding=True, return_tensors="pt"))
+        sample = {"input_ids": sample["input_ids"], "attention_mask": sample["attention_mask"]}
+        graph = os.path.join(scratch, "graph", ONNX_FILE)
+        os.makedirs(os.path.dirname(graph))
+        # Protobuf holds at most 2 GiB: larger weights go to model.onnx.data beside the graph.
+        external = sum(p.numel() * p.element_size() for p in model.parameters()) > 1.5 * 2**30
+        with torch.no_grad():
+            program = torch.onnx.export(_Logits(model), (), kwargs=sample, dynamo=True, output_names=["logits"],
+                                        dynamic_shapes={name: {0: "batch", 1: "sequence"} for name in sample})
+        program.save(graph, external_data=external)
+        os.makedirs(output_dir, exist_ok=True)
+        if quantize == "int8":
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            quantize_dynamic(graph, os.path.join(output_dir, ONNX_FILE), op_types_to_quantize=["MatMul"],
+                             per_channel=True, weight_type=QuantType.QInt8, nodes_to_exclude=nodes_to_exclude or [],
+                             use_external_data_format=external)
+        else:
+            for name in os.listdir(os.path.dirname(graph)):
+                shutil.copyfile(os.path.join(os.path.dirname(graph), name), os.path.join(output_dir, name))
+        model.config.save_pretrained(output_dir)
+        tokenizer.save_pretrained(output_dir)
+        config = model.config
+        facts = {"exported_from": str(getattr(source, "name_or_path", source)),
+                 "architecture": type(model).__name__, "quantization": quantize,
+                 "nodes_not_quantized": list(nodes_to_exclude or []) if quantize else None,
+                 "labels": [config.id2label[i] for i in range(config.num_labels)],
+                 "activation": "sigmoid" if config.problem_type == "multi_label_classification" else "softmax",
+                 "decision_thresholds": getattr(config, "decision_thresholds", None),
+                 "max_length": tokenizer.model_max_length, "pad_token_id": tokenizer.pad_token_id,
+                 "padding_side": "right", "inputs": ["input_ids", "attention_mask"], "outputs": ["logits"]}
+        if os.path.isfile(os.path.join(stock_dir, EXPORT_FACTS_FILE)):
+            with open(os.path.join(stock_dir, EXPORT_FACTS_FILE), encoding="utf-8") as file:
+                facts["stock_export"] = json.load(file)
+    with open(os.path.join(output_dir, ONNX_FACTS_FILE), "w", encoding="utf-8") as file:
+        json.dump(facts, file, indent=2)
+    from .cards.model_card import onnx_card
+
+    with open(os.path.join(output_dir, "README.md"), "w", encoding="utf-8") as file:
+        file.write(onnx_card(facts, output_dir))
+    return facts
+
+
+class _Logits(torch.nn.Module):
+    """The stock model's logits alone (no cache, no hidden states): the one output of the graph."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits

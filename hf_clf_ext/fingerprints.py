@@ -19,7 +19,7 @@ import numpy as np
 # prompt, verbalizer and TF-IDF settings. Run records are left out, so that re-evaluating a classifier does not make it
 # another one.
 MODEL_FILE_SUFFIXES = (".json", ".safetensors", ".bin", ".gguf", ".pt", ".pth", ".model", ".py", ".jinja",
-                         ".tiktoken", ".txt")
+                         ".tiktoken", ".txt", ".onnx", ".onnx.data")
 NOT_MODEL_FILES = ("training_args.bin", "trainer_state.json", "all_results.json")
 _CHUNK = 1 << 20
 

@@ -108,3 +108,13 @@ class CheckpointSaves:
             return super()._tune_save_checkpoint(*args, **kwargs)
         finally:
             self.saving_checkpoint = False
+
+
+def local_folder(name_or_path: str, hub: dict | None = None) -> str:
+    """A local folder as it is, else a Hub repo's files in the local cache (for engines that are given a folder:
+    they read the revision `hub` names, and nothing else is fetched later)."""
+    if os.path.isdir(name_or_path):
+        return name_or_path
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(name_or_path, **(hub or {}))

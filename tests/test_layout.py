@@ -87,6 +87,13 @@ def test_the_torch_free_command_line_names_the_instruction_methods_as_the_packag
     assert hf_clf_cli.METHOD_CHOICES == METHODS
 
 
+def test_the_torch_free_command_line_names_the_engines_as_the_package_does():
+    import hf_clf_cli
+    from hf_clf_ext.engines import ENGINES
+
+    assert hf_clf_cli.ENGINE_CHOICES == ENGINES
+
+
 def test_every_module_stays_under_about_500_lines():
     long = {str(path.relative_to(PACKAGE)): n for path in PACKAGE.rglob("*.py")
             if (n := len(path.read_text().splitlines())) > 550}

@@ -292,3 +292,47 @@ def _one_line(text: str, limit: int = 120) -> str:
     line = " ".join(text.split())
     line = line if len(line) <= limit else line[: limit - 1] + "…"
     return line.replace("|", "\\|")
+
+
+# Runs this ONNX folder without hf-clf-ext or torch; tests/test_onnx.py runs it as it stands in the card.
+ONNX_SNIPPET = """import json
+
+import numpy as np
+import onnxruntime
+from tokenizers import Tokenizer
+
+folder = "{folder}"
+facts = json.load(open(f"{{folder}}/onnx.json"))
+tokenizer = Tokenizer.from_file(f"{{folder}}/tokenizer.json")  # strips white space, appends the pooling suffix
+tokenizer.enable_truncation(facts["max_length"])
+tokenizer.enable_padding(pad_id=facts["pad_token_id"], direction="right")
+session = onnxruntime.InferenceSession(f"{{folder}}/model.onnx")
+
+
+def probabilities(texts):
+    encodings = tokenizer.encode_batch(texts)
+    feed = {{"input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64)}}
+    logits = session.run(["logits"], feed)[0].astype(np.float64)
+    if facts["activation"] == "sigmoid":  # multi-label
+        return 1 / (1 + np.exp(-logits))
+    exp = np.exp(logits - logits.max(-1, keepdims=True))
+    return exp / exp.sum(-1, keepdims=True)
+
+
+print(dict(zip(facts["labels"], probabilities(["Shares rose after the results."])[0].round(3))))"""
+
+
+def onnx_card(facts: dict, folder: str | os.PathLike) -> str:
+    """The README.md of the ONNX export in `folder` (`hf_clf_ext.export.export_onnx`), from its `onnx.json` facts."""
+    folder = str(folder)
+    multi_label = facts["activation"] == "sigmoid"
+    data = ModelCardData(library_name="onnx", pipeline_tag="text-classification",
+                         tags=["text-classification", "onnx", "hf-clf-ext", *(["int8"] if facts["quantization"] else [])])
+    card = ModelCard.from_template(
+        data, template_path=str(template_path("onnx")), model_name=os.path.basename(os.path.normpath(folder)),
+        folder=folder, exported_from=facts["exported_from"],
+        architecture=facts["architecture"], task_kind="multi-label" if multi_label else "single-label",
+        labels=facts["labels"], quantization=facts["quantization"], max_length=facts["max_length"],
+        thresholds=facts["decision_thresholds"] if multi_label else None, snippet=ONNX_SNIPPET.format(folder=folder))
+    return str(card)

@@ -4,6 +4,7 @@ and a student learns its softened probabilities. Every last-token training field
 import os
 from dataclasses import dataclass, field
 
+from ..engines import check_engine_launch, parse_vllm_options
 from ..last_token.config import LastTokenConfig
 from .teacher_labels import DEFAULT_MAX_CHARS
 
@@ -28,6 +29,19 @@ class DistillationConfig(LastTokenConfig):
                                 "scoring, the default and its only method with probabilities)."}
     )
     teacher_batch_size: int = field(default=16, metadata={"help": "Batch size of the teacher labelling the pool."})
+    teacher_engine: str | None = field(
+        default=None, metadata={"help": "Where the teacher labels (default: its own, onnxruntime for an ONNX export "
+                                "and torch otherwise, in every process of the launch), or 'vllm' (a last-token "
+                                "teacher's stock export served by vLLM, in one process; see hf_clf_ext.engines)."}
+    )
+    vllm_python: str | None = field(
+        default=None, metadata={"help": "The python of vLLM's virtualenv, for teacher_engine 'vllm' (default: "
+                                "$HF_CLF_EXT_VLLM_PYTHON)."}
+    )
+    vllm_options: str | None = field(
+        default=None, metadata={"help": "A JSON object of vLLM LLM() arguments for teacher_engine 'vllm', e.g. "
+                                "'{\"tensor_parallel_size\": 2}'."}
+    )
     teacher_labels_file: str | None = field(
         default=None,
         metadata={"help": "JSONL file of the teacher's probabilities, written once labelling is done (its parts, "
@@ -81,6 +95,10 @@ class DistillationConfig(LastTokenConfig):
             raise ValueError(f"student_layers must be at least 1, got {self.student_layers}.")
         if self.student_layers is not None and self.student_type != "last_token":
             raise ValueError("student_layers applies to a 'last_token' student only.")
+        check_engine_launch(self.teacher_engine)
+        parse_vllm_options(self.vllm_options)
+        if self.teacher_engine != "vllm" and (self.vllm_python or self.vllm_options):
+            raise ValueError("vllm_python / vllm_options apply to teacher_engine 'vllm' only.")
         if self.max_pool_chars < 1:
             raise ValueError(f"max_pool_chars must be positive, got {self.max_pool_chars}.")
         for name in ("teacher_batch_size", "tfidf_ngram_max", "tfidf_min_df"):

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..batch import check_engine_processes, engine_facts, process_state, run_in_parts
 from ..fingerprints import classifier_fingerprint, fingerprint
 from ..texts import normalize_texts
 
@@ -72,7 +73,7 @@ def label_pool(
     names = list(teacher.labels)
     header = {"teacher": getattr(teacher, "name_or_path", None), "teacher_fingerprint": classifier_fingerprint(teacher),
               "labels": names, "multi_label": teacher.multi_label, "method": method or teacher.methods[0],
-              "texts": len(texts), "fingerprint": fingerprint(texts)}
+              "texts": len(texts), "fingerprint": fingerprint(texts), **engine_facts(teacher)}
     done = _read(path, header) if path is not None and os.path.exists(path) else {}  # a file of an earlier version
     if len(done) == len(texts):
         return np.array([done[i] for i in range(len(texts))], dtype=np.float64)
@@ -88,8 +89,8 @@ def label_pool(
                              "weights.")
         return [json.dumps({"index": i, "probabilities": done[i] if i in done else rows[i]}) for i, _ in chunk]
 
-    from ..batch import run_in_parts
-
+    if path is not None:
+        check_engine_processes(teacher.engine_name, process_state().num_processes)
     with tempfile.TemporaryDirectory() as scratch:
         output = str(path) if path is not None else os.path.join(scratch, "labels.jsonl")
         if path is not None:
@@ -103,7 +104,8 @@ def label_pool(
 
 # The keys of a header a file must match, worded for the error (a teacher's path is informative only).
 _COMPARED = {"teacher_fingerprint": "teacher (its files or weights)", "labels": "labels",
-             "multi_label": "multi_label", "method": "method", "texts": "texts", "fingerprint": "fingerprint"}
+             "multi_label": "multi_label", "method": "method", "texts": "texts", "fingerprint": "fingerprint",
+             "engine": "engine"}
 
 
 def _probabilities(p, size: int) -> bool:
@@ -122,7 +124,7 @@ def _read(path, header: dict) -> dict[int, list[float]]:
         saved = None
     if not isinstance(saved, dict) or "fingerprint" not in saved:
         raise ValueError(f"{path} is not a teacher-labels file: remove it or choose another teacher_labels_file.")
-    differs = [words for key, words in _COMPARED.items() if saved.get(key) != header[key]]
+    differs = [words for key, words in _COMPARED.items() if saved.get(key) != header.get(key)]
     if differs:
         raise ValueError(
             f"{path} holds teacher labels for other {', '.join(differs)} than this run's; remove it to relabel, or "

@@ -320,13 +320,15 @@ def run_distillation(args, splits, pool_texts: list[str], model: str | None, mod
     from transformers import EvalPrediction
 
     from ..classifier import TextClassifier
+    from ..engines import parse_vllm_options
     from ..texts import build_texts
     from ..labels import encode_labels, encode_split, label_values
     from ..metrics import logits_from_probabilities
     from .teacher_labels import label_pool
 
     check_student_folder(args.output_dir, args.student_type)
-    teacher = TextClassifier.from_pretrained(args.teacher)
+    teacher = TextClassifier.from_pretrained(args.teacher, engine=args.teacher_engine, vllm_python=args.vllm_python,
+                                             vllm_options=parse_vllm_options(args.vllm_options) or None)
     space = LabelSpace(names=tuple(teacher.labels), multi_label=teacher.multi_label)
 
     def gold(name):
@@ -345,7 +347,8 @@ def run_distillation(args, splits, pool_texts: list[str], model: str | None, mod
     probabilities = label_pool(teacher, texts, path, method=args.teacher_method, batch_size=args.teacher_batch_size,
                                max_chars=args.max_pool_chars, progress=not args.disable_tqdm)  # every process labels
     teacher_seconds = time.perf_counter() - started
-    thresholds, approach = teacher.thresholds, teacher.approach
+    thresholds, approach, engine = teacher.thresholds, teacher.approach, teacher.engine_name
+    teacher.close()  # a vLLM worker stops here, before the student trains
     del teacher
     n_pool, n_gold = len(pool_texts), len(gold_texts)
     train_p, test_p = probabilities[: n_pool + n_gold], probabilities[n_pool + n_gold :]
@@ -355,7 +358,8 @@ def run_distillation(args, splits, pool_texts: list[str], model: str | None, mod
     train_names = [*names, *(train[2] if n_gold else [])]
     train_encoded = [*encode_labels(names, space)[0], *(train[1] if n_gold else [])]  # ids or multi-hot
     soft = soften(train_p, args.distill_temperature, space.multi_label)
-    results = {"pool_size": n_pool, "gold_rows": n_gold, "teacher_labelling_seconds": teacher_seconds}
+    results = {"pool_size": n_pool, "gold_rows": n_gold, "teacher_labelling_seconds": teacher_seconds,
+               "teacher_engine": engine}
     teacher_test = None
     if test is not None:
         teacher_metrics = build_compute_metrics(space.problem_type, space.id2label, threshold=thresholds or 0.5)(
