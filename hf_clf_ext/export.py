@@ -168,8 +168,8 @@ def export_onnx(source, output_dir: str | os.PathLike, *, quantize: str | None =
         if tokenizer.pad_token_id is None:
             raise ValueError(f"{source}'s tokenizer has no pad token: batches could not be padded.")
         tokenizer.padding_side = "right"
-        sample = dict(tokenizer(["a b c", "a"], padding=True, return_tensors="pt"))
-        sample = {"input_ids": sample["input_ids"], "attention_mask": sample["attention_mask"]}
+        encoded = tokenizer(["a b c", "a"], padding=True, return_tensors="pt")
+        sample = {name: encoded[name] for name in ("input_ids", "attention_mask")}
         graph = os.path.join(scratch, "graph", ONNX_FILE)
         os.makedirs(os.path.dirname(graph))
         # Protobuf holds at most 2 GiB: larger weights go to model.onnx.data beside the graph.

@@ -1,7 +1,7 @@
 """The `"onnxruntime"` engine: a folder written by `hf_clf_ext.export.export_onnx` (`hf-clf export --format onnx`),
 float32 or int8, run by onnxruntime. `TextClassifier.from_pretrained` picks it for such a folder by itself.
 
-    classifier = TextClassifier.from_pretrained("outputs/smollm2-bbc-onnx-int8")
+    classifier = TextClassifier.from_pretrained("outputs/smollm2-bbc-onnx")
     classifier.classify(["Shares rose after the results."])
 
 Texts are normalised and tokenised here by the folder's tokenizer (which appends the pooling suffix after
