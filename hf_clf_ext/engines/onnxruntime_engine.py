@@ -40,7 +40,10 @@ class OnnxRuntimeEngine:
 
     name = "onnxruntime"
 
-    def __init__(self, folder: str, *, threads: int | None = None, providers: Sequence[str] | None = None):
+    def __init__(self, folder: str, *, threads: int | None = None, providers: Sequence[str] | None = None,
+                 options=None):
+        """`options`: an `onnxruntime.SessionOptions` to start from (profiling, graph optimisation level); `threads`
+        sets its intra-op threads (default: torch's thread count, so the engines compare like for like)."""
         from transformers import AutoTokenizer
 
         onnxruntime = require_onnxruntime()
@@ -48,7 +51,7 @@ class OnnxRuntimeEngine:
         self.folder = folder
         with open(os.path.join(folder, ONNX_FACTS_FILE), encoding="utf-8") as file:
             self.facts = json.load(file)
-        options = onnxruntime.SessionOptions()
+        options = options or onnxruntime.SessionOptions()
         if threads is None:
             import torch
 
@@ -68,12 +71,11 @@ class OnnxRuntimeEngine:
     def probabilities(self, texts: Sequence[str], batch_size: int = 16) -> np.ndarray:
         """`(len(texts), num_labels)` probabilities (texts already normalised), in input order."""
         from ..metrics import probabilities_from_logits
+        from ..texts import length_sorted_batches
 
         encoded = self.tokenizer(list(texts), truncation=True)["input_ids"]
-        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]), reverse=True)
         out = np.zeros((len(encoded), len(self.labels)))
-        for start in range(0, len(order), batch_size):
-            rows = order[start : start + batch_size]
+        for rows in length_sorted_batches(encoded, batch_size):
             batch = self.tokenizer.pad({"input_ids": [encoded[i] for i in rows]}, return_tensors="np")
             logits = self.session.run(["logits"], {"input_ids": batch["input_ids"].astype(np.int64),
                                                    "attention_mask": batch["attention_mask"].astype(np.int64)})[0]

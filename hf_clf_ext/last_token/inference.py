@@ -7,7 +7,7 @@ import torch
 
 from .compiled import compile_pays, compiled_forward
 from ..labels import results_from_probabilities
-from ..texts import check_batch_size, check_texts
+from ..texts import check_batch_size, check_texts, length_sorted_batches
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,6 @@ def classify_texts(model, tokenizer, texts: Sequence[str], *, batch_size: int = 
     multi_label = config.problem_type == "multi_label_classification"
     thresholds = getattr(config, "decision_thresholds", None)  # none in a stock export
     encoded = tokenizer(texts, truncation=True)["input_ids"]
-    order = sorted(range(len(texts)), key=lambda i: len(encoded[i]), reverse=True)
     device = next(model.parameters()).device
     if compile is None:
         compile = compile_pays(model, len(texts))
@@ -44,8 +43,7 @@ def classify_texts(model, tokenizer, texts: Sequence[str], *, batch_size: int = 
     model.eval()
     try:
         with torch.no_grad():
-            for start in range(0, len(order), batch_size):
-                rows = order[start : start + batch_size]
+            for rows in length_sorted_batches(encoded, batch_size):
                 ids = [encoded[i] for i in rows]
                 # The compiled forward meets few shapes: lengths padded up to its buckets (on the tokenizer's side).
                 padding = {} if compiled is None else {
