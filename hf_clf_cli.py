@@ -6,6 +6,7 @@
     hf-clf predict --model outputs/smollm2-bbc --input_file texts.jsonl --output_file predictions.jsonl  # any size
     hf-clf export --model outputs/smollm2-bbc --output outputs/smollm2-bbc-stock    # stock architecture, for vLLM
     hf-clf distill --config recipes/configs/distill_smollm2_bbc_tfidf.yaml   # teacher labels a pool -> student
+    hf-clf tune --config recipes/configs/smollm2_135m_bbc_last_token.yaml --n_trials 8   # Optuna, LoRA included
 
 Each command's --help lists its options. A failure the input causes (a missing file, an unknown split, an empty
 text, a folder that is not a classifier) prints one line `hf-clf: <what is wrong>` and exits with status 1; argument
@@ -23,7 +24,7 @@ import os
 import sys
 
 APPROACHES = ("last_token", "instruction")
-COMMANDS = ("train", "evaluate", "predict", "export", "distill")
+COMMANDS = ("train", "evaluate", "predict", "export", "distill", "tune")
 METHOD_CHOICES = ("generate", "score")  # hf_clf_ext.instruction.METHODS, spelled here to parse without torch
 ENGINE_CHOICES = ("torch", "vllm", "onnxruntime")  # hf_clf_ext.engines.ENGINES, likewise
 
@@ -38,7 +39,8 @@ def main(argv=None) -> int:
         print(f"hf-clf: unknown command {command!r}; use {', '.join(COMMANDS[:-1])} or {COMMANDS[-1]}.",
               file=sys.stderr)
         return 2
-    return {"train": train, "evaluate": evaluate, "predict": predict, "export": export, "distill": distill}[command](rest)
+    return {"train": train, "evaluate": evaluate, "predict": predict, "export": export, "distill": distill,
+            "tune": tune}[command](rest)
 
 
 def fail(message) -> SystemExit:
@@ -62,6 +64,14 @@ def train(argv) -> int:
 def distill(argv) -> int:
     """A trained classifier labels an unlabelled pool; a student (decoder, any sequence classifier, TF-IDF) learns it."""
     from hf_clf_ext.scripts.distill import main as run
+
+    run(argv)
+    return 0
+
+
+def tune(argv) -> int:
+    """Optuna over a last-token config's learning rates, LoRA and epochs; the best trial written as a config."""
+    from hf_clf_ext.scripts.tune import main as run
 
     run(argv)
     return 0

@@ -7,7 +7,7 @@ without importing torch (importing `hf_clf_ext` registers the Auto classes, whic
 import sys
 
 from hf_clf_cli import (APPROACHES, COMMANDS, distill, evaluate, export, fail, main, predict,  # noqa: F401
-                        train)
+                        train, tune)
 
 if __name__ == "__main__":
     sys.exit(main())

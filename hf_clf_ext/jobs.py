@@ -96,15 +96,18 @@ class DistillScriptArguments(ScriptArguments):
     )
 
 
-def parse_config(training_arguments_class, argv: Sequence[str] | None = None, script_class=None):
-    """`(ScriptArguments, training arguments)` from `--config file.yaml` plus `--key value` overrides.
+def parse_config(training_arguments_class, argv: Sequence[str] | None = None, script_class=None, extra_class=None):
+    """`(ScriptArguments, training arguments)` from `--config file.yaml` plus `--key value` overrides (and a third
+    dataclass's values when `extra_class` is given, e.g. `hf-clf tune`'s options).
 
     Unknown keys, in the file or on the command line, are errors naming them; so are missing required keys."""
     from trl import TrlParser
 
-    parser = TrlParser((script_class or ScriptArguments, training_arguments_class))
+    classes = (script_class or ScriptArguments, training_arguments_class, *([extra_class] if extra_class else []))
+    parser = TrlParser(classes)
     try:
-        script_args, training_args, remaining = parser.parse_args_and_config(argv, return_remaining_strings=True)
+        *parsed, remaining = parser.parse_args_and_config(argv, return_remaining_strings=True)
+        script_args, training_args = parsed[:2]
     except ValueError as error:
         raise JobError(f"invalid configuration: {error}") from error
     if remaining:
@@ -123,7 +126,7 @@ def parse_config(training_arguments_class, argv: Sequence[str] | None = None, sc
         check_sharding_takes_effect(training_args)  # before data or a model loads (the trainers check it too)
     except ValueError as error:
         raise JobError(str(error)) from error
-    return script_args, training_args
+    return (script_args, training_args, parsed[2]) if extra_class else (script_args, training_args)
 
 
 def check_output_dir(output_dir: str, overwrite: bool, resuming: bool = False,

@@ -42,7 +42,7 @@ DOTTED = re.compile(r"^hf_clf_ext(\.\w+)+")
 API_MODULES = (
     "classifier", "texts", "labels", "calibration", "export",
     "last_token.config", "last_token.trainer", "last_token.modeling_last_token", "last_token.configuration_last_token",
-    "last_token.inference",
+    "last_token.inference", "tuning",
     "instruction.classifier", "instruction.config", "instruction.trainer", "instruction.verbalizer",
     "instruction.logits_process", "instruction.scoring",
     "distillation.config", "distillation.trainer", "distillation.tfidf", "distillation.teacher_labels",
@@ -143,6 +143,11 @@ def config_options(kind: str) -> frozenset[str]:
         from hf_clf_ext.distillation.config import DistillationConfig
 
         classes = (DistillScriptArguments, DistillationConfig)
+    elif kind == "tune":
+        from hf_clf_ext.last_token.config import LastTokenConfig
+        from hf_clf_ext.tuning import TuneArguments
+
+        classes = (ScriptArguments, LastTokenConfig, TuneArguments)
     elif kind == "instruction":
         from hf_clf_ext.instruction.config import InstructionConfig
 
@@ -193,7 +198,7 @@ def check_hf_clf(args: list[str], where: str) -> None:
         assert approach in hf_clf_cli.APPROACHES, f"{where}: hf-clf train has no approach {approach!r}"
         bad = unknown(rest, config_options(approach) | {"--approach"})
     else:
-        bad = unknown(rest, config_options("distill"))
+        bad = unknown(rest, config_options(command))  # distill, tune
     assert not bad, f"{where}: hf-clf {command} has no option {bad}"
 
 

@@ -140,6 +140,16 @@ class LastTokenTrainer(ClassifierTrainerMixin, Trainer):
 
     # --- model -------------------------------------------------------------------------------------------------------
 
+    def fresh_model(self):
+        """The classifier built again from `self.args` as they are now (a new head, and a new LoRA of the current
+        `lora_r` / `lora_alpha` / `lora_dropout`): what each trial of a hyperparameter search trains
+        (`hf_clf_ext.tuning`). Needs the model given by name or path."""
+        if self._rebuild is None:
+            raise ValueError("fresh_model rebuilds the classifier from its name or path; this trainer was given a "
+                             "model object.")
+        model, _, tokenizer, train_labels, model_init_kwargs, peft_config = self._rebuild.args
+        return self._build_model(model, self.args, tokenizer, train_labels, dict(model_init_kwargs), peft_config)
+
     def _build_model(self, model, args, tokenizer, train_labels, model_init_kwargs, peft_config):
         space = self.label_space
         class_weights = None

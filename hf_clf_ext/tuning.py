@@ -1,0 +1,188 @@
+"""Hyperparameter search for the last-token classifier, its adapter included: `hf-clf tune`.
+
+    hf-clf tune --config recipes/configs/smollm2_135m_bbc_last_token.yaml --n_trials 8 --output_dir outputs/tune
+    hf-clf train --config outputs/tune/best_config.yaml        # the best trial's settings, as a recipe config
+
+Optuna runs through `Trainer.hyperparameter_search`. Every trial trains a new classifier: a new head and a new LoRA
+built from the trial's `lora_r`, `lora_alpha` and `lora_dropout`. That is what `hyperparameter_search` cannot do by
+itself (transformers #29391): it calls `model_init` before it writes the trial's values into the arguments, so a
+`model_init` that reads them builds every trial with the previous trial's adapter. Here `model_init` draws the trial's
+values itself (Optuna returns the same value for a name asked twice in one trial) and builds from them.
+
+A trial scores the best validation value of `metric_for_best_model` it reached (the model `load_best_model_at_end`
+keeps), not its last evaluation. The search writes `tune_trials.jsonl` (each trial's values, the LoRA rank its model
+was really built with, its score) and `best_config.yaml`: the config it was given, command-line overrides included,
+with the best trial's values, ready for `hf-clf train` or the recipes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field, fields
+
+from .jobs import JobError
+
+TRIALS_FILE = "tune_trials.jsonl"
+BEST_CONFIG_FILE = "best_config.yaml"
+
+
+@dataclass
+class TuneArguments:
+    """Options of `hf-clf tune` (besides the training config it searches around)."""
+
+    n_trials: int = field(default=8, metadata={"help": "Trials to run (each trains a classifier)."})
+    tune_space: str | None = field(
+        default=None,
+        metadata={"help": "JSON replacing the default search space, e.g. '{\"lora_r\": {\"choices\": [4, 16]}, "
+                  "\"learning_rate\": {\"low\": 1e-5, \"high\": 1e-3, \"log\": true}}'. Keys: fields of the training "
+                  "config; values: {\"choices\": [...]} or {\"low\", \"high\", \"log\"} (integers give an integer range)."},
+    )
+    tune_seed: int = field(default=0, metadata={"help": "Seed of Optuna's sampler (the trials' training uses `seed`)."})
+
+
+def default_space(args) -> dict:
+    """The learning rates (log scale), the LoRA rank, scale and dropout, and epochs around the config's."""
+    epochs = max(1, round(args.num_train_epochs))
+    return {
+        "learning_rate": {"low": 1e-5, "high": 1e-3, "log": True},
+        "head_learning_rate": {"low": 1e-4, "high": 1e-2, "log": True},
+        "lora_r": {"choices": [4, 8, 16, 32]},
+        "lora_alpha": {"choices": [8, 16, 32, 64]},
+        "lora_dropout": {"low": 0.0, "high": 0.1},
+        "num_train_epochs": {"choices": sorted({max(1, epochs // 2), epochs, 2 * epochs})},
+    }
+
+
+def parse_space(text: str | None, args) -> dict:
+    """The search space: `text` (JSON) checked against the training config's fields, or the default."""
+    if text is None:
+        return default_space(args)
+    try:
+        space = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise JobError(f"tune_space is not JSON: {error}") from error
+    if not isinstance(space, dict) or not space:
+        raise JobError("tune_space must be a JSON object naming at least one field.")
+    known = {f.name for f in fields(args)}
+    for name, spec in space.items():
+        if name not in known:
+            raise JobError(f"tune_space names {name!r}, which is not a field of the training config.")
+        ranged = isinstance(spec, dict) and {"low", "high"} <= set(spec) and set(spec) <= {"low", "high", "log"}
+        listed = isinstance(spec, dict) and set(spec) == {"choices"} and isinstance(spec["choices"], list) \
+            and len(spec["choices"]) > 0
+        if not (ranged or listed):
+            raise JobError(f"tune_space[{name!r}] must be {{\"choices\": [...]}} or {{\"low\": .., \"high\": .., "
+                           f"\"log\": ..}}, got {spec!r}.")
+        if ranged and not spec["low"] < spec["high"]:
+            raise JobError(f"tune_space[{name!r}]: low must be below high, got {spec!r}.")
+    return space
+
+
+def suggest(trial, space: dict) -> dict:
+    """The trial's values (asked again within a trial, Optuna answers the same)."""
+    values = {}
+    for name, spec in space.items():
+        if "choices" in spec:
+            values[name] = trial.suggest_categorical(name, spec["choices"])
+        elif isinstance(spec["low"], int) and isinstance(spec["high"], int) and not spec.get("log"):
+            values[name] = trial.suggest_int(name, spec["low"], spec["high"])
+        else:
+            values[name] = trial.suggest_float(name, float(spec["low"]), float(spec["high"]), log=bool(spec.get("log")))
+    return values
+
+
+def command_line_overrides(argv: list[str]) -> dict:
+    """`--key value` pairs of `argv` besides `--config` (what the config file was overridden with), as strings."""
+    overrides, items = {}, list(argv)
+    while items:
+        item = items.pop(0)
+        if not item.startswith("--"):
+            continue
+        key, _, value = item[2:].partition("=")
+        if not _ and items and not items[0].startswith("--"):
+            value = items.pop(0)
+        if key != "config":
+            overrides[key] = value
+    return overrides
+
+
+def best_config(config_path: str | None, argv: list[str], best: dict, output_dir: str) -> dict:
+    """The config the search was given (file, then command-line overrides) with the best trial's values."""
+    import yaml
+
+    config = {}
+    if config_path:
+        with open(config_path, encoding="utf-8") as file:
+            config = yaml.safe_load(file) or {}
+    config.update({key: value for key, value in command_line_overrides(argv).items() if key not in TUNE_KEYS})
+    config.update(best)
+    config["output_dir"] = os.path.join(output_dir, "best")
+    return config
+
+
+TUNE_KEYS = {f.name for f in fields(TuneArguments)}
+
+
+def run_tuning(script_args, args, tune_args: TuneArguments, splits, argv: list[str], config_path: str | None) -> dict:
+    """Search, write the trials and the best config into `args.output_dir`; returns the best run's facts."""
+    import yaml
+
+    from .jobs import BUNDLED_MODEL_IDS, resolve_model
+    from .last_token.trainer import LastTokenTrainer
+
+    if "validation" not in splits:
+        raise JobError("tuning scores each trial on the validation split: give validation_file or a dataset with one.")
+    if tune_args.n_trials < 1:
+        raise JobError(f"n_trials must be at least 1, got {tune_args.n_trials}.")
+    try:
+        import optuna
+    except ImportError:
+        raise JobError("hf-clf tune needs Optuna: pip install 'hf-clf-ext[tune]'.") from None
+    space = parse_space(tune_args.tune_space, args)
+    metric = args.metric_for_best_model or "loss"
+    metric = metric if metric.startswith("eval_") else f"eval_{metric}"
+    maximize = args.greater_is_better if args.greater_is_better is not None else not metric.endswith("loss")
+    if args.base_model_id is None:
+        args.base_model_id = BUNDLED_MODEL_IDS.get(script_args.model_name_or_path)
+    model, model_kwargs = resolve_model(script_args)
+    trainer = LastTokenTrainer(model, args=args, train_dataset=splits["train"], eval_dataset=splits["validation"],
+                               labels=script_args.labels, model_init_kwargs=model_kwargs)
+    records: list[dict] = []
+
+    def model_init(trial):
+        values = suggest(trial, space) if trial is not None else {}
+        for name, value in values.items():  # what hyperparameter_search would write only after this call
+            setattr(trainer.args, name, value)
+        built = trainer.fresh_model()
+        peft_config = getattr(built, "peft_config", {}).get("default")
+        records.append({"trial": getattr(trial, "number", None), "values": values,
+                        "built_lora_r": getattr(peft_config, "r", None), "scores": []})
+        return built
+
+    def objective(metrics: dict) -> float:
+        if metric not in metrics:
+            raise JobError(f"the validation metrics have no {metric!r} (they have {sorted(metrics)}); set "
+                           "metric_for_best_model to one of them.")
+        records[-1]["scores"].append(metrics[metric])
+        return max(records[-1]["scores"]) if maximize else min(records[-1]["scores"])
+
+    trainer.model_init = model_init
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    best = trainer.hyperparameter_search(
+        hp_space=lambda trial: suggest(trial, space), compute_objective=objective, n_trials=tune_args.n_trials,
+        direction="maximize" if maximize else "minimize", backend="optuna",
+        sampler=optuna.samplers.TPESampler(seed=tune_args.tune_seed))
+    result = {"metric": metric, "direction": "maximize" if maximize else "minimize", "best_trial": int(best.run_id),
+              "best_score": best.objective, "best_values": best.hyperparameters, "trials": len(records)}
+    if args.process_index == 0:
+        os.makedirs(args.output_dir, exist_ok=True)
+        with open(os.path.join(args.output_dir, TRIALS_FILE), "w", encoding="utf-8") as file:
+            for record in records:
+                score = (max if maximize else min)(record["scores"]) if record["scores"] else None
+                file.write(json.dumps({**record, "score": score}) + "\n")
+        config = best_config(config_path, argv, best.hyperparameters, args.output_dir)
+        with open(os.path.join(args.output_dir, BEST_CONFIG_FILE), "w", encoding="utf-8") as file:
+            yaml.safe_dump(config, file, sort_keys=False)
+        result["best_config"] = os.path.join(args.output_dir, BEST_CONFIG_FILE)
+    return result

@@ -1,0 +1,64 @@
+"""`hf-clf tune`: each trial trains the LoRA it drew (transformers #29391 builds it from the previous trial's values),
+scores the best validation value it reached, and the best trial's config reloads as a recipe config."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hf_clf_ext import jobs
+from hf_clf_ext.last_token.config import LastTokenConfig
+
+import hf_clf_cli as cli
+from testing_utils import NO_SUCH_MODEL, write_config
+
+SPACE = {"lora_r": {"choices": [2, 4]}, "learning_rate": {"low": 1e-3, "high": 1e-2, "log": True},
+         "lora_dropout": {"low": 0.0, "high": 0.1}}
+
+
+def test_each_trial_builds_the_adapter_it_drew_and_the_best_config_reloads(tmp_path, data_files, tiny_lm_dirs,
+                                                                         capsys):
+    config = write_config(tmp_path, tiny_lm_dirs["llama", "pad"], data_files)
+    output = tmp_path / "tune"
+    assert cli.main(["tune", "--config", str(config), "--n_trials", "2", "--tune_space", json.dumps(SPACE),
+                     "--num_train_epochs", "1", "--output_dir", str(output), "--tune_seed", "1"]) == 0
+    trials = [json.loads(line) for line in (output / "tune_trials.jsonl").read_text().splitlines()]
+    assert [t["trial"] for t in trials] == [0, 1]
+    # The adapter each trial trained is the one it drew (the default is 8: neither choice).
+    assert [t["built_lora_r"] for t in trials] == [t["values"]["lora_r"] for t in trials]
+    assert {t["built_lora_r"] for t in trials} == {2, 4}  # sampler seed 1 draws both
+    for trial in trials:
+        assert len(trial["scores"]) == 1 and trial["score"] == max(trial["scores"])  # one epoch, one evaluation
+    best = max(trials, key=lambda t: t["score"])
+    assert f"Best of 2 trials: trial {best['trial']}" in capsys.readouterr().out
+
+    # The best config: the given file and command-line overrides, the best values, a new output folder.
+    written = yaml.safe_load((output / "best_config.yaml").read_text())
+    assert written["num_train_epochs"] == "1" and written["train_file"] == str(data_files["train"])
+    assert "n_trials" not in written and "tune_space" not in written
+    script_args, args = jobs.parse_config(LastTokenConfig, ["--config", str(output / "best_config.yaml")])
+    assert args.lora_r == best["values"]["lora_r"] and args.num_train_epochs == 1
+    assert args.learning_rate == pytest.approx(best["values"]["learning_rate"])
+    assert args.lora_dropout == pytest.approx(best["values"]["lora_dropout"])
+    assert Path(args.output_dir) == output / "best" and script_args.train_file == str(data_files["train"])
+
+
+@pytest.mark.parametrize("space, message", [
+    ({"lora_rank": {"choices": [4]}}, "'lora_rank', which is not a field"),
+    ({"lora_r": [4, 8]}, "must be"),
+    ({"learning_rate": {"low": 1e-3, "high": 1e-4}}, "low must be below high"),
+])
+def test_a_bad_search_space_is_refused_before_a_model_loads(tmp_path, data_files, space, message, capsys):
+    config = write_config(tmp_path, NO_SUCH_MODEL, data_files)  # a model that does not exist: nothing may load
+    with pytest.raises(SystemExit, match=message):
+        cli.main(["tune", "--config", str(config), "--tune_space", json.dumps(space)])
+
+
+def test_tuning_needs_a_validation_split(tmp_path, data_files):
+    config = write_config(tmp_path, NO_SUCH_MODEL, data_files)
+    values = yaml.safe_load(config.read_text())
+    del values["validation_file"]
+    config.write_text(yaml.safe_dump(values))
+    with pytest.raises(SystemExit, match="validation split"):
+        cli.main(["tune", "--config", str(config)])
