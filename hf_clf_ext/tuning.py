@@ -133,6 +133,9 @@ def run_tuning(script_args, args, tune_args: TuneArguments, splits, argv: list[s
 
     if "validation" not in splits:
         raise JobError("tuning scores each trial on the validation split: give validation_file or a dataset with one.")
+    if args.world_size > 1:
+        raise JobError(f"hf-clf tune runs its trials in one process (this launch has {args.world_size}): run the "
+                       "search alone, then train best_config.yaml with accelerate launch.")
     if tune_args.n_trials < 1:
         raise JobError(f"n_trials must be at least 1, got {tune_args.n_trials}.")
     try:

@@ -62,3 +62,13 @@ def test_tuning_needs_a_validation_split(tmp_path, data_files):
     config.write_text(yaml.safe_dump(values))
     with pytest.raises(SystemExit, match="validation split"):
         cli.main(["tune", "--config", str(config)])
+
+
+def test_a_launch_of_several_processes_is_refused(tmp_path, data_files, monkeypatch):
+    """Trials are drawn in one process: a launch of several is refused before a model loads (not half-searched)."""
+    from hf_clf_ext.last_token.config import LastTokenConfig
+
+    monkeypatch.setattr(LastTokenConfig, "world_size", property(lambda self: 2))
+    config = write_config(tmp_path, NO_SUCH_MODEL, data_files)
+    with pytest.raises(SystemExit, match="one process .*has 2"):
+        cli.main(["tune", "--config", str(config)])
