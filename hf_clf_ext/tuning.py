@@ -36,7 +36,8 @@ class TuneArguments:
         default=None,
         metadata={"help": "JSON replacing the default search space, e.g. '{\"lora_r\": {\"choices\": [4, 16]}, "
                   "\"learning_rate\": {\"low\": 1e-5, \"high\": 1e-3, \"log\": true}}'. Keys: fields of the training "
-                  "config; values: {\"choices\": [...]} or {\"low\", \"high\", \"log\"} (integers give an integer range)."},
+                  "config; values: {\"choices\": [...]} or {\"low\", \"high\", \"log\"} (integers give an "
+                  "integer range)."},
     )
     tune_seed: int = field(default=0, metadata={"help": "Seed of Optuna's sampler (the trials' training uses `seed`)."})
 
