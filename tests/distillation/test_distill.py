@@ -307,3 +307,45 @@ def test_truncated_backbone_keeps_the_first_layers_weights(tiny_lm_dirs, family)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)  # the first layer's weights, the same norm and head
     with pytest.raises(ValueError, match="has 2 decoder layers"):
         truncated_backbone(str(path), 3)
+
+
+def test_the_minilm_student_recipe_keeps_the_encoder_its_length_and_exports(tmp_path, teachers):
+    """The shipped BERT-class student (`distill_minilm_bbc.yaml`, the bundled all-MiniLM-L6-v2) on a tiny teacher's
+    pool: every encoder weight comes from the real checkpoint (a random or partly loaded encoder would not stay
+    within a training step's reach of it), the saved tokenizer cuts where training cut, and the ONNX export
+    classifies as the saved student does."""
+    from safetensors.torch import load_file
+
+    from hf_clf_ext.export import export_onnx
+
+    teacher = teachers["single_label"]
+    config = yaml.safe_load((ROOT / "recipes" / "configs" / "distill_minilm_bbc.yaml").read_text())
+    for key in ("dataset", "bbc_train_per_class", "bbc_validation_per_class"):
+        del config[key]
+    config.update({"teacher": str(teacher["path"]), "teacher_labels_file": str(tmp_path / "labels.jsonl"),
+                   "output_dir": str(tmp_path / "minilm"), "max_length": 48, "num_train_epochs": 1,
+                   "disable_tqdm": True, **{f"{split}_file": str(path) for split, path in teacher["files"].items()}})
+    (tmp_path / "minilm.yaml").write_text(yaml.safe_dump(config))
+    results = recipe("distill").main(["--config", str(tmp_path / "minilm.yaml")])
+    output = tmp_path / "minilm"
+    model = AutoModelForSequenceClassification.from_pretrained(output)
+    assert (type(model).__name__, model.config.num_hidden_layers, model.config.hidden_size) == (
+        "BertForSequenceClassification", 6, 384)
+    source, _ = jobs.resolve_model(jobs.ScriptArguments(model_name_or_path="bundled:all-minilm-l6-v2"))
+    original = load_file(str(Path(source) / "model.safetensors"))
+    weights = model.bert.state_dict()
+    assert set(weights) <= set(original), set(weights) - set(original)
+    for name, trained in weights.items():  # a step of lr 1e-4 moves a weight by ~1e-4; a fresh init is ~0.02 away
+        assert (trained - original[name]).abs().max() < 0.01, name
+    from transformers import AutoTokenizer
+
+    assert AutoTokenizer.from_pretrained(output).model_max_length == 48
+    texts = _test_texts(teacher)
+    export_onnx(output, tmp_path / "onnx")
+    eager = TextClassifier.from_pretrained(output).classify(texts)
+    served = TextClassifier.from_pretrained(tmp_path / "onnx").classify(texts)
+    for mine, exported in zip(eager, served):
+        assert mine["label"] == exported["label"]
+        for name, p in mine["probabilities"].items():
+            assert exported["probabilities"][name] == pytest.approx(p, abs=1e-4)
+    assert results["test_examples_per_second"] > 0 and results["student_parameters"] > 22_000_000
