@@ -15,6 +15,7 @@ from ..arguments import (
 )
 
 LOSS_CHOICES = ("cross_entropy", "focal")
+HEAD_INITS = ("random", "label_names")  # hf_clf_ext.last_token.head_init
 
 
 @dataclass
@@ -41,6 +42,12 @@ class LastTokenConfig(
     # --- Model (plus quantization, bnb_4bit_compute_dtype, bnb_4bit_use_double_quant) -------------------------------
     pooling: str = field(default="last", metadata={"help": "'last' (last real token) or 'mean'."})
     classifier_dropout: float = field(default=0.0, metadata={"help": "Dropout before the linear head."})
+    head_init: str = field(
+        default="random",
+        metadata={"help": "'random', or 'label_names': each label's row starts as the LM's output embedding of the "
+                  "label name's first token, so that with a pooling suffix asking for the label training starts "
+                  "from the model's zero-shot guess."},
+    )
 
     # --- LoRA (plus use_peft, lora_alpha, lora_dropout, lora_target_modules) ----------------------------------------
     lora_r: int = field(default=8, metadata={"help": "LoRA rank (the paper uses 8 and 16)."})
@@ -105,6 +112,7 @@ class LastTokenConfig(
             ("loss", self.loss, LOSS_CHOICES),
             ("truncation_side", self.truncation_side, ("right", "left")),
             ("pooling", self.pooling, ("last", "mean")),
+            ("head_init", self.head_init, HEAD_INITS),
         ):
             if value not in choices:
                 raise ValueError(f"{name} must be one of {choices}, got {value!r}.")

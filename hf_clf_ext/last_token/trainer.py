@@ -165,6 +165,10 @@ class LastTokenTrainer(ClassifierTrainerMixin, Trainer):
                     f"The model's labels {list(classifier.config.id2label.values())} differ from the training "
                     f"data's {list(space.names)}: pass labels=[...] in the model's order."
                 )
+            if args.head_init != "random":
+                raise ValueError(f"head_init={args.head_init!r} starts a new head, but the model given is already a "
+                                 "classifier with a trained head: pass the backbone's name or path, or use "
+                                 "head_init='random'.")
             if class_weights is not None:
                 classifier.config.class_weights = class_weights
             if label_smoothing:
@@ -174,6 +178,7 @@ class LastTokenTrainer(ClassifierTrainerMixin, Trainer):
             if quantization_config is not None:
                 model_init_kwargs.setdefault("quantization_config", quantization_config)
             model_init_kwargs = args.with_sharded_dtype(model_init_kwargs)
+            source = model if isinstance(model, (str, os.PathLike)) else None
             model = LastTokenClassifierForSequenceClassification.from_backbone(
                 model,
                 labels=list(space.names),
@@ -189,6 +194,10 @@ class LastTokenTrainer(ClassifierTrainerMixin, Trainer):
             if args.pooling_suffix:
                 model.config.suffix_token_ids = suffix_ids(tokenizer, args.pooling_suffix)
                 model.config.pooling_suffix = args.pooling_suffix
+            if args.head_init == "label_names":
+                from .head_init import init_head_from_label_names
+
+                init_head_from_label_names(model, tokenizer, list(space.names), source, **model_init_kwargs)
         if isinstance(model, PeftModel) or not args.use_peft:
             return model
         return prepare_peft(model, args, _classification_peft_config(peft_config) if peft_config else default_lora_config(args))
@@ -361,6 +370,8 @@ class LastTokenTrainer(ClassifierTrainerMixin, Trainer):
                 "max length": args.max_length,
                 "truncation keeps": "start" if args.truncation_side == "right" else "end",
                 "pooling": config.pooling,
+                "head initialised from": "the label names' LM embeddings" if args.head_init == "label_names"
+                else "random",
             },
             adaptation,
         )

@@ -373,3 +373,32 @@ def test_calibration_keeps_a_user_compute_metrics(llama_dir, tokenizer, tmp_path
 def test_balanced_weights_when_a_class_is_in_every_row():
     multi = LabelSpace(names=("a", "b"), multi_label=True)
     assert balanced_class_weights([[1, 0], [1, 1], [1, 0]], multi) == pytest.approx([1.0, 2.0])
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])  # its own lm_head read from the checkpoint; tied embeddings
+def test_a_label_name_head_starts_from_the_lms_zero_shot_guess(tiny_lm_dirs, tokenizer, tmp_path, family):
+    """head_init='label_names': before any training, the classifier's label distribution is the causal LM's own
+    next-token distribution over the label names' first tokens after the suffix."""
+    from transformers import AutoModelForCausalLM
+
+    from hf_clf_ext.last_token.head_init import label_token_ids
+
+    path = tiny_lm_dirs[family, "pad"]
+    trainer = make_trainer(path, tokenizer, tmp_path, head_init="label_names", pooling_suffix=" Label:")
+    lm = AutoModelForCausalLM.from_pretrained(path).eval()
+    assert lm.config.tie_word_embeddings == (family == "gemma3")
+    names = list(trainer.label_space.names)
+    label_ids = label_token_ids(tokenizer, names)
+    assert len(set(label_ids)) == len(names)
+    classifier = trainer.model.eval()
+    suffix = classifier.config.suffix_token_ids
+    rows = trainer.prepare_dataset(synthetic(6, seed=3))
+    with torch.no_grad():
+        for ids in rows["input_ids"]:
+            ours = classifier(input_ids=torch.tensor([ids])).logits[0]
+            theirs = lm(input_ids=torch.tensor([ids + suffix])).logits[0, -1, label_ids]
+            torch.testing.assert_close(ours.log_softmax(-1), theirs.log_softmax(-1), atol=1e-4, rtol=0)
+    random_head = make_trainer(path, tokenizer, tmp_path / "random", pooling_suffix=" Label:").model
+    assert not torch.allclose(random_head.base_model.model.score.weight, classifier.base_model.model.score.weight)
+    with pytest.raises(ValueError, match="head_init must be one of"):
+        arguments(tmp_path, head_init="lm_head")
