@@ -16,7 +16,7 @@ reads: what truncation costs), `minilm_lr` (frozen all-MiniLM-L6-v2 sentence emb
 regression, one-vs-rest balanced for multi-label: the sentence-encoder baseline, from `bundled:all-minilm-l6-v2`),
 `setfit` (SetFit 1.2 on the same encoder: contrastive fine-tuning on pairs of training texts, then a logistic head;
 `--setfit-iterations N` draws N positive and N negative pairs per text instead of SetFit's default, which pairs
-every two texts: 8,000 pairs at 100 BBC articles, about 45 minutes per seed on 2 CPU cores; `pip install -e
+every two texts: 8,000 pairs at 100 BBC articles, about 80 minutes per seed on 2 CPU cores; `pip install -e
 ".[baselines]"`).
 ECE is reported before and after a temperature fitted on the validation split.
 `--max-length` reruns `last_token` at another input length, `--set KEY=VALUE` with other config values (the quality
