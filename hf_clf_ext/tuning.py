@@ -13,6 +13,10 @@ A trial scores the best validation value of `metric_for_best_model` it reached (
 keeps), not its last evaluation. The search writes `tune_trials.jsonl` (each trial's values, the LoRA rank its model
 was really built with, its score) and `best_config.yaml`: the config it was given, command-line overrides included,
 with the best trial's values, ready for `hf-clf train` or the recipes.
+
+The config's own values are trial 0 (`baseline_trial`), so a search reports whether it beat the config as given. A
+trial of the default SmolLM2 recipe takes 7 to 35 minutes on a 2-core CPU, so 8 trials outlast a working session:
+`tune_storage` keeps the study in a journal file a rerun resumes (see `open_study`).
 """
 
 from __future__ import annotations
@@ -40,6 +44,17 @@ class TuneArguments:
                   "integer range)."},
     )
     tune_seed: int = field(default=0, metadata={"help": "Seed of Optuna's sampler (the trials' training uses `seed`)."})
+    tune_storage: str | None = field(
+        default=None,
+        metadata={"help": "A journal file holding the search (Optuna's JournalFileBackend, JSON lines). An existing "
+                  "one is resumed: only the trials left to reach n_trials run, so a search outlives the machine it "
+                  "started on. Without it the search lives in memory."},
+    )
+    baseline_trial: bool = field(
+        default=True,
+        metadata={"help": "Run the config's own values as the first trial, so the search says whether any drawn "
+                  "trial beat the config as given (on the same validation split)."},
+    )
 
 
 def default_space(args) -> dict:
@@ -125,10 +140,59 @@ def best_config(argv: list[str], best: dict, output_dir: str) -> dict:
     return config
 
 
+def baseline_values(args, space: dict) -> dict:
+    """The config's own values of the searched fields, refused when the space cannot hold them (a baseline trial
+    outside the space would not be the config as given)."""
+    values = {}
+    for name, spec in space.items():
+        value = getattr(args, name)
+        if isinstance(value, float) and value.is_integer() and ("choices" in spec or isinstance(spec["low"], int)):
+            value = int(value)  # num_train_epochs is a float field; the space names whole epochs
+        inside = value in spec["choices"] if "choices" in spec else spec["low"] <= value <= spec["high"]
+        if not inside:
+            raise JobError(f"the baseline trial runs the config's own values, but the config's {name}={value!r} is "
+                           f"outside tune_space[{name!r}] = {spec!r}: add it to the space or pass "
+                           "--baseline_trial false.")
+        values[name] = value
+    return values
+
+
+def open_study(tune_args: TuneArguments, space: dict, metric: str, direction: str):
+    """The study: in memory, or the journal `tune_storage` (created, or resumed when it holds the same search).
+
+    A resumed journal's trials left running by an interrupted search are marked failed (one process runs a study),
+    and the sampler's seed moves on by the trials already drawn, so a resumed search does not draw them again."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    from optuna.trial import TrialState
+
+    facts = {"space": space, "metric": metric, "direction": direction}
+    if tune_args.tune_storage is None:
+        storage = optuna.storages.InMemoryStorage()
+    else:
+        folder = os.path.dirname(os.path.abspath(tune_args.tune_storage))
+        os.makedirs(folder, exist_ok=True)
+        storage = JournalStorage(JournalFileBackend(tune_args.tune_storage))
+    study = optuna.create_study(storage=storage, study_name=STUDY_NAME, direction=direction, load_if_exists=True)
+    held = study.user_attrs.get("search")
+    if held is None:
+        study.set_user_attr("search", facts)
+    elif held != json.loads(json.dumps(facts)):
+        raise JobError(f"{tune_args.tune_storage} holds another search ({held}); this one is {facts}. Give a new "
+                       "tune_storage, or the same space and metric to resume it.")
+    study_id = storage.get_study_id_from_name(STUDY_NAME)
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        storage.set_trial_state_values(storage.get_trial_id_from_study_id_trial_number(study_id, trial.number),
+                                       TrialState.FAIL)
+    return study, storage
+
+
+STUDY_NAME = "hf-clf-tune"
+
+
 def run_tuning(script_args, args, tune_args: TuneArguments, splits, argv: list[str]) -> dict:
     """Search, write the trials and the best config into `args.output_dir`; returns the best run's facts."""
-    import yaml
-
     from .jobs import BUNDLED_MODEL_IDS, resolve_model
     from .last_token.trainer import LastTokenTrainer
 
@@ -141,51 +205,84 @@ def run_tuning(script_args, args, tune_args: TuneArguments, splits, argv: list[s
         raise JobError(f"n_trials must be at least 1, got {tune_args.n_trials}.")
     try:
         import optuna
+        from optuna.trial import TrialState
     except ImportError:
         raise JobError("hf-clf tune needs Optuna: pip install 'hf-clf-ext[tune]'.") from None
     space = parse_space(tune_args.tune_space, args)
+    baseline = baseline_values(args, space) if tune_args.baseline_trial else None
     metric = args.metric_for_best_model or "loss"
     metric = metric if metric.startswith("eval_") else f"eval_{metric}"
     maximize = args.greater_is_better if args.greater_is_better is not None else not metric.endswith("loss")
-    if args.base_model_id is None:
-        args.base_model_id = BUNDLED_MODEL_IDS.get(script_args.model_name_or_path)
-    model, model_kwargs = resolve_model(script_args)
-    trainer = LastTokenTrainer(model, args=args, train_dataset=splits["train"], eval_dataset=splits["validation"],
-                               labels=script_args.labels, model_init_kwargs=model_kwargs)
-    records: list[dict] = []
+    direction = "maximize" if maximize else "minimize"
+    study, storage = open_study(tune_args, space, metric, direction)
+    drawn_before = len(study.trials)
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    if baseline is not None and not any(t.user_attrs.get("baseline") and t.state in (TrialState.COMPLETE,
+                                                                                     TrialState.WAITING)
+                                        for t in study.trials):
+        study.enqueue_trial(baseline, user_attrs={"baseline": True})
+    left = tune_args.n_trials - len(done)
+    if left > 0:
+        if args.base_model_id is None:
+            args.base_model_id = BUNDLED_MODEL_IDS.get(script_args.model_name_or_path)
+        model, model_kwargs = resolve_model(script_args)
+        trainer = LastTokenTrainer(model, args=args, train_dataset=splits["train"],
+                                   eval_dataset=splits["validation"], labels=script_args.labels,
+                                   model_init_kwargs=model_kwargs)
+        running: dict = {}
 
-    def model_init(trial):
-        values = suggest(trial, space) if trial is not None else {}
-        for name, value in values.items():  # what hyperparameter_search would write only after this call
-            setattr(trainer.args, name, value)
-        built = trainer.fresh_model()
-        peft_config = getattr(built, "peft_config", {}).get("default")
-        records.append({"trial": getattr(trial, "number", None), "values": values,
-                        "built_lora_r": getattr(peft_config, "r", None), "scores": []})
-        return built
+        def model_init(trial):
+            values = suggest(trial, space) if trial is not None else {}
+            for name, value in values.items():  # what hyperparameter_search would write only after this call
+                setattr(trainer.args, name, value)
+            built = trainer.fresh_model()
+            peft_config = getattr(built, "peft_config", {}).get("default")
+            running.update(trial=trial, scores=[])
+            if trial is not None:
+                trial.set_user_attr("built_lora_r", getattr(peft_config, "r", None))
+            return built
 
-    def objective(metrics: dict) -> float:
-        if metric not in metrics:
-            raise JobError(f"the validation metrics have no {metric!r} (they have {sorted(metrics)}); set "
-                           "metric_for_best_model to one of them.")
-        records[-1]["scores"].append(metrics[metric])
-        return max(records[-1]["scores"]) if maximize else min(records[-1]["scores"])
+        def objective(metrics: dict) -> float:
+            if metric not in metrics:
+                raise JobError(f"the validation metrics have no {metric!r} (they have {sorted(metrics)}); set "
+                               "metric_for_best_model to one of them.")
+            running["scores"].append(metrics[metric])
+            if running["trial"] is not None:
+                running["trial"].set_user_attr("scores", running["scores"])
+            return max(running["scores"]) if maximize else min(running["scores"])
 
-    trainer.model_init = model_init
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    best = trainer.hyperparameter_search(
-        hp_space=lambda trial: suggest(trial, space), compute_objective=objective, n_trials=tune_args.n_trials,
-        direction="maximize" if maximize else "minimize", backend="optuna",
-        sampler=optuna.samplers.TPESampler(seed=tune_args.tune_seed))
-    result = {"metric": metric, "direction": "maximize" if maximize else "minimize", "best_trial": int(best.run_id),
-              "best_score": best.objective, "best_values": best.hyperparameters, "trials": len(records)}
+        trainer.model_init = model_init
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        trainer.hyperparameter_search(
+            hp_space=lambda trial: suggest(trial, space), compute_objective=objective, n_trials=left,
+            direction=direction, backend="optuna", storage=storage, study_name=STUDY_NAME,
+            load_if_exists=True, sampler=optuna.samplers.TPESampler(seed=tune_args.tune_seed + drawn_before))
+    return write_results(study, argv, args, metric, direction)
+
+
+def write_results(study, argv: list[str], args, metric: str, direction: str) -> dict:
+    """`tune_trials.jsonl` from every trial the study holds (resumed ones included), and the best config."""
+    import yaml
+    from optuna.trial import TrialState
+
+    trials = [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]
+    if not any(t.state == TrialState.COMPLETE for t in trials):
+        raise JobError("no trial of the search completed: nothing to report.")
+    best = study.best_trial
+    result = {"metric": metric, "direction": direction, "best_trial": best.number, "best_score": best.value,
+              "best_values": best.params, "trials": sum(t.state == TrialState.COMPLETE for t in trials)}
+    baseline = [t for t in trials if t.user_attrs.get("baseline") and t.state == TrialState.COMPLETE]
+    if baseline:
+        result["baseline_trial"], result["baseline_score"] = baseline[0].number, baseline[0].value
     if args.process_index == 0:
         os.makedirs(args.output_dir, exist_ok=True)
         with open(os.path.join(args.output_dir, TRIALS_FILE), "w", encoding="utf-8") as file:
-            for record in records:
-                score = (max if maximize else min)(record["scores"]) if record["scores"] else None
-                file.write(json.dumps({**record, "score": score}) + "\n")
-        config = best_config(argv, best.hyperparameters, args.output_dir)
+            for trial in trials:
+                file.write(json.dumps({
+                    "trial": trial.number, "state": trial.state.name, "baseline": bool(trial.user_attrs.get("baseline")),
+                    "values": trial.params, "built_lora_r": trial.user_attrs.get("built_lora_r"),
+                    "scores": trial.user_attrs.get("scores", []), "score": trial.value}) + "\n")
+        config = best_config(argv, best.params, args.output_dir)
         with open(os.path.join(args.output_dir, BEST_CONFIG_FILE), "w", encoding="utf-8") as file:
             yaml.safe_dump(config, file, sort_keys=False)
         result["best_config"] = os.path.join(args.output_dir, BEST_CONFIG_FILE)

@@ -22,7 +22,8 @@ def test_each_trial_builds_the_adapter_it_drew_and_the_best_config_reloads(tmp_p
     config = write_config(tmp_path, tiny_lm_dirs["llama", "pad"], data_files)
     output = tmp_path / "tune"
     assert cli.main(["tune", "--config", str(config), "--n_trials", "2", "--tune_space", json.dumps(SPACE),
-                     "--num_train_epochs", "1", "--output_dir", str(output), "--tune_seed", "1"]) == 0
+                     "--num_train_epochs", "1", "--output_dir", str(output), "--tune_seed", "1",
+                     "--baseline_trial", "false"]) == 0
     trials = [json.loads(line) for line in (output / "tune_trials.jsonl").read_text().splitlines()]
     assert [t["trial"] for t in trials] == [0, 1]
     # The adapter each trial trained is the one it drew (the default is 8: neither choice).
@@ -42,6 +43,50 @@ def test_each_trial_builds_the_adapter_it_drew_and_the_best_config_reloads(tmp_p
     assert args.learning_rate == pytest.approx(best["values"]["learning_rate"])
     assert args.lora_dropout == pytest.approx(best["values"]["lora_dropout"])
     assert Path(args.output_dir) == output / "best" and script_args.train_file == str(data_files["train"])
+
+
+def test_the_config_runs_first_and_a_journal_resumes_without_redrawing(tmp_path, data_files, tiny_lm_dirs, capsys):
+    """The config's own values are trial 0 (the search says whether anything beat them). A journal outlives the
+    process: a rerun with more trials runs only those left, marks the trial an interrupted search left running as
+    failed, and draws new values (a sampler restarted on the same seed would draw trial 1's again)."""
+    import optuna
+
+    config = write_config(tmp_path, tiny_lm_dirs["llama", "pad"], data_files, lora_r=4, lora_dropout=0.05)
+    output, journal = tmp_path / "tune", tmp_path / "search" / "journal.log"
+    space = {**SPACE, "lora_r": {"choices": [2, 4]}}
+    command = ["tune", "--config", str(config), "--tune_space", json.dumps(space), "--num_train_epochs", "1",
+               "--output_dir", str(output), "--tune_storage", str(journal)]
+    assert cli.main([*command, "--n_trials", "2"]) == 0
+    first = [json.loads(line) for line in (output / "tune_trials.jsonl").read_text().splitlines()]
+    assert [(t["trial"], t["baseline"], t["state"]) for t in first] == [(0, True, "COMPLETE"), (1, False, "COMPLETE")]
+    assert first[0]["values"] == {"lora_r": 4, "learning_rate": 3e-3, "lora_dropout": 0.05}
+    assert first[0]["built_lora_r"] == 4
+    assert f"The config's own values (trial 0): {first[0]['score']:.4f}" in capsys.readouterr().out
+
+    # An interrupted search: a trial started and never finished.
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    optuna.load_study(study_name="hf-clf-tune", storage=storage).ask()
+    assert cli.main([*command, "--n_trials", "3"]) == 0
+    trials = [json.loads(line) for line in (output / "tune_trials.jsonl").read_text().splitlines()]
+    assert trials[:2] == first  # kept from the journal, not retrained
+    assert [(t["trial"], t["state"]) for t in trials[2:]] == [(2, "FAIL"), (3, "COMPLETE")]
+    assert trials[3]["values"] != trials[1]["values"] and trials[3]["built_lora_r"] == trials[3]["values"]["lora_r"]
+    assert "Best of 3 trials" in capsys.readouterr().out
+
+    # Enough trials already: nothing trains (the config now names a model that does not exist).
+    assert write_config(tmp_path, NO_SUCH_MODEL, data_files, lora_r=4, lora_dropout=0.05) == config
+    assert cli.main([*command, "--n_trials", "3"]) == 0
+    assert (output / "tune_trials.jsonl").read_text().splitlines() == [json.dumps(t) for t in trials]
+    # Another search into the same journal is refused before a model loads.
+    other = [*command[:3], "--tune_space", json.dumps({**space, "lora_r": {"choices": [4, 8]}}), *command[5:]]
+    with pytest.raises(SystemExit, match="holds another search"):
+        cli.main([*other, "--n_trials", "4"])
+
+
+def test_a_baseline_outside_the_space_is_refused_before_a_model_loads(tmp_path, data_files):
+    config = write_config(tmp_path, NO_SUCH_MODEL, data_files)  # lora_r 8 by default, the space holds 2 and 4
+    with pytest.raises(SystemExit, match=r"config's lora_r=8 is outside tune_space\['lora_r'\]"):
+        cli.main(["tune", "--config", str(config), "--tune_space", json.dumps(SPACE)])
 
 
 @pytest.mark.parametrize("space, message", [
