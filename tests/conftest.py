@@ -8,6 +8,10 @@ import os
 
 # Nothing here reaches the Hub: resolve repo ids from local caches only (set before huggingface_hub is imported).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Under pytest-xdist (the README's test command runs two workers on a 2-core machine) each worker, and every process
+# a test starts, computes on one thread: two workers of two threads each would oversubscribe the cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 import hashlib
 import itertools
@@ -21,6 +25,9 @@ from pathlib import Path
 
 import pytest
 import torch
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     AutoModelForCausalLM,

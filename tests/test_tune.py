@@ -11,7 +11,7 @@ from hf_clf_ext import jobs
 from hf_clf_ext.last_token.config import LastTokenConfig
 
 import hf_clf_cli as cli
-from testing_utils import NO_SUCH_MODEL, write_config
+from testing_utils import NO_SUCH_MODEL, ROOT, write_config
 
 SPACE = {"lora_r": {"choices": [2, 4]}, "learning_rate": {"low": 1e-3, "high": 1e-2, "log": True},
          "lora_dropout": {"low": 0.0, "high": 0.1}}
@@ -32,7 +32,7 @@ def test_each_trial_builds_the_adapter_it_drew_and_the_best_config_reloads(tmp_p
     for trial in trials:
         assert len(trial["scores"]) == 1 and trial["score"] == max(trial["scores"])  # one epoch, one evaluation
     best = max(trials, key=lambda t: t["score"])
-    assert f"Best of 2 trials: trial {best['trial']}" in capsys.readouterr().out
+    assert f"Best of 2 trials (0 stopped early by the pruner): trial {best['trial']}" in capsys.readouterr().out
 
     # The best config: the given file and command-line overrides, the best values, a new output folder.
     written = yaml.safe_load((output / "best_config.yaml").read_text())
@@ -63,24 +63,65 @@ def test_the_config_runs_first_and_a_journal_resumes_without_redrawing(tmp_path,
     assert first[0]["built_lora_r"] == 4
     assert f"The config's own values (trial 0): {first[0]['score']:.4f}" in capsys.readouterr().out
 
-    # An interrupted search: a trial started and never finished.
+    # An interrupted search: a trial started and never finished; and a trial the pruner stopped (it counts as run).
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
-    optuna.load_study(study_name="hf-clf-tune", storage=storage).ask()
-    assert cli.main([*command, "--n_trials", "3"]) == 0
+    study = optuna.load_study(study_name="hf-clf-tune", storage=storage)
+    study.ask()
+    study.tell(study.ask(), state=optuna.trial.TrialState.PRUNED)
+    assert cli.main([*command, "--n_trials", "4"]) == 0
     trials = [json.loads(line) for line in (output / "tune_trials.jsonl").read_text().splitlines()]
     assert trials[:2] == first  # kept from the journal, not retrained
-    assert [(t["trial"], t["state"]) for t in trials[2:]] == [(2, "FAIL"), (3, "COMPLETE")]
-    assert trials[3]["values"] != trials[1]["values"] and trials[3]["built_lora_r"] == trials[3]["values"]["lora_r"]
-    assert "Best of 3 trials" in capsys.readouterr().out
+    assert [(t["trial"], t["state"]) for t in trials[2:]] == [(2, "FAIL"), (3, "PRUNED"), (4, "COMPLETE")]
+    assert trials[4]["values"] != trials[1]["values"] and trials[4]["built_lora_r"] == trials[4]["values"]["lora_r"]
+    assert "Best of 4 trials (1 stopped early by the pruner)" in capsys.readouterr().out
 
     # Enough trials already: nothing trains (the config now names a model that does not exist).
     assert write_config(tmp_path, NO_SUCH_MODEL, data_files, lora_r=4, lora_dropout=0.05) == config
-    assert cli.main([*command, "--n_trials", "3"]) == 0
+    assert cli.main([*command, "--n_trials", "4"]) == 0
     assert (output / "tune_trials.jsonl").read_text().splitlines() == [json.dumps(t) for t in trials]
     # Another search into the same journal is refused before a model loads.
     other = [*command[:3], "--tune_space", json.dumps({**space, "lora_r": {"choices": [4, 8]}}), *command[5:]]
     with pytest.raises(SystemExit, match="holds another search"):
         cli.main([*other, "--n_trials", "4"])
+
+
+def test_a_search_with_nothing_left_to_run_leaves_its_journal_alone(tmp_path, data_files, tiny_lm_dirs):
+    """A finished search rerun with the baseline on (the first run had it off) must not queue the baseline: a later,
+    longer search would run it as trial N, not first."""
+    import optuna
+
+    config = write_config(tmp_path, tiny_lm_dirs["llama", "pad"], data_files, lora_r=4)
+    journal = tmp_path / "journal.log"
+    command = ["tune", "--config", str(config), "--tune_space", json.dumps(SPACE), "--num_train_epochs", "1",
+               "--output_dir", str(tmp_path / "tune"), "--tune_storage", str(journal), "--n_trials", "1"]
+    assert cli.main([*command, "--baseline_trial", "false"]) == 0
+    assert cli.main(command) == 0
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    states = [t.state.name for t in optuna.load_study(study_name="hf-clf-tune", storage=storage).trials]
+    assert states == ["COMPLETE"]
+
+
+def test_the_default_space_holds_the_configs_own_values(tmp_path, data_files):
+    """Fractional epochs are among the epoch choices; a config without a head learning rate searches none."""
+    from hf_clf_ext.tuning import baseline_values, default_space
+
+    config = write_config(tmp_path, NO_SUCH_MODEL, data_files, num_train_epochs=1.5, head_learning_rate=None,
+                          lora_r=12, lora_dropout=0.2)  # learning rate 3e-3: above the default range's 1e-3
+    _, args = jobs.parse_config(LastTokenConfig, ["--config", str(config)])
+    space = default_space(args)
+    assert space["num_train_epochs"] == {"choices": [1, 1.5, 2, 4]} and "head_learning_rate" not in space
+    assert space["lora_r"] == {"choices": [4, 8, 12, 16, 32]} and space["learning_rate"]["high"] == 3e-3
+    assert baseline_values(args, space) == {"learning_rate": 3e-3, "lora_r": 12, "lora_alpha": 16,
+                                            "lora_dropout": 0.2, "num_train_epochs": 1.5}
+    # The main job's config: the space its search journal holds (benchmarks/results/tune/) is unchanged.
+    _, main = jobs.parse_config(LastTokenConfig, ["--config", str(ROOT / "recipes" / "configs" / "smollm2_135m_bbc_last_token.yaml")])
+    assert default_space(main) == {
+        "learning_rate": {"low": 1e-5, "high": 1e-3, "log": True},
+        "head_learning_rate": {"low": 1e-4, "high": 1e-2, "log": True},
+        "lora_r": {"choices": [4, 8, 16, 32]}, "lora_alpha": {"choices": [8, 16, 32, 64]},
+        "lora_dropout": {"low": 0.0, "high": 0.1}, "num_train_epochs": {"choices": [2, 5, 10]}}
+    with pytest.raises(jobs.JobError, match="head_learning_rate=None is outside"):
+        baseline_values(args, {"head_learning_rate": {"low": 1e-4, "high": 1e-2}})
 
 
 def test_a_baseline_outside_the_space_is_refused_before_a_model_loads(tmp_path, data_files):
