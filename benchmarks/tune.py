@@ -1,0 +1,104 @@
+"""The 8-trial `hf-clf tune` of the main job on BBC News at 100 training articles, kept in a journal across sessions.
+
+    python benchmarks/tune.py              # runs (or resumes) the search: 8 trials, the config's own values first
+    python benchmarks/tune.py --report     # writes benchmarks/results/tune.md from the journal
+
+The search scores each trial on the config's 100 validation articles (seed 0) and keeps its study in
+`benchmarks/results/tune/bbc100_journal.log`, an Optuna journal: a trial of this recipe takes 7 to 45 minutes on a
+2-core CPU, so the 8 trials outlast a working session, and a rerun resumes where the last one stopped. The
+validation score picks the best of 8 on 100 articles; whether the best config really beats the default is then
+measured on the 445 test articles over 3 seeds, with `benchmarks/quality.py --set` (the report gives the command).
+"""
+
+import argparse
+import datetime
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+JOURNAL = RESULTS / "tune" / "bbc100_journal.log"
+CONFIG = ROOT / "recipes" / "configs" / "smollm2_135m_bbc_last_token.yaml"
+OUTPUT_DIR = ROOT / "outputs" / "tune-bbc100"
+N_TRIALS = 8
+FIELDS = ("learning_rate", "head_learning_rate", "lora_r", "lora_alpha", "lora_dropout", "num_train_epochs")
+
+
+def search() -> None:
+    from hf_clf_ext.scripts.tune import main
+
+    main(["--config", str(CONFIG), "--n_trials", str(N_TRIALS), "--output_dir", str(OUTPUT_DIR),
+          "--tune_storage", str(JOURNAL)])
+
+
+def _minutes(trial) -> str:
+    if trial.datetime_start is None or trial.datetime_complete is None:
+        return "-"
+    return f"{(trial.datetime_complete - trial.datetime_start) / datetime.timedelta(minutes=1):.0f}"
+
+
+def _value(name: str, value) -> str:
+    if value is None:
+        return "-"
+    if name in ("learning_rate", "head_learning_rate"):
+        return f"{value:.2e}"
+    return f"{value:.3f}" if isinstance(value, float) and not float(value).is_integer() else f"{value:g}"
+
+
+def report() -> str:
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    from optuna.trial import TrialState
+
+    from hf_clf_ext.tuning import STUDY_NAME
+
+    study = optuna.load_study(study_name=STUDY_NAME, storage=JournalStorage(JournalFileBackend(str(JOURNAL))))
+    trials = [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    search = study.user_attrs["search"]
+    lines = [
+        "# Hyperparameter search of the main job (BBC News, 100 training articles)", "",
+        f"Written by `benchmarks/tune.py --report` from `{JOURNAL.relative_to(ROOT)}`: `hf-clf tune --config "
+        f"{CONFIG.relative_to(ROOT)} --n_trials {N_TRIALS}`, scored on the config's 100 validation articles by "
+        f"{search['metric']} (the best evaluation of each trial). Machine: AMD EPYC, 2 CPU threads, float32, "
+        "torch 2.13 (one process). Trial 0 runs the config's own values; the others are drawn by Optuna's TPE "
+        "sampler, whose first 10 draws are random: with 8 trials this is a seeded random search around the default.",
+        "", f"Completed trials: {len(done)} of {N_TRIALS}.", "",
+        "| trial | what | " + " | ".join(FIELDS) + " | validation scores by epoch | best | minutes |",
+        "|---" * (len(FIELDS) + 5) + "|",
+    ]
+    for trial in trials:
+        what = "config's own" if trial.user_attrs.get("baseline") else "drawn"
+        if trial.state == TrialState.RUNNING:
+            what += " (started, not finished: a resumed search marks it failed)"
+        elif trial.state != TrialState.COMPLETE:
+            what += f" ({trial.state.name.lower()})"
+        scores = " ".join(f"{score:.3f}" for score in trial.user_attrs.get("scores", []))
+        lines.append(f"| {trial.number} | {what} | " + " | ".join(_value(n, trial.params.get(n)) for n in FIELDS)
+                     + f" | {scores or '-'} | {_value('best', trial.value)} | {_minutes(trial)} |")
+    baseline = [t for t in done if t.user_attrs.get("baseline")]
+    if done:
+        best = study.best_trial
+        lines += ["", f"Best so far: trial {best.number}, {best.value:.4f}"
+                  + (f", against the config's own {baseline[0].value:.4f}." if baseline else ".")]
+        if not best.user_attrs.get("baseline"):
+            overrides = "--set " + " ".join(f"{name}={best.params[name]}" for name in FIELDS if name in best.params)
+            lines += ["", "On the test articles, 3 seeds, against the default's rows of `quality.md`:", "",
+                      f"    python benchmarks/quality.py --methods last_token --sizes 100 --seeds 0 1 2 {overrides}"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--report", action="store_true", help="Only write benchmarks/results/tune.md.")
+    args = parser.parse_args(argv)
+    if not args.report:
+        search()
+    text = report()
+    (RESULTS / "tune.md").write_text(text, encoding="utf-8")
+    print(text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
