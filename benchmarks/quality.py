@@ -462,8 +462,9 @@ def main(argv=None) -> None:
     parser.add_argument("--setfit-iterations", type=int,
                         help="setfit only: num_iterations (positive and negative pairs per text) instead of SetFit's "
                              "default sampling.")
-    parser.add_argument("--set", nargs="+", metavar="KEY=VALUE",
-                        help="last_token only: other fields of its config, e.g. head_init=label_names.")
+    parser.add_argument("--set", nargs="+", action="extend", metavar="KEY=VALUE",
+                        help="last_token only: other fields of its config, e.g. head_init=label_names (repeated "
+                             "--set add up).")
     parser.add_argument("--report", action="store_true", help="Only write the report from the runs so far.")
     args = parser.parse_args(argv)
     if not args.report:
