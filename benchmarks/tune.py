@@ -4,7 +4,7 @@
     python benchmarks/tune.py --report     # writes benchmarks/results/tune.md from the journal
 
 The search scores each trial on the config's 100 validation articles (seed 0) and keeps its study in
-`benchmarks/results/tune/bbc100_journal.log`, an Optuna journal: a trial of this recipe takes 7 to 45 minutes on a
+`benchmarks/results/tune/bbc100_journal.log`, an Optuna journal: a trial of this recipe took 11 to 42 minutes on a
 2-core CPU, so the 8 trials outlast a working session, and a rerun resumes where the last one stopped. The
 validation score picks the best of 8 on 100 articles; whether the best config really beats the default is then
 measured on the 445 test articles over 3 seeds, with `benchmarks/quality.py --set` (the report gives the command).
@@ -51,20 +51,21 @@ def report() -> str:
     from optuna.storages.journal import JournalFileBackend
     from optuna.trial import TrialState
 
-    from hf_clf_ext.tuning import STUDY_NAME
+    from hf_clf_ext.tuning import DONE, STUDY_NAME
 
     study = optuna.load_study(study_name=STUDY_NAME, storage=JournalStorage(JournalFileBackend(str(JOURNAL))))
     trials = [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]
     done = [t for t in trials if t.state == TrialState.COMPLETE]
-    search = study.user_attrs["search"]
+    facts = study.user_attrs["search"]
     lines = [
         "# Hyperparameter search of the main job (BBC News, 100 training articles)", "",
         f"Written by `benchmarks/tune.py --report` from `{JOURNAL.relative_to(ROOT)}`: `hf-clf tune --config "
         f"{CONFIG.relative_to(ROOT)} --n_trials {N_TRIALS}`, scored on the config's 100 validation articles by "
-        f"{search['metric']} (the best evaluation of each trial). Machine: AMD EPYC, 2 CPU threads, float32, "
+        f"{facts['metric']} (the best evaluation of each trial). Machine: AMD EPYC, 2 CPU threads, float32, "
         "torch 2.13 (one process). Trial 0 runs the config's own values; the others are drawn by Optuna's TPE "
         "sampler, whose first 10 draws are random: with 8 trials this is a seeded random search around the default.",
-        "", f"Completed trials: {len(done)} of {N_TRIALS}.", "",
+        "", f"Trials run: {sum(t.state.name in DONE for t in trials)} of {N_TRIALS} (pruned ones count, as the search "
+        "counts them).", "",
         "| trial | what | " + " | ".join(FIELDS) + " | validation scores by epoch | best | minutes |",
         "|---" * (len(FIELDS) + 5) + "|",
     ]

@@ -17,7 +17,7 @@ with the best trial's values, ready for `hf-clf train` or the recipes.
 The config's own values run first (`baseline_trial`), so a search reports whether it beat the config as given. A
 trial below the median of earlier trials at the same step is stopped early (Optuna's `MedianPruner`, which
 `hyperparameter_search` uses unless told otherwise, made explicit here) and counts as a trial run. A trial of the
-default SmolLM2 recipe takes 20 to 45 minutes on a 2-core CPU, so 8 trials outlast a working session: `tune_storage`
+default SmolLM2 recipe took 11 to 42 minutes on a 2-core CPU, so 8 trials outlast a working session: `tune_storage`
 keeps the study in a journal file a rerun resumes (see `open_study`).
 """
 
@@ -31,6 +31,10 @@ from .jobs import JobError
 
 TRIALS_FILE = "tune_trials.jsonl"
 BEST_CONFIG_FILE = "best_config.yaml"
+STUDY_NAME = "hf-clf-tune"
+# What counts as a trial run (state names): one that finished, or one the pruner stopped (Optuna's own count). A
+# failed one (an error, or left running by an interrupted search) does not.
+DONE = ("COMPLETE", "PRUNED")
 
 
 @dataclass
@@ -201,12 +205,6 @@ def open_study(tune_args: TuneArguments, space: dict, metric: str, direction: st
     return study, storage
 
 
-STUDY_NAME = "hf-clf-tune"
-# What counts as a trial run: one that finished, or one the pruner stopped (Optuna's own count). A failed one (an
-# error, or left running by an interrupted search) does not.
-DONE = ("COMPLETE", "PRUNED")
-
-
 def run_tuning(script_args, args, tune_args: TuneArguments, splits, argv: list[str]) -> dict:
     """Search, write the trials and the best config into `args.output_dir`; returns the best run's facts."""
     from .jobs import BUNDLED_MODEL_IDS, resolve_model
@@ -285,7 +283,7 @@ def write_results(study, argv: list[str], args, metric: str, direction: str) -> 
     best = study.best_trial
     result = {"metric": metric, "direction": direction, "best_trial": best.number, "best_score": best.value,
               "best_values": best.params, "trials": sum(t.state.name in DONE for t in trials),
-              "pruned": sum(t.state == TrialState.PRUNED for t in trials)}
+              "pruned": sum(t.state.name == "PRUNED" for t in trials)}
     baseline = [t for t in trials if t.user_attrs.get("baseline") and t.state == TrialState.COMPLETE]
     if baseline:
         result["baseline_trial"], result["baseline_score"] = baseline[0].number, baseline[0].value

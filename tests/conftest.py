@@ -25,9 +25,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    torch.set_num_threads(1)
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     AutoModelForCausalLM,
@@ -37,6 +34,9 @@ from transformers import (
     PreTrainedTokenizerFast,
     Qwen2Config,
 )
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 
 SPECIAL_TOKENS = ["<pad>", "<eos>", "<unk>"]
 WORDS = (

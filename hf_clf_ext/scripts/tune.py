@@ -19,8 +19,8 @@ def main(argv=None) -> dict:
     jobs.check_data(splits, args)
     result = run_tuning(script_args, args, tune_args, splits, argv)
     if args.process_index == 0:
-        print(f"\nBest of {result['trials']} trials ({result['pruned']} stopped early by the pruner): trial {result['best_trial']}, {result['metric']} "
-              f"{result['best_score']:.4f} with {result['best_values']}."
+        print(f"\nBest of {result['trials']} trials ({result['pruned']} stopped early by the pruner): trial "
+              f"{result['best_trial']}, {result['metric']} {result['best_score']:.4f} with {result['best_values']}."
               + (f"\nThe config's own values (trial {result['baseline_trial']}): {result['baseline_score']:.4f}."
                  if "baseline_trial" in result else "")
               + f"\nTrials: {args.output_dir}/tune_trials.jsonl. "
