@@ -2,6 +2,7 @@
 
     python benchmarks/quality.py --methods tfidf last_token stock instruction --sizes 100 400 --seeds 0 1 2
     python benchmarks/quality.py --dataset reuters --methods tfidf last_token stock --sizes 400 --seeds 0 1 2
+    python benchmarks/quality.py --dataset bbc_headlines --methods tfidf minilm_lr setfit last_token stock
     python benchmarks/quality.py --methods last_token --max-length 512 --sizes 100 --seeds 0 1 2
     python benchmarks/quality.py --methods last_token --model bundled:gemma3-270m --sizes 100 --seeds 0
     python benchmarks/quality.py --methods setfit --setfit-iterations 5 --sizes 100 --seeds 0 1 2
@@ -23,9 +24,10 @@ ECE is reported before and after a temperature fitted on the validation split.
 levers); their rows are reported apart.
 
 Data sets: `bbc` (BBC News, single-label, 5 topics): each size draws `size / 5` training and 20 validation articles
-per topic with the seed, and every run shares the 445 test articles. `reuters` (Reuters-21578, multi-label, the 10
-most frequent topics): `size` training and 100 validation stories drawn with the seed from before 7 April 1987, and
-all 2,756 test-period stories.
+per topic with the seed, and every run shares the 445 test articles. `bbc_headlines`: the same draws with only each
+article's headline (3 to 9 words, median 5), a short-text task where few words are shared between texts.
+`reuters` (Reuters-21578, multi-label, the 10 most frequent topics): `size` training and 100 validation stories
+drawn with the seed from before 7 April 1987, and all 2,756 test-period stories.
 
 Each finished run is appended to `benchmarks/results/quality_runs.jsonl` and skipped when asked again, so the grid
 can be filled over several sessions; `--report` writes `benchmarks/results/quality.md` from what has run.
@@ -68,8 +70,9 @@ class Task:
     names: tuple[str, ...] | None  # None: the ClassLabel names of the training split
 
     def splits(self, size: int, seed: int):
-        if self.name == "bbc":
-            return bbc_news_splits(train_per_class=size // 5, validation_per_class=20, seed=seed)
+        if self.name.startswith("bbc"):
+            return bbc_news_splits(train_per_class=size // 5, validation_per_class=20, seed=seed,
+                                   headlines=self.name == "bbc_headlines")
         return reuters_21578_splits(train_size=size, validation_size=100, seed=seed)
 
     def label_names(self, splits) -> list[str]:
@@ -93,6 +96,8 @@ class Task:
 TASKS = {
     "bbc": Task("bbc", "BBC News (single-label, 5 topics, 445 fixed test articles)", "single_label_classification",
                 "label", None),
+    "bbc_headlines": Task("bbc_headlines", "BBC News headlines (short texts: the same articles' headlines only, "
+                          "3 to 9 words)", "single_label_classification", "label", None),
     "reuters": Task("reuters", "Reuters-21578 (multi-label, 10 most frequent topics, 2,756 test-period stories)",
                     "multi_label_classification", "labels", REUTERS_R10),
 }

