@@ -15,6 +15,8 @@ import datetime
 import sys
 from pathlib import Path
 
+from hf_clf_ext.tuning import DONE, STUDY_NAME
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 JOURNAL = RESULTS / "tune" / "bbc100_journal.log"
@@ -32,7 +34,8 @@ def search() -> None:
 
 
 def _minutes(trial) -> str:
-    if trial.datetime_start is None or trial.datetime_complete is None:
+    """Training minutes of a finished trial; a failed one ends when a later search marked it, not when it stopped."""
+    if trial.datetime_start is None or trial.datetime_complete is None or trial.state.name not in DONE:
         return "-"
     return f"{(trial.datetime_complete - trial.datetime_start) / datetime.timedelta(minutes=1):.0f}"
 
@@ -51,12 +54,11 @@ def report() -> str:
     from optuna.storages.journal import JournalFileBackend
     from optuna.trial import TrialState
 
-    from hf_clf_ext.tuning import DONE, STUDY_NAME
-
     study = optuna.load_study(study_name=STUDY_NAME, storage=JournalStorage(JournalFileBackend(str(JOURNAL))))
     trials = [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     facts = study.user_attrs["search"]
+    finished = sum(t.state.name in DONE for t in trials)
     lines = [
         "# Hyperparameter search of the main job (BBC News, 100 training articles)", "",
         f"Written by `benchmarks/tune.py --report` from `{JOURNAL.relative_to(ROOT)}`: `hf-clf tune --config "
@@ -64,8 +66,9 @@ def report() -> str:
         f"{facts['metric']} (the best evaluation of each trial). Machine: AMD EPYC, 2 CPU threads, float32, "
         "torch 2.13 (one process). Trial 0 runs the config's own values; the others are drawn by Optuna's TPE "
         "sampler, whose first 10 draws are random: with 8 trials this is a seeded random search around the default.",
-        "", f"Trials run: {sum(t.state.name in DONE for t in trials)} of {N_TRIALS} (pruned ones count, as the search "
-        "counts them).", "",
+        "", f"Trials run: {finished} of {N_TRIALS} (pruned ones count, as the search counts them: a trial is pruned "
+        "when an epoch's score falls below the median of the earlier trials' scores at that epoch, Optuna's "
+        "MedianPruner, once five trials have finished).", "",
         "| trial | what | " + " | ".join(FIELDS) + " | validation scores by epoch | best | minutes |",
         "|---" * (len(FIELDS) + 5) + "|",
     ]
@@ -81,7 +84,7 @@ def report() -> str:
     baseline = [t for t in done if t.user_attrs.get("baseline")]
     if done:
         best = study.best_trial
-        lines += ["", f"Best so far: trial {best.number}, {best.value:.4f}"
+        lines += ["", f"{'Best' if finished >= N_TRIALS else 'Best so far'}: trial {best.number}, {best.value:.4f}"
                   + (f", against the config's own {baseline[0].value:.4f}." if baseline else ".")]
         if not best.user_attrs.get("baseline"):
             overrides = "--set " + " ".join(f"{name}={best.params[name]}" for name in FIELDS if name in best.params)
