@@ -122,10 +122,8 @@ def parse_config(training_arguments_class, argv: Sequence[str] | None = None, sc
         unknown = [item.lstrip("-") for item in remaining if item.startswith("--")]
         raise JobError(f"unknown configuration keys {unknown}; see --help for the valid ones.")
     _check_cpu_bf16(training_args)
-    for key, known in (("dataset", BUNDLED_DATASETS), ("model_name_or_path", BUNDLED_MODELS)):
-        value = getattr(script_args, key, None)
-        if isinstance(value, str) and value.startswith("bundled:") and value not in known:
-            raise JobError(f"{key} {value!r} is not bundled; the bundled ones are {sorted(known)}.")
+    check_bundled_name("dataset", getattr(script_args, "dataset", None), BUNDLED_DATASETS)
+    check_bundled_name("model_name_or_path", getattr(script_args, "model_name_or_path", None), BUNDLED_MODELS)
     if getattr(script_args, "streaming", False):
         from .last_token.config import LastTokenConfig
 
@@ -197,7 +195,7 @@ def _resume_value(value, output_dir: str):
 
 
 def load_splits(script_args: ScriptArguments, pool: bool = False) -> DatasetDict:
-    """train / validation / test splits from local files, a saved folder, a Hub dataset or the bundled BBC News;
+    """train / validation / test splits from local files, a saved folder, a Hub dataset or a bundled set;
     with `pool`, also the unlabelled `pool` split (`pool_file`, or the dataset's `pool_split`)."""
     if script_args.dataset in BUNDLED_DATASETS:
         from .bundled import bundled_splits
@@ -249,8 +247,9 @@ def load_splits(script_args: ScriptArguments, pool: bool = False) -> DatasetDict
 
 
 def load_split(dataset: str, split: str, dataset_config: str | None = None) -> Dataset:
-    """One named split of a Hub dataset, a saved folder or the bundled BBC News (`train`, `validation`, `test`,
-    `pool`), or a ValueError listing the splits there are."""
+    """One named split of a Hub dataset, a saved folder or a bundled set (`train`, `validation`, `test`, `pool`), or
+    a ValueError listing the splits there are."""
+    check_bundled_name("dataset", dataset, BUNDLED_DATASETS)
     if dataset in BUNDLED_DATASETS:
         from .bundled import bundled_splits
 
@@ -287,6 +286,13 @@ def check_data(splits: DatasetDict, training_args) -> None:
             check_columns(dataset, [*columns, *[training_args.label_column] * (split != "pool")], split)
         except ValueError as error:
             raise JobError(str(error)) from error
+
+
+def check_bundled_name(key: str, value, known) -> None:
+    """A `bundled:` name that is not one of `known` is a typo, refused here (it would go to the Hub, which fails
+    with a connection error or a missing repo that never says so)."""
+    if isinstance(value, str) and value.startswith("bundled:") and value not in known:
+        raise JobError(f"{key} {value!r} is not bundled; the bundled ones are {sorted(known)}.")
 
 
 def resolve_model(script_args: ScriptArguments) -> tuple[str, dict]:

@@ -223,6 +223,13 @@ def test_a_misspelt_bundled_name_is_refused_naming_the_bundled_ones(tmp_path, da
     assert f"{key} '{value}' is not bundled" in line and "'bundled:" in line.split("the bundled ones are", 1)[1]
 
 
+@pytest.mark.parametrize("command", ["evaluate", "predict"])
+def test_evaluate_and_predict_refuse_a_misspelt_bundled_dataset(command, tmp_path):
+    output = ["--output_file", str(tmp_path / "predictions.jsonl")] if command == "predict" else []
+    with pytest.raises(SystemExit, match=r"dataset 'bundled:bbc-news' is not bundled; the bundled ones are \['bundled:"):
+        cli.main([command, "--model", NO_SUCH_MODEL, "--dataset", "bundled:bbc-news", "--split", "test", *output])
+
+
 def test_nan_class_weights_are_refused_by_the_cli(tmp_path, data_files):
     config = write_config(tmp_path, NO_SUCH_MODEL, data_files)
     with pytest.raises(SystemExit, match=r"class_weights must be finite positive numbers, got '1,nan,1'"):
