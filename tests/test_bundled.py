@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from hf_clf_ext.bundled import (bbc_news_splits, load_bbc_news, load_reuters_21578, load_rotten_tomatoes, package_dir, reuters_21578_dir,
-                                reuters_21578_splits, smollm2_gguf)
+from hf_clf_ext.bundled import (bbc_news_splits, load_bbc_news, load_reuters_21578, load_rotten_tomatoes,
+                                package_dir, reuters_21578_dir, reuters_21578_splits, smollm2_gguf)
 
 
 def test_bbc_news_has_every_article_with_its_topic():
