@@ -106,10 +106,10 @@ def _parquet_rows(path: str) -> Iterator[dict]:
 
 
 def _dataset_rows(dataset: str, split: str, dataset_config: str | None) -> Callable[[], Iterator[dict]]:
-    from .jobs import BUNDLED_DATASETS, check_bundled_name, load_split
+    from .jobs import load_split
 
-    check_bundled_name("dataset", dataset, BUNDLED_DATASETS)
-    if dataset in BUNDLED_DATASETS or os.path.isdir(dataset):  # in memory (bundled) or memory-mapped (saved folder)
+    # In memory (bundled: load_split refuses a name that is not bundled) or memory-mapped (a saved folder).
+    if dataset.startswith("bundled:") or os.path.isdir(dataset):
         rows = load_split(dataset, split, dataset_config)
         return lambda: iter(rows)
     from datasets import load_dataset
