@@ -87,10 +87,47 @@ def report() -> str:
         lines += ["", f"{'Best' if finished >= N_TRIALS else 'Best so far'}: trial {best.number}, {best.value:.4f}"
                   + (f", against the config's own {baseline[0].value:.4f}." if baseline else ".")]
         if not best.user_attrs.get("baseline"):
-            overrides = "--set " + " ".join(f"{name}={best.params[name]}" for name in FIELDS if name in best.params)
+            pairs = [f"{name}={best.params[name]}" for name in FIELDS if name in best.params]
             lines += ["", "On the test articles, 3 seeds, against the default's rows of `quality.md`:", "",
-                      f"    python benchmarks/quality.py --methods last_token --sizes 100 --seeds 0 1 2 {overrides}"]
+                      f"    python benchmarks/quality.py --methods last_token --sizes 100 --seeds 0 1 2 "
+                      f"--set {' '.join(pairs)}", ""] + test_check(pairs)
     return "\n".join(lines) + "\n"
+
+
+def test_check(pairs: list[str]) -> list[str]:
+    """The best config's test macro-F1 seed by seed (the runs of `quality.py --set`, in `quality_runs.jsonl`) against
+    today's default rerun (`head_bias=false`) on the same seeds, and whether it wins outside both spreads."""
+    import json
+    import statistics
+
+    path = RESULTS / "quality_runs.jsonl"
+    runs = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] if path.is_file() else []
+
+    def scores(overrides: str) -> dict[int, float]:
+        return {run["seed"]: run["f1_macro"] for run in runs
+                if run.get("dataset", "bbc") == "bbc" and run["method"] == "last_token" and run["size"] == 100
+                and run.get("overrides") == overrides and not run.get("model") and not run.get("max_length")}
+
+    tuned, default = scores(" ".join(sorted(pairs))), scores("head_bias=false")
+    if not tuned:
+        return ["Not run yet."]
+    lines = ["| seed | best config | today's default (head_bias=false) |", "|---|---|---|"]
+    lines += [f"| {seed} | {tuned[seed]:.3f} | {_value('best', default.get(seed))} |" for seed in sorted(tuned)]
+
+    def spread(values) -> str:
+        values = list(values)
+        return f"{statistics.mean(values):.3f} ± {statistics.stdev(values) if len(values) > 1 else 0:.3f}"
+
+    lines.append(f"| mean ± std | {spread(tuned.values())} | {spread(default.values()) if default else '-'} |")
+    if len(tuned) < 3 or not default:
+        return lines + ["", f"{len(tuned)} of 3 seeds so far."]
+    gap = statistics.mean(tuned.values()) - statistics.mean(default.values())
+    outside = (statistics.mean(tuned.values()) - statistics.stdev(tuned.values())
+               > statistics.mean(default.values()) + statistics.stdev(default.values()))
+    return lines + ["", f"The best config {'beats' if outside else 'does not beat'} the default outside both spreads "
+                    f"(mean difference {gap:+.3f}): "
+                    + ("the search's target is met." if outside else "the search's target is not met; the "
+                       "recipe keeps its values.")]
 
 
 def main(argv=None) -> None:
