@@ -384,9 +384,20 @@ def _groups(rows: list[dict], task: Task) -> dict[tuple[int, str], list[dict]]:
             name = row["method"] + "".join(f" ({detail})" for detail in (
                 row.get("variant"), row.get("max_length") and f"{row['max_length']} tokens", row.get("model"),
                 row.get("setfit_iterations") and f"num_iterations {row['setfit_iterations']}",
-                row.get("overrides")) if detail)
+                row.get("overrides") and _compact(row["overrides"])) if detail)
             groups.setdefault((row["size"], name), []).append(row)
     return groups
+
+
+def _compact(overrides: str) -> str:
+    """`--set` values as a row names them: decimals to 3 significant digits (a tuned learning rate has 17)."""
+    def value(text: str) -> str:
+        try:
+            return f"{float(text):.3g}" if any(c in text for c in ".eE") else text
+        except ValueError:
+            return text
+
+    return " ".join(f"{key}={value(text)}" for key, _, text in (pair.partition("=") for pair in overrides.split()))
 
 
 def report() -> str:
@@ -424,8 +435,9 @@ def _plot(task: Task, groups: dict[tuple[int, str], list[dict]]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
     names = sorted({name for _, name in groups})
+    legend_rows = (len(names) + 1) // 2  # the legend sits under the plots, two methods a row
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4 + 0.25 * legend_rows))
     for position, name in enumerate(names):
         sizes = sorted(size for size, other in groups if other == name)
         for axis, column in zip(axes, ("f1_macro", "ece_after")):
@@ -437,14 +449,16 @@ def _plot(task: Task, groups: dict[tuple[int, str], list[dict]]) -> None:
             values = [[row[column] for row in groups[size, name]] for size in kept]
             axis.errorbar(shifted, [np.mean(v) for v in values], yerr=[np.std(v, ddof=1) if len(v) > 1 else 0.0
                                                                        for v in values],
-                          marker="o", capsize=3, label=name)
+                          marker="osD^v<>"[position % 7], color=plt.cm.tab20(position % 20), capsize=3,
+                          label=name)
     figure.suptitle(task.title)
     axes[0].set(xlabel="training examples", ylabel="macro-F1")
     axes[1].set(xlabel="training examples", ylabel="ECE after temperature scaling")
     for axis in axes:
         axis.set_xticks(sorted({size for size, _ in groups}))
-    axes[0].legend()
-    figure.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower center", ncol=2, fontsize="small", frameon=False)
+    figure.tight_layout(rect=(0, 0.25 * legend_rows / (4 + 0.25 * legend_rows) + 0.02, 1, 1))
     figure.savefig(RESULTS / f"quality_{task.name}.png", dpi=110)
     plt.close(figure)
 
