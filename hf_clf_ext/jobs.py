@@ -192,7 +192,7 @@ def load_splits(script_args: ScriptArguments, pool: bool = False) -> DatasetDict
     with `pool`, also the unlabelled `pool` split (`pool_file`, or the dataset's `pool_split`)."""
     if script_args.dataset in BUNDLED_DATASETS:
         splits = bundled.bundled_splits(script_args.dataset, script_args.bbc_train_per_class,
-                                script_args.bbc_validation_per_class, pool=pool)
+                                        script_args.bbc_validation_per_class, pool=pool)
     elif script_args.train_file:
         files = {
             split: path
@@ -242,8 +242,8 @@ def load_split(dataset: str, split: str, dataset_config: str | None = None) -> D
     a ValueError listing the splits there are."""
     check_bundled_name("dataset", dataset, BUNDLED_DATASETS)
     if dataset in BUNDLED_DATASETS:
-        loaded = bundled.bundled_splits(dataset, ScriptArguments.bbc_train_per_class, ScriptArguments.bbc_validation_per_class,
-                                pool=True)
+        loaded = bundled.bundled_splits(dataset, ScriptArguments.bbc_train_per_class,
+                                        ScriptArguments.bbc_validation_per_class, pool=True)
     elif os.path.isdir(dataset):
         loaded = load_from_disk(dataset)
     else:
