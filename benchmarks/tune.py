@@ -97,15 +97,15 @@ def report() -> str:
 def test_check(pairs: list[str]) -> list[str]:
     """The best config's test macro-F1 seed by seed (the runs of `quality.py --set`, in `quality_runs.jsonl`) against
     today's default rerun (`head_bias=false`) on the same seeds, and whether it wins outside both spreads."""
-    import json
     import statistics
 
-    path = RESULTS / "quality_runs.jsonl"
-    runs = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] if path.is_file() else []
+    from quality import _rows
+
+    runs = _rows()
 
     def scores(overrides: str) -> dict[int, float]:
         return {run["seed"]: run["f1_macro"] for run in runs
-                if run.get("dataset", "bbc") == "bbc" and run["method"] == "last_token" and run["size"] == 100
+                if run["dataset"] == "bbc" and run["method"] == "last_token" and run["size"] == 100
                 and run.get("overrides") == overrides and not run.get("model") and not run.get("max_length")}
 
     tuned, default = scores(" ".join(sorted(pairs))), scores("head_bias=false")
