@@ -1,8 +1,9 @@
 """What a transformers user writes without this project, shared by the quality and speed benchmarks: the stock
 `AutoModelForSequenceClassification` with PEFT LoRA r=8 on every projection, trained by the stock `Trainer` with one
-learning rate and no pooling suffix."""
+learning rate and no pooling suffix. Also what every benchmark's results share: the machine's name, mean ± std."""
 
 import platform
+import statistics
 
 import torch
 
@@ -13,6 +14,15 @@ def machine() -> str:
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
     return f"{_cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def mean_std(values) -> str:
+    """"mean ± sample standard deviation" over seeds to three decimals; one seed has no spread, so its value alone
+    (a "± 0.000" would claim seeds that agree)."""
+    values = [float(value) for value in values]
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
 def _cpu_name() -> str:

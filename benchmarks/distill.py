@@ -125,6 +125,8 @@ def pool_agreement() -> dict:
 
 
 def report() -> None:
+    from baselines import mean_std
+
     runs = [json.loads(line) for line in RUNS.read_text().splitlines()] if RUNS.exists() else []
     speeds = latest_speeds()
     pool = pool_agreement()
@@ -160,8 +162,7 @@ def report() -> None:
             description += f" (retrained teacher: macro-F1 {own:.3f})"
 
         def stat(key):
-            values = np.array([run[key] for run in mine])
-            return f"{values.mean():.3f}" + (f" ± {values.std(ddof=1):.3f}" if len(values) > 1 else "")
+            return mean_std(run[key] for run in mine)
 
         speed = speeds.get(name, {}) if not extra else {}
         rate = speed.get("examples_per_second")

@@ -99,6 +99,7 @@ def test_check(pairs: list[str]) -> list[str]:
     today's default rerun (`head_bias=false`) on the same seeds, and whether it wins outside both spreads."""
     import statistics
 
+    from baselines import mean_std
     from quality import _rows
 
     runs = _rows()
@@ -113,12 +114,7 @@ def test_check(pairs: list[str]) -> list[str]:
         return ["Not run yet."]
     lines = ["| seed | best config | today's default (head_bias=false) |", "|---|---|---|"]
     lines += [f"| {seed} | {tuned[seed]:.3f} | {_value('best', default.get(seed))} |" for seed in sorted(tuned)]
-
-    def spread(values) -> str:
-        values = list(values)
-        return f"{statistics.mean(values):.3f} ± {statistics.stdev(values) if len(values) > 1 else 0:.3f}"
-
-    lines.append(f"| mean ± std | {spread(tuned.values())} | {spread(default.values()) if default else '-'} |")
+    lines.append(f"| mean ± std | {mean_std(tuned.values())} | {mean_std(default.values()) if default else '-'} |")
     if len(tuned) < 3 or not default:
         return lines + ["", f"{len(tuned)} of 3 seeds so far."]
     gap = statistics.mean(tuned.values()) - statistics.mean(default.values())

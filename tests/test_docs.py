@@ -363,6 +363,16 @@ def test_result_tables_are_included_not_retyped():
             assert (ROOT / path).read_text().startswith("# "), f"{path}: line 1 is not the title the include skips"
 
 
+def test_every_mean_and_spread_quoted_in_prose_is_in_a_result_table():
+    """The README and the pages retell results in words ("0.843 ± 0.005"); each "mean ± std" they quote must be a cell
+    of a generated table in benchmarks/results/, so a retyped or stale figure (once: 0.811 ± 0.016 for a table's
+    0.810 ± 0.015) fails here instead of reaching readers."""
+    quoted = re.compile(r"\d+\.\d+ ± \d+\.\d+")
+    cells = set(quoted.findall("\n".join(path.read_text() for path in RESULTS.glob("*.md"))))
+    assert len(cells) > 50  # the tables themselves are read, not an empty folder
+    stray = {rel(page): sorted(set(quoted.findall(page.read_text())) - cells) for page in PAGES}
+    assert not {page: figures for page, figures in stray.items() if figures}
+
 def test_every_public_module_has_one_reference_entry_listed_in_the_index():
     entries = [line.split()[1] for page in (DOCS / "reference").glob("*.md")
                for line in page.read_text().splitlines() if line.startswith("::: ")]
