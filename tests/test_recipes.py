@@ -20,6 +20,31 @@ from testing_utils import NO_SUCH_MODEL, ROOT, recipe, write_config  # noqa: F40
 
 # --- bad input, before any model loads ---------------------------------------------------------------------------
 
+CPU_CONFIGS = sorted(path.name for path in (ROOT / "recipes" / "configs").glob("*.yaml")
+                     if yaml.safe_load(path.read_text()).get("use_cpu"))
+
+
+@pytest.mark.parametrize("name", CPU_CONFIGS)
+def test_every_cpu_config_passes_its_recipes_checks_as_its_header_launches_it(name, tmp_path):
+    """Each embedded (CPU) config names its launch command in its header; that recipe's checks before a model loads
+    (keys, bundled names, data, columns) accept it, so a config that ships cannot fail on its first line."""
+    import re
+
+    from hf_clf_ext.instruction.config import InstructionConfig
+
+    path = ROOT / "recipes" / "configs" / name
+    launch = re.search(rf"python (recipes/\w+\.py) --config recipes/configs/{re.escape(name)}\b", path.read_text())
+    assert launch, f"{name}: its header does not say how to launch it"
+    argv = ["--config", str(path), "--output_dir", str(tmp_path / "run")]
+    recipe_name = Path(launch.group(1)).stem
+    if recipe_name == "distill":
+        _, _, splits, pool = jobs.prepare_distillation(argv)
+        assert len(pool) > 0
+    else:
+        config_class = {"train_last_token": LastTokenConfig, "train_instruction": InstructionConfig}[recipe_name]
+        _, _, splits = jobs.prepare(config_class, argv)
+    assert min(len(split) for split in splits.values()) > 0
+
 
 def test_unknown_config_keys_are_rejected(tmp_path, data_files):
     config = write_config(tmp_path, NO_SUCH_MODEL, data_files, learning_rat=1.0)
