@@ -117,6 +117,7 @@ def parse_config(training_arguments_class, argv: Sequence[str] | None = None, sc
     _check_cpu_bf16(training_args)
     check_bundled_name("dataset", getattr(script_args, "dataset", None), BUNDLED_DATASETS)
     check_bundled_name("model_name_or_path", getattr(script_args, "model_name_or_path", None), BUNDLED_MODELS)
+    check_one_data_source(script_args)
     if getattr(script_args, "streaming", False):
         from .last_token.config import LastTokenConfig
 
@@ -275,6 +276,17 @@ def check_data(splits: DatasetDict, training_args) -> None:
             check_columns(dataset, [*columns, *[training_args.label_column] * (split != "pool")], split)
         except ValueError as error:
             raise JobError(str(error)) from error
+
+
+def check_one_data_source(script_args) -> None:
+    """A dataset and data files together are refused: `load_splits` reads the dataset, so the files would be ignored
+    (the main job's config, `dataset: bundled:bbc_news`, plus `--train_file mine.csv` trained on BBC News silently)."""
+    dataset = getattr(script_args, "dataset", None)
+    files = [key for key in ("train_file", "validation_file", "test_file") if getattr(script_args, key, None)]
+    if dataset and files:
+        raise JobError(f"dataset {dataset!r} and {', '.join(files)} both name the data, and only the dataset would be "
+                       'read: to use your files pass --dataset "" (or drop dataset from the config); to use the '
+                       "dataset drop the files.")
 
 
 def check_bundled_name(key: str, value, known) -> None:

@@ -11,7 +11,8 @@ import pytest
 import yaml
 from datasets import Dataset, DatasetDict
 
-from hf_clf_ext import LastTokenClassifierForSequenceClassification, TextClassifier, TfidfClassifier, cli, classify_texts
+from hf_clf_ext import (LastTokenClassifierForSequenceClassification, TextClassifier, TfidfClassifier, cli,
+                        classify_texts, jobs)
 from hf_clf_ext.distillation.config import DistillationConfig
 from hf_clf_ext.instruction.config import InstructionConfig
 from hf_clf_ext.last_token.config import LastTokenConfig
@@ -234,3 +235,18 @@ def test_nan_class_weights_are_refused_by_the_cli(tmp_path, data_files):
     config = write_config(tmp_path, NO_SUCH_MODEL, data_files)
     with pytest.raises(SystemExit, match=r"class_weights must be finite positive numbers, got '1,nan,1'"):
         cli.main(["train", "--config", str(config), "--class_weights", "1,nan,1"])
+
+
+def test_a_dataset_and_data_files_together_are_refused_not_the_files_ignored(tmp_path, data_files):
+    """Before: the main job's config (`dataset: bundled:bbc_news`) plus `--train_file` read BBC News and ignored the
+    user's files without a word. Now one line says so and how to choose; `--dataset ""` reads the files."""
+    main_job = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "smollm2_135m_bbc_last_token.yaml"
+    files = ["--train_file", data_files["train"], "--validation_file", data_files["validation"]]
+    output = tmp_path / "run"
+    line = one_line_error(run_cli("train", "--config", main_job, "--output_dir", output, *files,
+                                  "--model_name_or_path", NO_SUCH_MODEL))  # refused before any model loads
+    assert "dataset 'bundled:bbc_news' and train_file, validation_file both name the data" in line
+    assert '--dataset ""' in line and not output.exists()  # refused before anything was written
+    _, _, splits = jobs.prepare(LastTokenConfig, ["--config", str(main_job), "--output_dir", str(output),
+                                                  *map(str, files), "--dataset", ""])
+    assert {name: len(split) for name, split in splits.items()} == {"train": 48, "validation": 18}
