@@ -4,8 +4,8 @@
     python benchmarks/tune.py --report     # writes benchmarks/results/tune.md from the journal
 
 The search scores each trial on the config's 100 validation articles (seed 0) and keeps its study in
-`benchmarks/results/tune/bbc100_journal.log`, an Optuna journal: a trial of this recipe took 11 to 42 minutes on a
-2-core CPU, so the 8 trials outlast a working session, and a rerun resumes where the last one stopped. The
+`benchmarks/results/tune/bbc100_journal.log`, an Optuna journal: a completed trial of this recipe took 8 to 42
+minutes on a 2-core CPU, so the 8 trials outlast a working session, and a rerun resumes where the last one stopped. The
 validation score picks the best of 8 on 100 articles; whether the best config really beats the default is then
 measured on the 445 test articles over 3 seeds, with `benchmarks/quality.py --set` (the report gives the command).
 """

@@ -16,9 +16,9 @@ with the best trial's values, ready for `hf-clf train` or the recipes.
 
 The config's own values run first (`baseline_trial`), so a search reports whether it beat the config as given. A
 trial below the median of earlier trials at the same step is stopped early (Optuna's `MedianPruner`, which
-`hyperparameter_search` uses unless told otherwise, made explicit here) and counts as a trial run. A trial of the
-default SmolLM2 recipe took 11 to 42 minutes on a 2-core CPU, so 8 trials outlast a working session: `tune_storage`
-keeps the study in a journal file a rerun resumes (see `open_study`).
+`hyperparameter_search` uses unless told otherwise, made explicit here) and counts as a trial run. A completed trial
+of the default SmolLM2 recipe took 8 to 42 minutes on a 2-core CPU (a pruned one about 2), so 8 trials outlast a
+working session: `tune_storage` keeps the study in a journal file a rerun resumes (see `open_study`).
 """
 
 from __future__ import annotations
@@ -81,6 +81,8 @@ def default_space(args) -> dict:
     }
     if head_rate is None:
         del space["head_learning_rate"]
+    if not args.use_peft:  # no adapter to shape
+        space = {name: spec for name, spec in space.items() if not name.startswith("lora_")}
     return space
 
 
@@ -94,10 +96,18 @@ def parse_space(text: str | None, args) -> dict:
         raise JobError(f"tune_space is not JSON: {error}") from error
     if not isinstance(space, dict) or not space:
         raise JobError("tune_space must be a JSON object naming at least one field.")
+    from .last_token.trainer import LastTokenTrainer
+
     known = {f.name for f in fields(args)}
     for name, spec in space.items():
         if name not in known:
             raise JobError(f"tune_space names {name!r}, which is not a field of the training config.")
+        if name in LastTokenTrainer.prepared_once:
+            raise JobError(f"tune_space names {name!r}, which the trainer reads once, when it prepares the data: "
+                           "every trial would train with the config's value. Run one search per value instead.")
+        if name.startswith("lora_") and not args.use_peft:
+            raise JobError(f"tune_space names {name!r}, but use_peft is false: no LoRA is trained, so it would "
+                           "change nothing.")
         ranged = isinstance(spec, dict) and {"low", "high"} <= set(spec) and set(spec) <= {"low", "high", "log"}
         listed = isinstance(spec, dict) and set(spec) == {"choices"} and isinstance(spec["choices"], list) \
             and len(spec["choices"]) > 0
@@ -115,8 +125,8 @@ def suggest(trial, space: dict) -> dict:
     for name, spec in space.items():
         if "choices" in spec:
             values[name] = trial.suggest_categorical(name, spec["choices"])
-        elif isinstance(spec["low"], int) and isinstance(spec["high"], int) and not spec.get("log"):
-            values[name] = trial.suggest_int(name, spec["low"], spec["high"])
+        elif isinstance(spec["low"], int) and isinstance(spec["high"], int):
+            values[name] = trial.suggest_int(name, spec["low"], spec["high"], log=bool(spec.get("log")))
         else:
             values[name] = trial.suggest_float(name, float(spec["low"]), float(spec["high"]), log=bool(spec.get("log")))
     return values
@@ -126,17 +136,26 @@ TUNE_KEYS = {f.name for f in fields(TuneArguments)}
 
 
 def command_line_options(argv: list[str]) -> dict:
-    """`--key value` / `--key=value` pairs of `argv`, as strings (`config` among them when given)."""
-    options, items = {}, list(argv)
-    while items:
-        item = items.pop(0)
-        if not item.startswith("--"):
-            continue
-        key, has_value, value = item[2:].partition("=")
-        if not has_value and items and not items[0].startswith("--"):
-            value = items.pop(0)
-        options[key] = value
-    return options
+    """The values `argv` gives, read by the parser `hf-clf tune` reads them with: under their fields' names (a dashed
+    alias such as `--lora-r` or a `--no_x` complement included), typed, several values as a list, a bare flag as
+    true. `config` is the config file's path, when given."""
+    import argparse
+
+    from trl import TrlParser
+
+    from .jobs import ScriptArguments
+    from .last_token.config import LastTokenConfig
+
+    items, options = list(argv), {}
+    if "--config" in items:  # TrlParser reads `--config path` itself (not `--config=path`)
+        at = items.index("--config")
+        options["config"] = items[at + 1]
+        del items[at:at + 2]
+    parser = TrlParser((ScriptArguments, LastTokenConfig, TuneArguments))
+    for action in parser._actions:  # only what the command line gives
+        action.default, action.required = argparse.SUPPRESS, False
+    given, _ = parser.parse_known_args(items)
+    return {**options, **vars(given)}
 
 
 def best_config(argv: list[str], best: dict, output_dir: str) -> dict:

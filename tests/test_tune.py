@@ -4,6 +4,7 @@ scores the best validation value it reached, and the best trial's config reloads
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -11,7 +12,7 @@ from hf_clf_ext import jobs
 from hf_clf_ext.last_token.config import LastTokenConfig
 
 import hf_clf_cli as cli
-from testing_utils import NO_SUCH_MODEL, ROOT, write_config
+from testing_utils import NO_SUCH_MODEL, ROOT, make_trainer, synthetic, write_config
 
 SPACE = {"lora_r": {"choices": [2, 4]}, "learning_rate": {"low": 1e-3, "high": 1e-2, "log": True},
          "lora_dropout": {"low": 0.0, "high": 0.1}}
@@ -36,7 +37,7 @@ def test_each_trial_builds_the_adapter_it_drew_and_the_best_config_reloads(tmp_p
 
     # The best config: the given file and command-line overrides, the best values, a new output folder.
     written = yaml.safe_load((output / "best_config.yaml").read_text())
-    assert written["num_train_epochs"] == "1" and written["train_file"] == str(data_files["train"])
+    assert written["num_train_epochs"] == 1 and written["train_file"] == str(data_files["train"])
     assert "n_trials" not in written and "tune_space" not in written
     script_args, args = jobs.parse_config(LastTokenConfig, ["--config", str(output / "best_config.yaml")])
     assert args.lora_r == best["values"]["lora_r"] and args.num_train_epochs == 1
@@ -83,6 +84,63 @@ def test_the_config_runs_first_and_a_journal_resumes_without_redrawing(tmp_path,
     other = [*command[:3], "--tune_space", json.dumps({**space, "lora_r": {"choices": [4, 8]}}), *command[5:]]
     with pytest.raises(SystemExit, match="holds another search"):
         cli.main([*other, "--n_trials", "4"])
+
+
+def test_a_new_trial_is_not_scored_with_the_last_models_thresholds(tiny_lm_dirs, tokenizer, tmp_path):
+    """Multi-label calibration tunes the trained model's decision thresholds on the validation split and scores
+    with them; the model `fresh_model` builds for the next trial must be scored at the untuned 0.5 again."""
+    from transformers import EvalPrediction
+
+    from hf_clf_ext.last_token.trainer import _unwrap_classifier
+    from hf_clf_ext.metrics import build_compute_metrics
+
+    trainer = make_trainer(tiny_lm_dirs["llama", "pad"], tokenizer, tmp_path, num_train_epochs=1,
+                           train=synthetic(48, seed=1, multi_label=True),
+                           evaluation=synthetic(24, seed=2, multi_label=True))
+    trainer.train()  # calibrates (the default)
+    tuned = np.asarray(_unwrap_classifier(trainer.model).config.decision_thresholds)
+    assert (tuned != 0.5).any(), tuned
+    # Every example sits between each class's tuned threshold and 0.5: the two scorers disagree on those classes.
+    probabilities = np.tile((tuned + 0.5) / 2, (4, 1))
+    prediction = EvalPrediction(predictions=np.log(probabilities / (1 - probabilities)),
+                                label_ids=np.ones_like(probabilities))
+    untuned = build_compute_metrics(trainer.label_space.problem_type, trainer.label_space.id2label)(prediction)
+    assert trainer.compute_metrics(prediction)["f1_micro"] != untuned["f1_micro"]
+    trainer.model = trainer.fresh_model()  # what each trial's model_init does
+    scored = trainer.compute_metrics(prediction)
+    assert (scored["f1_micro"], scored["f1_macro"]) == (untuned["f1_micro"], untuned["f1_macro"])
+
+
+def test_the_best_config_keeps_every_command_line_value_as_training_read_it(tmp_path, data_files):
+    """Several values stay a list, a dashed alias and a `no_` complement land under the field's name, a bare flag
+    is true, values keep their types, and the search's own options stay out: `hf-clf train` reads it back."""
+    from hf_clf_ext.tuning import best_config
+
+    config = write_config(tmp_path, NO_SUCH_MODEL, data_files)
+    argv = ["--config", str(config), "--text_columns", "title", "body", "--lora-r", "16", "--no_calibrate",
+            "--overwrite_output_dir", "--learning_rate=1e-3", "--n_trials", "2", "--tune_seed", "3"]
+    written = best_config(argv, {"lora_dropout": 0.01}, str(tmp_path / "tune"))
+    assert {key: written[key] for key in ("text_columns", "lora_r", "calibrate", "overwrite_output_dir",
+                                          "learning_rate", "lora_dropout")} == {
+        "text_columns": ["title", "body"], "lora_r": 16, "calibrate": False, "overwrite_output_dir": True,
+        "learning_rate": 1e-3, "lora_dropout": 0.01}
+    assert not {"n_trials", "tune_seed", "config", "lora-r", "no_calibrate"} & set(written)
+    path = tmp_path / "best_config.yaml"
+    path.write_text(yaml.safe_dump(written))
+    script_args, args = jobs.parse_config(LastTokenConfig, ["--config", str(path)])
+    assert args.text_columns == ["title", "body"] and args.lora_r == 16 and args.calibrate is False
+    assert script_args.overwrite_output_dir is True and args.lora_dropout == 0.01 and args.learning_rate == 1e-3
+
+
+def test_an_integer_range_on_a_log_scale_draws_integers():
+    import optuna
+
+    from hf_clf_ext.tuning import suggest
+
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
+    values = suggest(trial, {"lora_r": {"low": 4, "high": 64, "log": True}, "lora_dropout": {"low": 0.0, "high": 0.1}})
+    assert isinstance(values["lora_r"], int) and 4 <= values["lora_r"] <= 64
+    assert isinstance(values["lora_dropout"], float)
 
 
 def test_a_search_with_nothing_left_to_run_leaves_its_journal_alone(tmp_path, data_files, tiny_lm_dirs):
@@ -134,11 +192,24 @@ def test_a_baseline_outside_the_space_is_refused_before_a_model_loads(tmp_path, 
     ({"lora_rank": {"choices": [4]}}, "'lora_rank', which is not a field"),
     ({"lora_r": [4, 8]}, "must be"),
     ({"learning_rate": {"low": 1e-3, "high": 1e-4}}, "low must be below high"),
+    ({"max_length": {"choices": [32, 64]}}, "'max_length', which the trainer reads once"),
+    ({"pooling_suffix": {"choices": ["", " Topic:"]}}, "'pooling_suffix', which the trainer reads once"),
 ])
 def test_a_bad_search_space_is_refused_before_a_model_loads(tmp_path, data_files, space, message, capsys):
     config = write_config(tmp_path, NO_SUCH_MODEL, data_files)  # a model that does not exist: nothing may load
     with pytest.raises(SystemExit, match=message):
         cli.main(["tune", "--config", str(config), "--tune_space", json.dumps(space)])
+
+
+def test_a_search_without_an_adapter_does_not_search_one(tmp_path, data_files):
+    """use_peft false: the default space leaves the LoRA fields out, and a space naming one is refused."""
+    from hf_clf_ext.tuning import default_space
+
+    config = write_config(tmp_path, NO_SUCH_MODEL, data_files, use_peft=False)
+    _, args = jobs.parse_config(LastTokenConfig, ["--config", str(config)])
+    assert set(default_space(args)) == {"learning_rate", "head_learning_rate", "num_train_epochs"}
+    with pytest.raises(SystemExit, match="'lora_r', but use_peft is false"):
+        cli.main(["tune", "--config", str(config), "--tune_space", json.dumps({"lora_r": {"choices": [4, 8]}})])
 
 
 def test_tuning_needs_a_validation_split(tmp_path, data_files):

@@ -56,6 +56,10 @@ class LastTokenTrainer(ClassifierTrainerMixin, Trainer):
 
     _tag_names = ["hf-clf-ext", "last-token-classifier"]
     card_template = "last_token"
+    # Read once, when __init__ prepares the data (tokens, suffix room) and the callbacks: a model rebuilt by
+    # `fresh_model` trains on what they were then, so a hyperparameter search cannot vary them.
+    prepared_once = ("label_column", "text_columns", "text_template", "drop_unknown_labels", "max_length",
+                     "truncation_side", "pooling_suffix", "early_stopping_patience")
 
     def __init__(
         self,
@@ -143,10 +147,14 @@ class LastTokenTrainer(ClassifierTrainerMixin, Trainer):
     def fresh_model(self):
         """The classifier built again from `self.args` as they are now (a new head, and a new LoRA of the current
         `lora_r` / `lora_alpha` / `lora_dropout`): what each trial of a hyperparameter search trains
-        (`hf_clf_ext.tuning`). Needs the model given by name or path."""
+        (`hf_clf_ext.tuning`). Needs the model given by name or path. The default metrics go back to the untuned
+        0.5 thresholds: the last model's multi-label calibration tuned its own on the validation split, and a new
+        model scored with them would be judged by another model's thresholds."""
         if self._rebuild is None:
             raise ValueError("fresh_model rebuilds the classifier from its name or path; this trainer was given a "
                              "model object.")
+        if self._default_metrics:
+            self.compute_metrics = build_compute_metrics(self.label_space.problem_type, self.label_space.id2label)
         model, _, tokenizer, train_labels, model_init_kwargs, peft_config = self._rebuild.args
         return self._build_model(model, self.args, tokenizer, train_labels, dict(model_init_kwargs), peft_config)
 
