@@ -17,7 +17,7 @@ from .labels import PROBLEM_TYPES
 TEMPERATURE_RANGE = (0.05, 20.0)
 THRESHOLD_GRID = tuple(float(t) for t in np.round(np.arange(0.05, 0.951, 0.01), 2))
 
-__all__ = ["THRESHOLD_GRID", "TEMPERATURE_RANGE", "fit_temperature", "tune_thresholds"]
+__all__ = ["THRESHOLD_GRID", "TEMPERATURE_RANGE", "calibrate_logits", "fit_temperature", "tune_thresholds"]
 
 
 def fit_temperature(logits: Any, labels: Any, problem_type: str) -> float:
@@ -48,6 +48,22 @@ def fit_temperature(logits: Any, labels: Any, problem_type: str) -> float:
     low, high = TEMPERATURE_RANGE
     result = minimize_scalar(nll, bounds=(math.log(low), math.log(high)), method="bounded", options={"xatol": 1e-6})
     return float(np.clip(math.exp(result.x), low, high))
+
+
+def calibrate_logits(logits: Any, labels: Any, problem_type: str, per_class: bool = False
+                     ) -> tuple[float, list[float] | None]:
+    """What every classifier fits on its validation logits: the temperature, and for multi-label the decision
+    thresholds (one per label) tuned on the probabilities at that temperature; `(temperature, None)` for
+    single-label."""
+    from .labels import decision_thresholds
+    from .metrics import probabilities_from_logits
+
+    temperature = fit_temperature(logits, labels, problem_type)
+    if problem_type != "multi_label_classification":
+        return temperature, None
+    probabilities = probabilities_from_logits(logits, problem_type, temperature)
+    tuned = tune_thresholds(probabilities, labels, per_class=per_class)
+    return temperature, decision_thresholds(tuned, probabilities.shape[1]).tolist()
 
 
 def tune_thresholds(

@@ -95,6 +95,9 @@ class DistillationConfig(LastTokenConfig):
             raise ValueError(f"student_layers must be at least 1, got {self.student_layers}.")
         if self.student_layers is not None and self.student_type != "last_token":
             raise ValueError("student_layers applies to a 'last_token' student only.")
+        if self.head_init != "random" and self.student_type != "last_token":
+            raise ValueError(f"head_init={self.head_init!r} applies to a 'last_token' student only (a "
+                             f"{self.student_type!r} student has no head built from an LM's output embeddings).")
         check_engine_launch(self.teacher_engine)
         parse_vllm_options(self.vllm_options)
         if self.teacher_engine != "vllm" and (self.vllm_python or self.vllm_options):

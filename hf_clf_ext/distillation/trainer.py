@@ -21,8 +21,8 @@ from datasets import Dataset
 from torch.nn import functional as F
 from transformers import AutoConfig, AutoModelForCausalLM, DataCollatorWithPadding, EarlyStoppingCallback, Trainer
 
-from ..calibration import fit_temperature, tune_thresholds
-from ..labels import LabelSpace, decide, decision_thresholds
+from ..calibration import calibrate_logits
+from ..labels import LabelSpace, decide
 from ..last_token.trainer import LastTokenTrainer
 from ..metrics import (
     build_compute_metrics,
@@ -97,6 +97,11 @@ def distillation_loss(logits, soft_targets, labels, has_gold, *, multi_label: bo
 class DistillationLossMixin:
     """Trains on rows carrying `teacher_probs` (softened targets) and `has_gold`; rows without them (evaluation)
     take the trainer's own loss."""
+
+    # The loss is a mean over the micro-batch's rows: `training_step` divides it by the accumulation steps. (Trainer
+    # would take it as already scaled for a model whose forward accepts loss kwargs, as BERT's does, and accumulate
+    # `gradient_accumulation_steps` times the gradient.)
+    loss_is_scaled_for_ga = False
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
@@ -217,12 +222,10 @@ def fit_tfidf_student(args, space: LabelSpace, texts, targets, validation=None) 
     if validation is not None and args.calibrate:
         val_texts, val_labels = validation
         logits = student.logits(val_texts) * student.temperature
-        temperature = fit_temperature(logits, val_labels, space.problem_type)
+        temperature, thresholds = calibrate_logits(logits, val_labels, space.problem_type, args.per_class_thresholds)
         student.temperature = temperature
-        if space.multi_label:
-            probabilities = student.predict_proba(val_texts)
-            tuned = tune_thresholds(probabilities, val_labels, per_class=args.per_class_thresholds)
-            student.decision_thresholds = decision_thresholds(tuned, len(space.names)).tolist()
+        if thresholds is not None:
+            student.decision_thresholds = thresholds
     return student
 
 
@@ -272,14 +275,37 @@ def train_stock_student(args, space: LabelSpace, model, tokenizer, texts, encode
     if evaluation is None:
         args = dataclasses.replace(args, eval_strategy="no", load_best_model_at_end=False)
     callbacks = [EarlyStoppingCallback(args.early_stopping_patience)] \
-        if evaluation is not None and args.early_stopping_patience else []
+        if evaluation is not None and args.early_stopping_patience and args.eval_strategy != "no" else []
     trainer = SequenceClassificationDistillationTrainer(
         model, args, space, train_dataset=train, eval_dataset=evaluation, processing_class=tokenizer,
         data_collator=DataCollatorWithPadding(tokenizer), callbacks=callbacks,
         compute_metrics=build_compute_metrics(space.problem_type, space.id2label),
     )
     trainer.train()
+    if evaluation is not None and args.calibrate:
+        calibrate_stock_student(trainer, evaluation, args.per_class_thresholds)
     return trainer
+
+
+def calibrate_stock_student(trainer, evaluation, per_class: bool = False) -> tuple[float, list[float] | None]:
+    """Fit the temperature (and multi-label thresholds) on `evaluation`, as for every other classifier, and keep them
+    where a stock model carries them: the temperature folded into the head's last linear layer (its weight and bias
+    divided by it, so `pipeline()`, ONNX and `TextClassifier` all serve the calibrated probabilities), the thresholds
+    in `config.decision_thresholds` (read by `TextClassifier`)."""
+    model, space = trainer.model, trainer.label_space
+    output = trainer.predict(evaluation, metric_key_prefix="uncalibrated")
+    temperature, thresholds = calibrate_logits(output.predictions, output.label_ids, space.problem_type, per_class)
+    head = [module for module in model.modules()
+            if isinstance(module, torch.nn.Linear) and module.out_features == len(space.names)]
+    if not head:
+        raise ValueError(f"No linear layer of {type(model).__name__} gives its {len(space.names)} logits: the "
+                         "temperature has nowhere to go (set calibrate: false).")
+    with torch.no_grad():
+        head[-1].weight /= temperature
+        if head[-1].bias is not None:
+            head[-1].bias /= temperature
+    model.config.temperature_folded, model.config.decision_thresholds = temperature, thresholds
+    return temperature, thresholds
 
 
 def write_student_card(output_dir: str, *, student: str, space: LabelSpace, distillation: dict, train_texts,
@@ -378,7 +404,8 @@ def run_distillation(args, splits, pool_texts: list[str], model: str | None, mod
                                       validation, distillation)
         trainer.train()
         results.update({"train_seconds": time.perf_counter() - started,
-                        "student_parameters": sum(p.numel() for p in trainer.model.parameters())})
+                        "student_parameters": sum(p.numel() for p in trainer.model.parameters()),
+                        "student_temperature": (trainer.calibration_results or {}).get("temperature")})
         if validation is not None:
             results.update(trainer.evaluate())
         if test is not None:
@@ -401,6 +428,7 @@ def run_distillation(args, splits, pool_texts: list[str], model: str | None, mod
         if args.should_save:
             student.save_pretrained(args.output_dir)
         parameters, base_model = student.num_parameters, None
+        results["student_temperature"] = student.temperature if validation and args.calibrate else None
         hyperparameters = {"n-grams": f"1-{args.tfidf_ngram_max}", "sublinear tf": args.tfidf_sublinear_tf,
                            "min df": args.tfidf_min_df, "C": args.tfidf_C,
                            "temperature (fitted on validation)": student.temperature if validation and args.calibrate
@@ -411,8 +439,11 @@ def run_distillation(args, splits, pool_texts: list[str], model: str | None, mod
                                     validation[:2] if validation else None)
         stock.save_model(args.output_dir)
         parameters, base_model = sum(p.numel() for p in stock.model.parameters()), args.base_model_id or model
+        results["student_temperature"] = getattr(stock.model.config, "temperature_folded", None)
         hyperparameters = {"learning rate": args.learning_rate, "epochs (max)": args.num_train_epochs,
-                           "max length": args.max_length, **distillation_hyperparameters(args)}
+                           "max length": args.max_length,
+                           "temperature (fitted on validation)": getattr(stock.model.config, "temperature_folded",
+                                                                         "-"), **distillation_hyperparameters(args)}
     results.update({"train_seconds": time.perf_counter() - started, "student_parameters": parameters})
     if args.process_index != 0:
         return results

@@ -116,6 +116,10 @@ class LastTokenConfig(
         ):
             if value not in choices:
                 raise ValueError(f"{name} must be one of {choices}, got {value!r}.")
+        if self.head_init == "label_names" and self.pooling == "mean":
+            raise ValueError("head_init='label_names' starts the head from the LM's next-token guess, read at the "
+                             "last token; pooling='mean' averages every token's state, which is no such guess: use "
+                             "pooling='last' or head_init='random'.")
         if self.max_length < 2:
             raise ValueError(f"max_length must be at least 2, got {self.max_length}.")
         if self.early_stopping_patience is not None and self.early_stopping_patience < 1:

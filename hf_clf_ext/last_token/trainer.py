@@ -21,8 +21,8 @@ from transformers.dynamic_module_utils import custom_object_save
 from transformers.trainer import TRAINING_ARGS_NAME
 
 from ..arguments import first_split, name_best_metric_for_eval_sets
-from ..calibration import fit_temperature, tune_thresholds
-from ..labels import decide, decision_thresholds, encode_split
+from ..calibration import calibrate_logits
+from ..labels import decide, encode_split
 from ..streaming import StreamedRows, any_stream, is_stream, tokenized_stream
 from ..texts import add_strip_normalizer, build_texts, load_tokenizer, suffix_ids, tokenize_texts
 from .inference import classify_texts
@@ -303,19 +303,13 @@ class LastTokenTrainer(ClassifierTrainerMixin, Trainer):
             dataset, _ = self._prepare_dataset(dataset, self.processing_class, self.args, reserve, "calibration")
         config.temperature, config.decision_thresholds = 1.0, None
         output = self.predict(dataset, metric_key_prefix="uncalibrated")
-        logits, labels = output.predictions, output.label_ids
-        temperature = fit_temperature(logits, labels, self.label_space.problem_type)
-        config.temperature = temperature
-        thresholds = None
-        if self.label_space.multi_label:
-            probabilities = probabilities_from_logits(logits, self.label_space.problem_type, temperature)
-            tuned = tune_thresholds(probabilities, labels, per_class=self.args.per_class_thresholds)
-            thresholds = decision_thresholds(tuned, len(self.label_space.names)).tolist()
-            config.decision_thresholds = thresholds
-            if self._default_metrics:
-                self.compute_metrics = build_compute_metrics(
-                    self.label_space.problem_type, self.label_space.id2label, threshold=config.decision_thresholds
-                )
+        temperature, thresholds = calibrate_logits(output.predictions, output.label_ids,
+                                                   self.label_space.problem_type, self.args.per_class_thresholds)
+        config.temperature, config.decision_thresholds = temperature, thresholds
+        if thresholds is not None and self._default_metrics:
+            self.compute_metrics = build_compute_metrics(
+                self.label_space.problem_type, self.label_space.id2label, threshold=thresholds
+            )
         after = self.predict(dataset, metric_key_prefix="calibrated").metrics
         self.calibration_results = {
             "temperature": temperature,

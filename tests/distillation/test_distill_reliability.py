@@ -348,7 +348,7 @@ def train_encoder_student(encoder_dir, output_dir, data, long, **overrides):
     texts = [*texts, long]
     labels = [*labels, "business"]
     space = LabelSpace(names=tuple(NAMES), multi_label=False)
-    args = student_args(output_dir, **overrides)
+    args = student_args(output_dir, **{"gradient_accumulation_steps": 1, **overrides})
     model, tokenizer = stock_student(str(encoder_dir), space)
     soft = soften(np.clip(onehot(labels), 0.1, 0.9), args.distill_temperature, multi_label=False)
     trainer = train_stock_student(args, space, model, tokenizer, texts, [NAMES.index(label) for label in labels],
@@ -399,6 +399,60 @@ def test_a_sequence_classification_student_truncates_on_the_side_it_trained(tmp_
     assert trainer.train_dataset[len(trainer.train_dataset) - 1]["input_ids"] == ids[-16:]
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "left")
     assert tokenizer.truncation_side == "left" and tokenizer(long, truncation=True)["input_ids"] == ids[-16:]
+
+
+@pytest.mark.parametrize("multi_label", [False, True])
+def test_a_sequence_classification_student_is_calibrated_like_the_others(tmp_path, encoder_dir, multi_label):
+    """The temperature fitted on validation is folded into the head, so the saved model serves calibrated
+    probabilities everywhere (fitting again on its logits finds 1); a multi-label student keeps its tuned thresholds,
+    and `TextClassifier` loads both."""
+    from hf_clf_ext.calibration import fit_temperature
+
+    def encoded(labels):
+        return [[float(name in row) for name in NAMES] for row in labels] if multi_label else \
+            [NAMES.index(label) for label in labels]
+
+    (texts, labels), (val_texts, val_labels) = two_class(40, 1, multi_label), two_class(16, 2, multi_label)
+    space = LabelSpace(names=tuple(NAMES), multi_label=multi_label)
+    args = student_args(tmp_path, num_train_epochs=3, load_best_model_at_end=False, gradient_accumulation_steps=1)
+    torch.manual_seed(0)
+    model, tokenizer = stock_student(str(encoder_dir), space)
+    soft = soften(np.clip(np.asarray(encoded(labels), dtype=float) if multi_label else onehot(labels), 0.1, 0.9),
+                  args.distill_temperature, multi_label=multi_label)
+    trainer = train_stock_student(args, space, model, tokenizer, texts, encoded(labels), soft,
+                                  np.zeros(len(texts), bool), validation=(val_texts, encoded(val_labels)))
+    config = trainer.model.config
+    assert config.temperature_folded != pytest.approx(1.0, abs=0.05)
+    logits = trainer.predict(trainer.eval_dataset).predictions
+    assert fit_temperature(logits, encoded(val_labels), space.problem_type) == pytest.approx(1.0, abs=1e-3)
+    assert (config.decision_thresholds is not None) == multi_label
+    trainer.save_model(tmp_path / "student")
+    loaded = TextClassifier.from_pretrained(tmp_path / "student")
+    assert loaded.thresholds == config.decision_thresholds
+    served = [[row["probabilities"][name] for name in NAMES] for row in loaded.classify(val_texts)]
+    expected = torch.tensor(logits).sigmoid() if multi_label else torch.tensor(logits).softmax(-1)
+    np.testing.assert_allclose(served, expected.numpy(), atol=1e-5)
+
+
+def test_a_sequence_classification_students_accumulated_step_is_the_big_batchs(tmp_path, encoder_dir, data):
+    """2 accumulated batches of 4 rows take the step of one batch of 8: the distillation loss is a mean over rows,
+    so it is divided by the accumulation steps (Trainer would take BERT's as already scaled, and step twice as far).
+    """
+    texts, labels = data["train"]
+    space = LabelSpace(names=tuple(NAMES), multi_label=False)
+    heads = []
+    for batch, accumulation in ((8, 1), (4, 2)):
+        args = student_args(tmp_path / str(batch), max_steps=1, per_device_train_batch_size=batch,
+                            gradient_accumulation_steps=accumulation, optim="sgd", learning_rate=0.5,
+                            max_grad_norm=0.0, lr_scheduler_type="constant")
+        torch.manual_seed(0)
+        model, tokenizer = stock_student(str(encoder_dir), space, hidden_dropout_prob=0.0,
+                                         attention_probs_dropout_prob=0.0)
+        soft = soften(np.clip(onehot(labels), 0.1, 0.9), args.distill_temperature, multi_label=False)
+        trainer = train_stock_student(args, space, model, tokenizer, texts, [NAMES.index(x) for x in labels], soft,
+                                      np.zeros(len(texts), bool))
+        heads.append(trainer.model.classifier.weight.detach().clone())
+    torch.testing.assert_close(heads[1], heads[0], atol=1e-5, rtol=1e-4)
 
 
 def test_a_truncated_decoder_student_saves_its_training_length(tmp_path, tiny_lm_dirs, data):
@@ -459,6 +513,17 @@ def test_a_distillation_temperature_must_be_positive_and_finite(temperature, dat
         TfidfClassifier(NAMES, False, model.vectorizer, model.coef, model.intercept, temperature=temperature)
     with pytest.raises(ValueError, match="temperature"):
         model.temperature = temperature  # as fit_tfidf_student sets it
+
+
+@pytest.mark.parametrize("student_type", ["sequence_classification", "tfidf"])
+def test_options_of_a_decoder_student_are_refused_for_other_students(tmp_path, student_type):
+    """A head built from an LM's output embeddings, or a cut to some layers, cannot take effect on a BERT-class or
+    TF-IDF student: refused when the config is read, not ignored."""
+    with pytest.raises(ValueError, match="head_init='label_names' applies to a 'last_token' student only"):
+        student_args(tmp_path, student_type=student_type, head_init="label_names")
+    with pytest.raises(ValueError, match="student_layers applies to a 'last_token' student only"):
+        student_args(tmp_path, student_type=student_type, student_layers=1)
+    assert student_args(tmp_path, student_type="last_token", head_init="label_names").head_init == "label_names"
 
 
 def test_a_nan_gold_weight_and_nan_targets_are_errors(tmp_path, data):

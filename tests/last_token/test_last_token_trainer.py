@@ -402,6 +402,8 @@ def test_a_label_name_head_starts_from_the_lms_zero_shot_guess(tiny_lm_dirs, tok
     assert not torch.allclose(random_head.base_model.model.score.weight, classifier.base_model.model.score.weight)
     with pytest.raises(ValueError, match="head_init must be one of"):
         arguments(tmp_path, head_init="lm_head")
+    with pytest.raises(ValueError, match="pooling='mean' averages every token"):  # no next-token guess to start from
+        arguments(tmp_path, head_init="label_names", pooling="mean")
     with pytest.raises(ValueError, match="already a classifier with a trained head"):  # cannot take effect
         LastTokenTrainer(model=classifier, args=arguments(tmp_path, head_init="label_names"),
                          train_dataset=synthetic(12, seed=1), processing_class=tokenizer)
