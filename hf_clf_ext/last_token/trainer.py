@@ -56,8 +56,7 @@ class LastTokenTrainer(ClassifierTrainerMixin, Trainer):
 
     _tag_names = ["hf-clf-ext", "last-token-classifier"]
     card_template = "last_token"
-    # Read once, when __init__ prepares the data (tokens, suffix room) and the callbacks: a model rebuilt by
-    # `fresh_model` trains on what they were then, so a hyperparameter search cannot vary them.
+    # Read once, by __init__ (data, suffix room, callbacks): a search's `fresh_model` cannot vary them.
     prepared_once = ("label_column", "text_columns", "text_template", "drop_unknown_labels", "max_length",
                      "truncation_side", "pooling_suffix", "early_stopping_patience")
 
@@ -147,9 +146,8 @@ class LastTokenTrainer(ClassifierTrainerMixin, Trainer):
     def fresh_model(self):
         """The classifier built again from `self.args` as they are now (a new head, and a new LoRA of the current
         `lora_r` / `lora_alpha` / `lora_dropout`): what each trial of a hyperparameter search trains
-        (`hf_clf_ext.tuning`). Needs the model given by name or path. The default metrics go back to the untuned
-        0.5 thresholds: the last model's multi-label calibration tuned its own on the validation split, and a new
-        model scored with them would be judged by another model's thresholds."""
+        (`hf_clf_ext.tuning`). Needs the model given by name or path. The default metrics go back to 0.5: the
+        thresholds the last model's calibration tuned on the validation split are not the new model's."""
         if self._rebuild is None:
             raise ValueError("fresh_model rebuilds the classifier from its name or path; this trainer was given a "
                              "model object.")
@@ -307,9 +305,8 @@ class LastTokenTrainer(ClassifierTrainerMixin, Trainer):
                                                    self.label_space.problem_type, self.args.per_class_thresholds)
         config.temperature, config.decision_thresholds = temperature, thresholds
         if thresholds is not None and self._default_metrics:
-            self.compute_metrics = build_compute_metrics(
-                self.label_space.problem_type, self.label_space.id2label, threshold=thresholds
-            )
+            space = self.label_space
+            self.compute_metrics = build_compute_metrics(space.problem_type, space.id2label, threshold=thresholds)
         after = self.predict(dataset, metric_key_prefix="calibrated").metrics
         self.calibration_results = {
             "temperature": temperature,
