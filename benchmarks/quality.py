@@ -6,7 +6,9 @@
     python benchmarks/quality.py --dataset rotten_tomatoes --methods tfidf minilm_lr setfit last_token --sizes 100
     python benchmarks/quality.py --methods last_token --max-length 512 --sizes 100 --seeds 0 1 2
     python benchmarks/quality.py --methods last_token --model bundled:gemma3-270m --sizes 100 --seeds 0
+    python benchmarks/quality.py --dataset bbc_headlines --methods instruction --model bundled:gemma3-270m --sizes 100
     python benchmarks/quality.py --methods setfit --setfit-iterations 5 --sizes 100 --seeds 0 1 2
+    python benchmarks/quality.py --dataset reuters --methods minilm_lr --head-c 1 --sizes 400
     python benchmarks/quality.py --methods last_token --set head_init=label_names --sizes 100 --seeds 0 1 2
     python benchmarks/quality.py --report
 
@@ -16,13 +18,14 @@ same epochs, batch, length and learning rate, one learning rate, no suffix), `tf
 regression, one-vs-rest for multi-label), `tfidf_cut` (the same on only the tokens the last-token classifier
 reads: what truncation costs), `minilm_lr` (frozen all-MiniLM-L6-v2 sentence embeddings, 256 tokens, + logistic
 regression, one-vs-rest balanced for multi-label: the sentence-encoder baseline, from `bundled:all-minilm-l6-v2`),
-`setfit` (SetFit 1.2 on the same encoder: contrastive fine-tuning on pairs of training texts, then a logistic head;
-`--setfit-iterations N` draws N positive and N negative pairs per text instead of SetFit's default, which pairs
-every two texts: 8,000 pairs at 100 BBC articles, about 80 minutes per seed on 2 CPU cores; `pip install -e
-".[baselines]"`).
+`setfit` (SetFit 1.2 on the same encoder: contrastive fine-tuning on pairs of training texts, then SetFit's own
+logistic head; `--setfit-iterations N` draws N x (number of texts) positive pairs and as many negative ones instead
+of SetFit's default, which pairs every two texts: 8,000 pairs at 100 BBC articles, about 80 minutes per seed on 2 CPU
+cores; `pip install -e ".[baselines]"`).
 ECE is reported before and after a temperature fitted on the validation split.
-`--max-length` reruns `last_token` at another input length, `--set KEY=VALUE` with other config values (the quality
-levers); their rows are reported apart.
+`--max-length` reruns `last_token` at another input length, `--head-c` the logistic regressions at another C (SetFit's
+own head keeps scikit-learn's C=1, theirs C=10); `--model` reruns `last_token` or `instruction` on another
+backbone and `--set KEY=VALUE` with other config values (the quality levers); their rows are reported apart.
 
 Data sets: `bbc` (BBC News, single-label, 5 topics): each size draws `size / 5` training and 20 validation articles
 per topic with the seed, and every run shares the 445 test articles. `bbc_headlines`: the same draws with only each
@@ -130,22 +133,25 @@ def _prediction(logits, labels):
     return EvalPrediction(predictions=np.asarray(logits), label_ids=np.asarray(labels))
 
 
-def _logistic_regression(task: Task, seed: int):
+def _logistic_regression(task: Task, seed: int, head_c: float | None = None):
+    """C=10 unless `head_c` (SetFit's own head keeps scikit-learn's C=1: `--head-c 1` shows what that costs)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.multiclass import OneVsRestClassifier
 
+    c = 10.0 if head_c is None else head_c
     if task.multi_label:  # rare topics need balanced weights: without them macro-F1 at 400 stories halves
-        return OneVsRestClassifier(LogisticRegression(C=10.0, max_iter=5000, class_weight="balanced",
+        return OneVsRestClassifier(LogisticRegression(C=c, max_iter=5000, class_weight="balanced",
                                                       random_state=seed))
-    return LogisticRegression(C=10.0, max_iter=5000, random_state=seed)
+    return LogisticRegression(C=c, max_iter=5000, random_state=seed)
 
 
-def _features_and_regression(task: Task, splits, seed: int, fit_features, features) -> dict:
+def _features_and_regression(task: Task, splits, seed: int, fit_features, features,
+                             head_c: float | None = None) -> dict:
     """A logistic regression on `fit_features(train texts)`; test scores, training time (features included) and
     test examples/s (features included)."""
     names = task.label_names(splits)
     started = time.perf_counter()
-    model = _logistic_regression(task, seed)
+    model = _logistic_regression(task, seed, head_c)
     model.fit(fit_features(splits["train"]["text"]), task.targets(splits["train"], names))
 
     def logits(texts):  # log-odds per label (multi-label), log-probabilities (single-label)
@@ -164,24 +170,27 @@ def _features_and_regression(task: Task, splits, seed: int, fit_features, featur
             "train_seconds": train_seconds, "test_examples_per_second": len(splits["test"]) / infer}
 
 
-def run_tfidf(task: Task, splits, seed: int, workdir: str) -> dict:
+def run_tfidf(task: Task, splits, seed: int, workdir: str, head_c: float | None = None) -> dict:
     from sklearn.feature_extraction.text import TfidfVectorizer
 
     vectorizer = TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2), min_df=1)
-    return _features_and_regression(task, splits, seed, vectorizer.fit_transform, vectorizer.transform)
+    return _features_and_regression(task, splits, seed, vectorizer.fit_transform, vectorizer.transform, head_c)
 
 
-def run_minilm_lr(task: Task, splits, seed: int, workdir: str) -> dict:
+def run_minilm_lr(task: Task, splits, seed: int, workdir: str, head_c: float | None = None) -> dict:
     """Frozen all-MiniLM-L6-v2 embeddings + logistic regression: what a user with a CPU tries first."""
-    return _features_and_regression(task, splits, seed, minilm_embeddings, minilm_embeddings)
+    return _features_and_regression(task, splits, seed, minilm_embeddings, minilm_embeddings, head_c)
 
 
 def run_setfit(task: Task, splits, seed: int, workdir: str, setfit_iterations: int | None = None) -> dict:
     """SetFit on all-MiniLM-L6-v2 (from `bundled:all-minilm-l6-v2`): the body fine-tuned contrastively on pairs of
-    training texts (CosineSimilarityLoss, batch 16, one epoch, SetFit's learning rates), then a logistic-regression
-    head on its embeddings (one-vs-rest, balanced, for multi-label as in `minilm_lr`). Pairs: SetFit's default
-    ("oversampling": every pair of a size-100 BBC draw's minority kind repeated to the majority's, 8,000 pairs) or,
-    with `setfit_iterations` N, N positive and N negative pairs per text (`num_iterations`, the SetFit paper's 20)."""
+    training texts (CosineSimilarityLoss, batch 16, one epoch, SetFit's learning rates), then SetFit's own
+    logistic-regression head on its embeddings, as a SetFit user gets it: scikit-learn's C=1, where `minilm_lr` fits
+    C=10 (one-vs-rest and balanced for multi-label, as there). Pairs: SetFit's default ("oversampling": every pair
+    of a size-100 BBC draw's minority kind repeated to the majority's, 8,000 pairs) or, with `setfit_iterations` N,
+    N x (number of texts) pairs of each kind (`num_iterations`, the SetFit paper's 20). SetFit's sampler draws them
+    from all pairs shuffled with its own fixed seed (42): the run's seed changes the data and the training order,
+    not that shuffle."""
     from datasets import Dataset
     from setfit import SetFitModel, Trainer, TrainingArguments
 
@@ -247,10 +256,7 @@ def run_last_token(task: Task, splits, seed: int, workdir: str, max_length: int 
         "--config", str(LAST_TOKEN_CONFIG), "--output_dir", workdir, "--seed", str(seed), "--calibrate", "false",
         "--save_total_limit", "1", "--disable_tqdm", "true", "--label_column", task.label_column,
         *(["--class_weights", "balanced"] if task.multi_label else []),
-        *(["--max_length", str(max_length)] if max_length else []),
-        *(["--model_name_or_path", model] if model else []),
-        *[part for pair in (overrides.split() if overrides else []) for part in ("--" + pair.split("=", 1)[0],
-                                                                                   pair.split("=", 1)[1])],
+        *(["--max_length", str(max_length)] if max_length else []), *_options(model, overrides),
     ])
     names = task.label_names(splits)
     trainer = LastTokenTrainer(jobs.resolve_model(script)[0], args=args, train_dataset=splits["train"],
@@ -266,6 +272,13 @@ def run_last_token(task: Task, splits, seed: int, workdir: str, max_length: int 
     return {**scores(task, val.predictions, val.label_ids, test.predictions, test.label_ids, names),
             "trainable_parameters": trainer.model.get_nb_trainable_parameters()[0], "train_seconds": train_seconds,
             "test_examples_per_second": len(test_set) / infer}
+
+
+def _options(model: str | None, overrides: str | None) -> list[str]:
+    """`--model` and `--set key=value ...` as config options of the recipe a method runs."""
+    pairs = [pair.partition("=") for pair in (overrides.split() if overrides else [])]
+    return [*(["--model_name_or_path", model] if model else []), *[part for key, _, value in pairs
+                                                                    for part in ("--" + key, value)]]
 
 
 def run_stock(task: Task, splits, seed: int, workdir: str) -> dict:
@@ -297,7 +310,8 @@ def run_stock(task: Task, splits, seed: int, workdir: str) -> dict:
             "test_examples_per_second": len(data["test"]) / infer}
 
 
-def run_instruction(task: Task, splits, seed: int, workdir: str) -> list[dict]:
+def run_instruction(task: Task, splits, seed: int, workdir: str, model: str | None = None,
+                    overrides: str | None = None) -> list[dict]:
     """Two rows: constrained decoding (hard labels) and label scoring (probabilities)."""
     from hf_clf_ext import InstructionTrainer
     from hf_clf_ext.instruction.config import InstructionConfig
@@ -306,6 +320,7 @@ def run_instruction(task: Task, splits, seed: int, workdir: str) -> list[dict]:
         raise SystemExit("The instruction method is benchmarked on BBC News only (its r=64 SFT is the slowest run).")
     script, args = jobs.parse_config(InstructionConfig, [
         "--config", str(INSTRUCTION_CONFIG), "--output_dir", workdir, "--seed", str(seed), "--disable_tqdm", "true",
+        *_options(model, overrides),
     ])
     recipe = InstructionTrainer(jobs.resolve_model(script)[0], args=args, train_dataset=splits["train"],
                                   eval_dataset=splits["validation"])
@@ -340,27 +355,33 @@ def _rows() -> list[dict]:
 
 
 def run(task: Task, methods, sizes, seeds, max_length: int | None = None, model: str | None = None,
-        setfit_iterations: int | None = None, overrides: str | None = None) -> None:
+        setfit_iterations: int | None = None, overrides: str | None = None, head_c: float | None = None) -> None:
     """Each (method, size, seed) not run yet; `max_length` overrides the last-token config's 256 tokens, `model`
     its backbone and `overrides` ("key=value ...") any other of its fields; `setfit_iterations` sets SetFit's pairs
     per text."""
-    if (max_length or model or overrides) and set(methods) != {"last_token"}:
-        raise SystemExit("--max-length, --model and --set apply to the last_token method only.")
+    if max_length and set(methods) != {"last_token"}:
+        raise SystemExit("--max-length applies to the last_token method only.")
+    if (model or overrides) and not set(methods) <= {"last_token", "instruction"}:
+        raise SystemExit("--model and --set apply to the last_token and instruction methods only.")
+    if head_c is not None and not set(methods) <= {"tfidf", "minilm_lr"}:
+        raise SystemExit("--head-c applies to the tfidf and minilm_lr methods only.")
     if setfit_iterations and set(methods) != {"setfit"}:
         raise SystemExit("--setfit-iterations applies to the setfit method only.")
     RESULTS.mkdir(parents=True, exist_ok=True)
     finished = {(row["dataset"], row["method"], row["size"], row["seed"], row.get("max_length"), row.get("model"),
-                 row.get("setfit_iterations"), row.get("overrides")) for row in _rows()}
+                 row.get("setfit_iterations"), row.get("overrides"), row.get("head_c")) for row in _rows()}
     for size in sizes:
         for seed in seeds:
             splits = task.splits(size, seed)
             for method in methods:
-                if (task.name, method, size, seed, max_length, model, setfit_iterations, overrides) in finished:
+                if (task.name, method, size, seed, max_length, model, setfit_iterations, overrides,
+                        head_c) in finished:
                     continue
                 print(f"== {task.name} {method} size={size} seed={seed} max_length={max_length} model={model} "
                       f"setfit_iterations={setfit_iterations} overrides={overrides}", flush=True)
                 options = {key: value for key, value in (("max_length", max_length), ("model", model),
                                                          ("setfit_iterations", setfit_iterations),
+                                                         ("head_c", head_c),
                                                          ("overrides", overrides)) if value}
                 with tempfile.TemporaryDirectory() as workdir:
                     results = RUNNERS[method](task, splits, seed, workdir, **options)
@@ -384,6 +405,7 @@ def _groups(rows: list[dict], task: Task) -> dict[tuple[int, str], list[dict]]:
             name = row["method"] + "".join(f" ({detail})" for detail in (
                 row.get("variant"), row.get("max_length") and f"{row['max_length']} tokens", row.get("model"),
                 row.get("setfit_iterations") and f"num_iterations {row['setfit_iterations']}",
+                row.get("head_c") is not None and f"C={row['head_c']:g}",
                 row.get("overrides") and _compact(row["overrides"])) if detail)
             groups.setdefault((row["size"], name), []).append(row)
     return groups
@@ -484,20 +506,22 @@ def main(argv=None) -> None:
     parser.add_argument("--sizes", nargs="+", type=int, default=[100, 400])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--max-length", type=int, help="last_token only: tokens per text instead of the config's.")
-    parser.add_argument("--model", help="last_token only: another backbone, e.g. bundled:gemma3-270m.")
+    parser.add_argument("--model", help="last_token and instruction: another backbone, e.g. bundled:gemma3-270m.")
+    parser.add_argument("--head-c", type=float,
+                        help="tfidf and minilm_lr only: the logistic regression's C instead of 10 (1: SetFit's head).")
     parser.add_argument("--setfit-iterations", type=int,
-                        help="setfit only: num_iterations (positive and negative pairs per text) instead of SetFit's "
+                        help="setfit only: num_iterations (N x texts pairs of each kind) instead of SetFit's "
                              "default sampling.")
     parser.add_argument("--set", nargs="+", action="extend", metavar="KEY=VALUE",
-                        help="last_token only: other fields of its config, e.g. head_init=label_names (repeated "
-                             "--set add up).")
+                        help="last_token and instruction: other fields of their configs, e.g. "
+                             "head_init=label_names (repeated --set add up).")
     parser.add_argument("--report", action="store_true", help="Only write the report from the runs so far.")
     args = parser.parse_args(argv)
     if not args.report:
         if any("=" not in pair for pair in args.set or []):
             parser.error("--set takes KEY=VALUE pairs.")
         run(TASKS[args.dataset], args.methods, args.sizes, args.seeds, args.max_length, args.model,
-            args.setfit_iterations, " ".join(sorted(args.set)) if args.set else None)
+            args.setfit_iterations, " ".join(sorted(args.set)) if args.set else None, args.head_c)
     sys.stdout.write(report())
 
 

@@ -1,8 +1,10 @@
 """What the benchmark reports print for a cell of several seeds and of one (benchmarks/baselines.py `mean_std`, the
-one formatter quality.md, distill.md and tune.md share)."""
+one formatter quality.md, distill.md and tune.md share), and how quality.py's options reach its runs."""
 
 import sys
 from pathlib import Path
+
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
@@ -15,3 +17,36 @@ def test_one_seed_is_reported_without_a_spread_and_several_with_their_sample_std
     rows = [{"f1_macro": value} for value in (0.80, 0.85, 0.90)]
     assert _cell(rows, "f1_macro", letters) == "0.850 ± 0.050"  # ddof=1, as the tables always said
     assert _cell([{"f1_macro": 0.9}, {"f1_macro": 0.9}], "f1_macro", letters) == "0.900 ± 0.000"  # two seeds that agree
+
+
+def test_another_backbone_and_config_values_reach_the_instruction_recipe_and_name_its_rows(tmp_path, monkeypatch):
+    """`--model` / `--set` run the instruction method on another backbone with other config values (as they do
+    `last_token`): its recipe config reads them, and its rows are kept and named apart from the default's."""
+    import json
+
+    import quality
+    from hf_clf_ext import jobs
+    from hf_clf_ext.instruction.config import InstructionConfig
+
+    script, args = jobs.parse_config(InstructionConfig, [
+        "--config", str(quality.INSTRUCTION_CONFIG), "--output_dir", str(tmp_path / "out"),
+        *quality._options("bundled:gemma3-270m", "lora_r=16 num_train_epochs=3")])
+    assert (script.model_name_or_path, args.lora_r, args.num_train_epochs) == ("bundled:gemma3-270m", 16, 3)
+
+    given = {}
+
+    def fake_instruction(task, splits, seed, workdir, **options):
+        given.update(options)
+        return [{"variant": method, "f1_macro": 0.5} for method in ("generate", "score")]
+
+    monkeypatch.setattr(quality, "RUNS", tmp_path / "runs.jsonl")
+    monkeypatch.setitem(quality.RUNNERS, "instruction", fake_instruction)
+    monkeypatch.setattr(quality.Task, "splits", lambda self, size, seed: {})
+    task = quality.TASKS["bbc_headlines"]
+    quality.run(task, ["instruction"], [100], [0], model="bundled:gemma3-270m", overrides="lora_r=16")
+    assert given == {"model": "bundled:gemma3-270m", "overrides": "lora_r=16"}
+    rows = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
+    assert sorted(quality._groups(rows, task)) == [(100, "instruction (generate) (bundled:gemma3-270m) (lora_r=16)"),
+                                                    (100, "instruction (score) (bundled:gemma3-270m) (lora_r=16)")]
+    with pytest.raises(SystemExit, match="--max-length applies to the last_token method only"):
+        quality.run(task, ["instruction"], [100], [0], max_length=64)
