@@ -10,7 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 
 def test_one_seed_is_reported_without_a_spread_and_several_with_their_sample_std():
-    from quality import _cell
+    from quality_report import _cell
 
     letters = {"A": "A"}
     assert _cell([{"f1_macro": 0.9691}], "f1_macro", letters) == "0.969"  # not "0.969 ± 0.000": one run has no spread
@@ -25,6 +25,7 @@ def test_another_backbone_and_config_values_reach_the_instruction_recipe_and_nam
     import json
 
     import quality
+    import quality_report
     from hf_clf_ext import jobs
     from hf_clf_ext.instruction.config import InstructionConfig
 
@@ -46,7 +47,7 @@ def test_another_backbone_and_config_values_reach_the_instruction_recipe_and_nam
     quality.run(task, ["instruction"], [100], [0], model="bundled:gemma3-270m", overrides="lora_r=16")
     assert given == {"model": "bundled:gemma3-270m", "overrides": "lora_r=16"}
     rows = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
-    assert sorted(quality._groups(rows, task)) == [(100, "instruction (generate) (bundled:gemma3-270m) (lora_r=16)"),
+    assert sorted(quality_report._groups(rows, task)) == [(100, "instruction (generate) (bundled:gemma3-270m) (lora_r=16)"),
                                                     (100, "instruction (score) (bundled:gemma3-270m) (lora_r=16)")]
     with pytest.raises(SystemExit, match="--max-length applies to the last_token method only"):
         quality.run(task, ["instruction"], [100], [0], max_length=64)
