@@ -97,15 +97,21 @@ class DistillScriptArguments(ScriptArguments):
     )
 
 
+def config_parser(training_arguments_class, script_class=None, extra_class=None):
+    """The parser of a job's config and command line: the script's arguments, the training arguments, and a third
+    dataclass's when given (`hf-clf tune`'s options)."""
+    from trl import TrlParser
+
+    return TrlParser((script_class or ScriptArguments, training_arguments_class,
+                      *([extra_class] if extra_class else [])))
+
+
 def parse_config(training_arguments_class, argv: Sequence[str] | None = None, script_class=None, extra_class=None):
     """`(ScriptArguments, training arguments)` from `--config file.yaml` plus `--key value` overrides (and a third
     dataclass's values when `extra_class` is given, e.g. `hf-clf tune`'s options).
 
     Unknown keys, in the file or on the command line, are errors naming them; so are missing required keys."""
-    from trl import TrlParser
-
-    classes = (script_class or ScriptArguments, training_arguments_class, *([extra_class] if extra_class else []))
-    parser = TrlParser(classes)
+    parser = config_parser(training_arguments_class, script_class, extra_class)
     try:
         *parsed, remaining = parser.parse_args_and_config(argv, return_remaining_strings=True)
         script_args, training_args = parsed[:2]

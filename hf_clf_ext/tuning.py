@@ -141,9 +141,7 @@ def command_line_options(argv: list[str]) -> dict:
     true. `config` is the config file's path, when given."""
     import argparse
 
-    from trl import TrlParser
-
-    from .jobs import ScriptArguments
+    from .jobs import config_parser
     from .last_token.config import LastTokenConfig
 
     items, options = list(argv), {}
@@ -151,7 +149,7 @@ def command_line_options(argv: list[str]) -> dict:
         at = items.index("--config")
         options["config"] = items[at + 1]
         del items[at:at + 2]
-    parser = TrlParser((ScriptArguments, LastTokenConfig, TuneArguments))
+    parser = config_parser(LastTokenConfig, extra_class=TuneArguments)  # as scripts/tune.py's parse_config
     for action in parser._actions:  # only what the command line gives
         action.default, action.required = argparse.SUPPRESS, False
     given, _ = parser.parse_known_args(items)

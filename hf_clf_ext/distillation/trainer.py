@@ -431,8 +431,8 @@ def run_distillation(args, splits, pool_texts: list[str], model: str | None, mod
         results["student_temperature"] = student.temperature if validation and args.calibrate else None
         hyperparameters = {"n-grams": f"1-{args.tfidf_ngram_max}", "sublinear tf": args.tfidf_sublinear_tf,
                            "min df": args.tfidf_min_df, "C": args.tfidf_C,
-                           "temperature (fitted on validation)": student.temperature if validation and args.calibrate
-                           else "-", **distillation_hyperparameters(args)}
+                           "temperature (fitted on validation)": results["student_temperature"] or "-",
+                           **distillation_hyperparameters(args)}
     else:
         model_object, tokenizer = stock_student(model, space, **model_kwargs)
         stock = train_stock_student(args, space, model_object, tokenizer, train_texts, train_encoded, soft, has_gold,
@@ -442,8 +442,8 @@ def run_distillation(args, splits, pool_texts: list[str], model: str | None, mod
         results["student_temperature"] = getattr(stock.model.config, "temperature_folded", None)
         hyperparameters = {"learning rate": args.learning_rate, "epochs (max)": args.num_train_epochs,
                            "max length": args.max_length,
-                           "temperature (fitted on validation)": getattr(stock.model.config, "temperature_folded",
-                                                                         "-"), **distillation_hyperparameters(args)}
+                           "temperature (fitted on validation)": results["student_temperature"] or "-",
+                           **distillation_hyperparameters(args)}
     results.update({"train_seconds": time.perf_counter() - started, "student_parameters": parameters})
     if args.process_index != 0:
         return results
