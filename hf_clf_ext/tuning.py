@@ -67,7 +67,7 @@ def default_space(args) -> dict:
     """The learning rates (log scale), the LoRA rank, scale and dropout, and epochs around the config's. Each range
     and list is widened to hold the config's own value (fractional epochs too), so the baseline trial is always in
     it. No head learning rate when the config has none (the head then trains at the LoRA's rate, and searching one
-    would change what the config means)."""
+    would change what the config means), no epochs when `max_steps` sets the length (streamed data)."""
     own = int(args.num_train_epochs) if float(args.num_train_epochs).is_integer() else args.num_train_epochs
     epochs = max(1, round(args.num_train_epochs))
     head_rate = getattr(args, "head_learning_rate", None)
@@ -81,6 +81,8 @@ def default_space(args) -> dict:
     }
     if head_rate is None:
         del space["head_learning_rate"]
+    if args.max_steps > 0:  # Trainer then stops at max_steps whatever the epochs
+        del space["num_train_epochs"]
     if not args.use_peft:  # no adapter to shape
         space = {name: spec for name, spec in space.items() if not name.startswith("lora_")}
     return space
@@ -105,6 +107,9 @@ def parse_space(text: str | None, args) -> dict:
         if name in LastTokenTrainer.prepared_once:
             raise JobError(f"tune_space names {name!r}, which the trainer reads once, when it prepares the data: "
                            "every trial would train with the config's value. Run one search per value instead.")
+        if name == "num_train_epochs" and args.max_steps > 0:
+            raise JobError(f"tune_space names 'num_train_epochs', but max_steps={args.max_steps} sets how long "
+                           "training runs: every trial would train as long. Search max_steps instead.")
         if name.startswith("lora_") and not args.use_peft:
             raise JobError(f"tune_space names {name!r}, but use_peft is false: no LoRA is trained, so it would "
                            "change nothing.")
@@ -116,6 +121,8 @@ def parse_space(text: str | None, args) -> dict:
                            f"\"log\": ..}}, got {spec!r}.")
         if ranged and not spec["low"] < spec["high"]:
             raise JobError(f"tune_space[{name!r}]: low must be below high, got {spec!r}.")
+        if ranged and spec.get("log") and not spec["low"] > 0:
+            raise JobError(f"tune_space[{name!r}]: a log scale needs a positive low, got {spec!r}.")
     return space
 
 
@@ -157,7 +164,8 @@ def command_line_options(argv: list[str]) -> dict:
 
 
 def best_config(argv: list[str], best: dict, output_dir: str) -> dict:
-    """The config the search was given (file, then command-line overrides) with the best trial's values."""
+    """The config the search was given (file, then command-line overrides) with the best trial's values; the
+    search's own options (`TuneArguments`, in the file or on the command line) left out: training refuses them."""
     import yaml
 
     options = command_line_options(argv)
@@ -165,6 +173,7 @@ def best_config(argv: list[str], best: dict, output_dir: str) -> dict:
     if options.get("config"):
         with open(options["config"], encoding="utf-8") as file:
             config = yaml.safe_load(file) or {}
+    config = {key: value for key, value in config.items() if key not in TUNE_KEYS}  # the search's, not training's
     config.update({key: value for key, value in options.items() if key != "config" and key not in TUNE_KEYS})
     config.update(best)
     config["output_dir"] = os.path.join(output_dir, "best")
@@ -254,6 +263,10 @@ def run_tuning(script_args, args, tune_args: TuneArguments, splits, argv: list[s
         if args.base_model_id is None:
             args.base_model_id = BUNDLED_MODEL_IDS.get(script_args.model_name_or_path)
         model, model_kwargs = resolve_model(script_args)
+        # A trial's model is not kept (best_config.yaml trains the winner again), so it is not calibrated: that
+        # would cost two passes over the validation split, and, without evaluations during training, score the
+        # trial after a temperature and (multi-label) thresholds fitted on the split it is scored on.
+        args.calibrate = False
         trainer = LastTokenTrainer(model, args=args, train_dataset=splits["train"],
                                    eval_dataset=splits["validation"], labels=script_args.labels,
                                    model_init_kwargs=model_kwargs)
@@ -263,6 +276,9 @@ def run_tuning(script_args, args, tune_args: TuneArguments, splits, argv: list[s
             values = suggest(trial, space) if trial is not None else {}
             for name, value in values.items():  # what hyperparameter_search would write only after this call
                 setattr(trainer.args, name, value)
+            # Trainer seeded before this call with the previous trial's seed: a searched seed must shape this
+            # trial's head and LoRA (and reproduce from best_config.yaml).
+            seed_everything(trainer.args.seed, trainer.args.full_determinism)
             built = trainer.fresh_model()
             peft_config = getattr(built, "peft_config", {}).get("default")
             running.update(trial=trial, scores=[])
@@ -287,6 +303,13 @@ def run_tuning(script_args, args, tune_args: TuneArguments, splits, argv: list[s
             load_if_exists=True, sampler=optuna.samplers.TPESampler(seed=tune_args.tune_seed + drawn_before),
             pruner=optuna.pruners.MedianPruner())
     return write_results(study, argv, args, metric, direction)
+
+
+def seed_everything(seed: int, full_determinism: bool) -> None:
+    """What Trainer does with `seed` before it builds a model from `model_init`."""
+    from transformers import enable_full_determinism, set_seed
+
+    enable_full_determinism(seed) if full_determinism else set_seed(seed)
 
 
 def write_results(study, argv: list[str], args, metric: str, direction: str) -> dict:

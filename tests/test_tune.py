@@ -111,12 +111,44 @@ def test_a_new_trial_is_not_scored_with_the_last_models_thresholds(tiny_lm_dirs,
     assert (scored["f1_micro"], scored["f1_macro"]) == (untuned["f1_micro"], untuned["f1_macro"])
 
 
+def test_a_searched_seed_seeds_the_trials_model_and_trials_are_scored_uncalibrated(tmp_path, data_files,
+                                                                                      tiny_lm_dirs, monkeypatch):
+    """Trainer seeds before `model_init` with the arguments as the previous trial left them: each trial's head and
+    LoRA must be drawn right after seeding with its own seed. With `eval_strategy: no` the trial is scored by one
+    evaluation after training, which must not follow a calibration fitted on that same split."""
+    import torch
+    from transformers import set_seed
+
+    from hf_clf_ext.last_token.trainer import LastTokenTrainer
+
+    built, calibrated, original = [], [], LastTokenTrainer.fresh_model
+
+    def recording(self):
+        state = torch.random.get_rng_state()
+        set_seed(self.args.seed)
+        built.append((self.args.seed, torch.equal(state, torch.random.get_rng_state())))
+        torch.random.set_rng_state(state)
+        return original(self)
+
+    monkeypatch.setattr(LastTokenTrainer, "fresh_model", recording)
+    monkeypatch.setattr(LastTokenTrainer, "calibrate", lambda self, *a, **k: calibrated.append(1) or {})
+    config = write_config(tmp_path, tiny_lm_dirs["llama", "pad"], data_files, eval_strategy="no",
+                          save_strategy="no", load_best_model_at_end=False)
+    assert cli.main(["tune", "--config", str(config), "--n_trials", "2", "--tune_space",
+                     json.dumps({"seed": {"choices": [1, 2]}}), "--num_train_epochs", "1", "--tune_seed", "0",
+                     "--output_dir", str(tmp_path / "tune"), "--baseline_trial", "false"]) == 0
+    assert [seed for seed, _ in built] == [2, 1] and all(seeded for _, seeded in built), built  # sampler seed 0
+    assert calibrated == []
+    trials = [json.loads(line) for line in (tmp_path / "tune" / "tune_trials.jsonl").read_text().splitlines()]
+    assert all(len(t["scores"]) == 1 for t in trials)  # the one evaluation after training
+
+
 def test_the_best_config_keeps_every_command_line_value_as_training_read_it(tmp_path, data_files):
     """Several values stay a list, a dashed alias and a `no_` complement land under the field's name, a bare flag
     is true, values keep their types, and the search's own options stay out: `hf-clf train` reads it back."""
     from hf_clf_ext.tuning import best_config
 
-    config = write_config(tmp_path, NO_SUCH_MODEL, data_files)
+    config = write_config(tmp_path, NO_SUCH_MODEL, data_files, n_trials=4, tune_storage="search.log")  # tune's own
     argv = ["--config", str(config), "--text_columns", "title", "body", "--lora-r", "16", "--no_calibrate",
             "--overwrite_output_dir", "--learning_rate=1e-3", "--n_trials", "2", "--tune_seed", "3"]
     written = best_config(argv, {"lora_dropout": 0.01}, str(tmp_path / "tune"))
@@ -124,7 +156,7 @@ def test_the_best_config_keeps_every_command_line_value_as_training_read_it(tmp_
                                           "learning_rate", "lora_dropout")} == {
         "text_columns": ["title", "body"], "lora_r": 16, "calibrate": False, "overwrite_output_dir": True,
         "learning_rate": 1e-3, "lora_dropout": 0.01}
-    assert not {"n_trials", "tune_seed", "config", "lora-r", "no_calibrate"} & set(written)
+    assert not {"n_trials", "tune_seed", "tune_storage", "config", "lora-r", "no_calibrate"} & set(written)
     path = tmp_path / "best_config.yaml"
     path.write_text(yaml.safe_dump(written))
     script_args, args = jobs.parse_config(LastTokenConfig, ["--config", str(path)])
@@ -194,6 +226,7 @@ def test_a_baseline_outside_the_space_is_refused_before_a_model_loads(tmp_path, 
     ({"learning_rate": {"low": 1e-3, "high": 1e-4}}, "low must be below high"),
     ({"max_length": {"choices": [32, 64]}}, "'max_length', which the trainer reads once"),
     ({"pooling_suffix": {"choices": ["", " Topic:"]}}, "'pooling_suffix', which the trainer reads once"),
+    ({"lora_dropout": {"low": 0.0, "high": 0.1, "log": True}}, "a log scale needs a positive low"),
 ])
 def test_a_bad_search_space_is_refused_before_a_model_loads(tmp_path, data_files, space, message, capsys):
     config = write_config(tmp_path, NO_SUCH_MODEL, data_files)  # a model that does not exist: nothing may load
@@ -210,6 +243,19 @@ def test_a_search_without_an_adapter_does_not_search_one(tmp_path, data_files):
     assert set(default_space(args)) == {"learning_rate", "head_learning_rate", "num_train_epochs"}
     with pytest.raises(SystemExit, match="'lora_r', but use_peft is false"):
         cli.main(["tune", "--config", str(config), "--tune_space", json.dumps({"lora_r": {"choices": [4, 8]}})])
+
+
+def test_a_search_of_a_fixed_number_of_steps_does_not_search_epochs(tmp_path, data_files):
+    """Trainer ignores num_train_epochs when max_steps is set: the default space leaves it out, a space naming it is
+    refused (each trial would train as long, and best_config.yaml would record an epoch count that did nothing)."""
+    from hf_clf_ext.tuning import default_space
+
+    config = write_config(tmp_path, NO_SUCH_MODEL, data_files, max_steps=20)
+    _, args = jobs.parse_config(LastTokenConfig, ["--config", str(config)])
+    assert "num_train_epochs" not in default_space(args) and "learning_rate" in default_space(args)
+    with pytest.raises(SystemExit, match="max_steps=20 sets how long"):
+        cli.main(["tune", "--config", str(config), "--tune_space",
+                  json.dumps({"num_train_epochs": {"choices": [2, 4]}})])
 
 
 def test_tuning_needs_a_validation_split(tmp_path, data_files):
