@@ -343,7 +343,8 @@ def prepare_distillation(argv=None):
         raise JobError(f"a {args.student_type} student needs model_name_or_path (its backbone).")
     labels_file = args.teacher_labels_path
     in_output = os.path.dirname(os.path.abspath(labels_file)) == os.path.abspath(args.output_dir)
-    check_output_dir(args.output_dir, script_args.overwrite_output_dir,
+    args.resume_from_checkpoint = _resume_value(args.resume_from_checkpoint, args.output_dir)
+    check_output_dir(args.output_dir, script_args.overwrite_output_dir, bool(args.resume_from_checkpoint),
                      resumable=[os.path.basename(labels_file), f"{os.path.basename(labels_file)}.parts"] if in_output
                      else [])
     splits = load_splits(script_args, pool=True)

@@ -1,5 +1,8 @@
 """Arguments of distillation (`hf-clf distill`, `recipes/distill.py`): a trained classifier labels an unlabelled pool
-and a student learns its softened probabilities. Every last-token training field applies to a decoder student."""
+and a student learns its softened probabilities. The last-token training fields apply to a decoder student, but for
+the loss: every student learns the distillation loss, so `loss`, `class_weights` and `label_smoothing_factor` are
+refused. A `sequence_classification` student trains every weight at `learning_rate` (no LoRA, no head learning rate,
+no quantization); a decoder student cut to `student_layers` loads in full precision."""
 
 import os
 from dataclasses import dataclass, field
@@ -98,6 +101,21 @@ class DistillationConfig(LastTokenConfig):
         if self.head_init != "random" and self.student_type != "last_token":
             raise ValueError(f"head_init={self.head_init!r} applies to a 'last_token' student only (a "
                              f"{self.student_type!r} student has no head built from an LM's output embeddings).")
+        changed_loss = [name for name, value, plain in (("loss", self.loss, "cross_entropy"),
+                                                         ("class_weights", self.class_weights, None),
+                                                         ("label_smoothing_factor", self.label_smoothing_factor, 0.0))
+                        if value != plain]
+        if changed_loss:
+            raise ValueError(f"{', '.join(changed_loss)} cannot take effect on a student: it learns the distillation "
+                             "loss (KL to the teacher at distill_temperature, plus gold_weight x cross-entropy on gold "
+                             "rows). Leave them at their defaults.")
+        if self.quantization != "none" and (self.student_type != "last_token" or self.student_layers is not None):
+            where = "a decoder cut to student_layers (built in full precision from the checkpoint's first layers)" \
+                if self.student_type == "last_token" else f"a {self.student_type!r} student"
+            raise ValueError(f"quantization={self.quantization!r} cannot take effect on {where}: set it to 'none'.")
+        if self.student_type == "tfidf" and str(self.resume_from_checkpoint).lower() not in ("none", "false", "no", ""):
+            raise ValueError("resume_from_checkpoint: a 'tfidf' student is fitted in one step and leaves no "
+                             "checkpoint to resume.")
         check_engine_launch(self.teacher_engine)
         parse_vllm_options(self.vllm_options)
         if self.teacher_engine != "vllm" and (self.vllm_python or self.vllm_options):

@@ -281,7 +281,7 @@ def train_stock_student(args, space: LabelSpace, model, tokenizer, texts, encode
         data_collator=DataCollatorWithPadding(tokenizer), callbacks=callbacks,
         compute_metrics=build_compute_metrics(space.problem_type, space.id2label),
     )
-    trainer.train()
+    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     if evaluation is not None and args.calibrate:
         calibrate_stock_student(trainer, evaluation, args.per_class_thresholds)
     return trainer
@@ -402,7 +402,7 @@ def run_distillation(args, splits, pool_texts: list[str], model: str | None, mod
     if args.student_type == "last_token":  # its trainer evaluates, saves and cards it
         trainer = _last_token_student(args, space, model, model_kwargs, train_texts, train_names, soft, has_gold,
                                       validation, distillation)
-        trainer.train()
+        trainer.train(resume_from_checkpoint=trainer.args.resume_from_checkpoint)
         results.update({"train_seconds": time.perf_counter() - started,
                         "student_parameters": sum(p.numel() for p in trainer.model.parameters()),
                         "student_temperature": (trainer.calibration_results or {}).get("temperature")})

@@ -526,6 +526,44 @@ def test_options_of_a_decoder_student_are_refused_for_other_students(tmp_path, s
     assert student_args(tmp_path, student_type="last_token", head_init="label_names").head_init == "label_names"
 
 
+@pytest.mark.parametrize("student_type", ["last_token", "sequence_classification", "tfidf"])
+def test_settings_that_cannot_take_effect_on_a_student_are_refused(tmp_path, student_type):
+    """Every student learns the distillation loss: a focal loss, class weights or label smoothing would change
+    nothing in training (and only the evaluation loss); quantization reaches only a decoder loaded by name."""
+    for option in ({"loss": "focal"}, {"class_weights": "balanced"}, {"label_smoothing_factor": 0.1}):
+        with pytest.raises(ValueError, match=f"{next(iter(option))} cannot take effect on a student"):
+            student_args(tmp_path, student_type=student_type, **option)
+    if student_type == "last_token":
+        assert student_args(tmp_path, quantization="4bit").quantization == "4bit"  # QLoRA on a student by name
+        with pytest.raises(ValueError, match="cannot take effect on a decoder cut to student_layers"):
+            student_args(tmp_path, quantization="4bit", student_layers=1)
+    else:
+        with pytest.raises(ValueError, match=f"cannot take effect on a '{student_type}' student"):
+            student_args(tmp_path, student_type=student_type, quantization="8bit")
+    if student_type == "tfidf":
+        with pytest.raises(ValueError, match="leaves no checkpoint to resume"):
+            student_args(tmp_path, student_type="tfidf", resume_from_checkpoint="true")
+
+
+def test_an_interrupted_student_resumes_from_its_checkpoint(tmp_path, data, teacher_dir, encoder_dir):
+    """A distillation whose output folder holds a student's checkpoints continues from the last one with
+    --resume_from_checkpoint true (as the refusal to write over them advises), the teacher's labels reused."""
+    files = write_files(tmp_path, data)
+    output = tmp_path / "student"
+    config = distill_yaml(tmp_path, teacher_dir, files, output, student_type="sequence_classification",
+                          model_name_or_path=str(encoder_dir), max_length=32, per_device_train_batch_size=25,
+                          gradient_accumulation_steps=1, learning_rate=1e-3, optim="adamw_torch", num_train_epochs=1,
+                          eval_strategy="epoch", save_strategy="epoch", save_total_limit=None)
+    recipe("distill").main(["--config", str(config)])
+    assert sorted(path.name for path in output.glob("checkpoint-*")) == ["checkpoint-4"]  # 100 rows, batches of 25
+    with pytest.raises(SystemExit, match="already holds a saved model"):
+        recipe("distill").main(["--config", str(config), "--num_train_epochs", "2"])
+    recipe("distill").main(["--config", str(config), "--num_train_epochs", "2", "--resume_from_checkpoint", "true"])
+    state = json.loads((output / "checkpoint-8" / "trainer_state.json").read_text())
+    assert [entry["epoch"] for entry in state["log_history"] if "eval_loss" in entry] == [1.0, 2.0]
+    assert TextClassifier.from_pretrained(output).classify(data["test"][0][:2])
+
+
 def test_a_nan_gold_weight_and_nan_targets_are_errors(tmp_path, data):
     with pytest.raises(ValueError, match="gold_weight"):
         distillation_loss(torch.zeros(1, 2), torch.tensor([[0.5, 0.5]]), torch.tensor([0]), torch.tensor([True]),
