@@ -4,7 +4,8 @@ classifier already scores the labels as the LM would continue the text (its zero
 
 The pooled vector is the backbone's last hidden state after its final norm, the very vector the LM head multiplies:
 `score.weight[c] = lm_head.weight[first token of " <label c>"]` makes the head's logits the LM's next-token logits
-of the label tokens. Rows are centred on their mean, which leaves softmax probabilities unchanged and starts
+of the label tokens (their ranking only, where the LM then scales or soft-caps its logits: Cohere, Granite,
+Gemma 2). Rows are centred on their mean, which leaves softmax probabilities unchanged and starts
 multi-label sigmoids near 0.5 rather than at the LM's raw logits (tens)."""
 
 import json
