@@ -90,7 +90,7 @@ def export_stock(source, output_dir: str | os.PathLike, tokenizer=None, **load_k
         json.dump({"exported_from": str(getattr(source, "name_or_path", source)), "architecture": stock_class.__name__,
                    "temperature_folded": config.temperature, "pooling_suffix": config.pooling_suffix,
                    "suffix_token_ids": config.suffix_token_ids, "max_length": stock_tokenizer.model_max_length,
-                   "decision_thresholds": config.decision_thresholds}, file, indent=2)
+                   "truncation_side": stock_tokenizer.truncation_side, "decision_thresholds": config.decision_thresholds}, file, indent=2)
     return stock_class.__name__
 
 
@@ -182,7 +182,7 @@ def export_onnx(source, output_dir: str | os.PathLike, *, quantize: str | None =
         # Protobuf holds at most 2 GiB: larger weights go to model.onnx.data beside the graph.
         external = sum(p.numel() * p.element_size() for p in model.parameters()) > 1.5 * 2**30
         with torch.no_grad():
-            program = torch.onnx.export(_Logits(model), (), kwargs=sample, dynamo=True, output_names=["logits"],
+            program = torch.onnx.export(_Logits(model).eval(), (), kwargs=sample, dynamo=True, output_names=["logits"],
                                         dynamic_shapes={name: {0: "batch", 1: "sequence"} for name in sample})
         program.save(graph, external_data=external)
         os.makedirs(output_dir, exist_ok=True)
@@ -200,7 +200,8 @@ def export_onnx(source, output_dir: str | os.PathLike, *, quantize: str | None =
                  "labels": [config.id2label[i] for i in range(config.num_labels)],
                  "activation": "sigmoid" if config.problem_type == "multi_label_classification" else "softmax",
                  "decision_thresholds": getattr(config, "decision_thresholds", None),
-                 "max_length": tokenizer.model_max_length, "pad_token_id": tokenizer.pad_token_id,
+                 "max_length": tokenizer.model_max_length, "truncation_side": tokenizer.truncation_side,
+                 "pad_token_id": tokenizer.pad_token_id,
                  "padding_side": "right", "inputs": ["input_ids", "attention_mask"], "outputs": ["logits"]}
         if os.path.isfile(os.path.join(stock_dir, EXPORT_FACTS_FILE)):
             with open(os.path.join(stock_dir, EXPORT_FACTS_FILE), encoding="utf-8") as file:

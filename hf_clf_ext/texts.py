@@ -70,6 +70,17 @@ def length_sorted_batches(encoded: Sequence[Sequence[int]], batch_size: int) -> 
     return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
 
+def set_truncation(tokenizer, max_length: int, side: str) -> None:
+    """Make `tokenizer` cut texts where training cut them (`truncation=True`: at `max_length` tokens, keeping the start
+    for side "right" or the end for "left"), in memory and once saved. `save_pretrained` writes `model_max_length`
+    but `truncation_side` only when it is among the tokenizer's `init_kwargs`: set on the object alone, the side
+    survived only in tokenizer.json's truncation state, which the tokenizer's last call sets (any untruncated call
+    clears it), and a left-truncating model could reload keeping the start, in every saved kind."""
+    tokenizer.model_max_length = max_length
+    tokenizer.truncation_side = side
+    tokenizer.init_kwargs["truncation_side"] = side
+
+
 def add_strip_normalizer(tokenizer) -> bool:
     """Make a fast tokenizer strip its input as `normalize_text` does, before its own normalizer; a no-op where it
     strips already. Returns False for a tokenizer without a `tokenizers` backend (it cannot carry the rule: callers

@@ -94,6 +94,44 @@ def test_last_token_saves_agree_with_the_in_memory_model(saved, capsys):
     np.testing.assert_allclose(table(lines, labels), expected, atol=1e-5, err_msg="hf-clf predict")
 
 
+# Texts whose start and end point at different topics, each past max_length: which part a path keeps decides.
+TWO_ENDS = [" ".join(["the striker scored twice in the final"] * 8) + " the bank cut interest rates again",
+            " ".join(["the bank cut interest rates again"] * 8) + " the striker scored twice in the final"]
+
+
+def test_every_saved_kind_keeps_the_end_a_left_truncating_model_trained_on(tmp_path, tiny_lm_dirs, tokenizer_dirs):
+    """truncation_side="left" (keep the end): the saved tokenizer must keep it too, or every reloaded kind reads the
+    start of a long text where training read its end (transformers writes `truncation_side` into
+    tokenizer_config.json only from init_kwargs)."""
+    import copy
+
+    from hf_clf_ext.export import export_onnx
+
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(tokenizer_dirs["pad"])
+    args = arguments(tmp_path, num_train_epochs=2, eval_strategy="no", load_best_model_at_end=False,
+                     max_length=MAX_LENGTH, truncation_side="left")
+    trainer = LastTokenTrainer(str(tiny_lm_dirs["llama", "pad"]), args=args, train_dataset=synthetic(24, 0),
+                               processing_class=tokenizer)
+    trainer.train()
+    labels = list(trainer.label_space.names)
+    expected = table(classify_texts(trainer.model, trainer.processing_class, TWO_ENDS), labels)
+    # Any untruncated call (a user counting tokens) resets the truncation the backend would have saved in
+    # tokenizer.json, the one place the side survived before it was written into tokenizer_config.json.
+    trainer.processing_class(["how many tokens is this?"])
+    trainer.save_merged(str(tmp_path / "merged"))
+    export_stock(tmp_path / "merged", tmp_path / "stock")
+    facts = export_onnx(tmp_path / "stock", tmp_path / "onnx")
+    assert facts["truncation_side"] == "left"
+    start = copy.deepcopy(trainer.processing_class)
+    start.truncation_side = "right"
+    assert np.abs(table(classify_texts(trainer.model, start, TWO_ENDS), labels) - expected).max() > 1e-4  # it matters
+    for kind in ("merged", "stock", "onnx"):
+        loaded = TextClassifier.from_pretrained(tmp_path / kind)
+        np.testing.assert_allclose(table(loaded.classify(TWO_ENDS), labels), expected, atol=1e-4, err_msg=kind)
+    np.testing.assert_allclose(plain(tmp_path / "stock", TWO_ENDS), expected, atol=1e-5, err_msg="stock, plain")
+    assert "keeping the end of a longer text" in (tmp_path / "onnx" / "README.md").read_text()
+
+
 def test_the_stock_export_strips_without_the_package(saved):
     code = f"""
 import json, sys

@@ -304,7 +304,7 @@ from tokenizers import Tokenizer
 folder = "{folder}"
 facts = json.load(open(f"{{folder}}/onnx.json"))
 tokenizer = Tokenizer.from_file(f"{{folder}}/tokenizer.json")  # strips white space, appends the pooling suffix
-tokenizer.enable_truncation(facts["max_length"])
+tokenizer.enable_truncation(facts["max_length"], direction=facts["truncation_side"])  # keep training's part
 tokenizer.enable_padding(pad_id=facts["pad_token_id"], direction="right")
 session = onnxruntime.InferenceSession(f"{{folder}}/model.onnx")
 
@@ -334,5 +334,6 @@ def onnx_card(facts: dict, folder: str | os.PathLike) -> str:
         folder=folder, exported_from=facts["exported_from"],
         architecture=facts["architecture"], task_kind="multi-label" if multi_label else "single-label",
         labels=facts["labels"], quantization=facts["quantization"], max_length=facts["max_length"],
+        truncation_side=facts.get("truncation_side", "right"),
         thresholds=facts["decision_thresholds"] if multi_label else None, snippet=ONNX_SNIPPET.format(folder=folder))
     return str(card)

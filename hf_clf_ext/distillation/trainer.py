@@ -250,10 +250,9 @@ def prepare_stock_tokenizer(tokenizer, args):
     """The student's tokenizer as it is saved: it cuts texts where training cut them (`model_max_length`, the side
     of `truncation_side`), as `TextClassifier`, `classify_texts` and `pipeline(..., truncation=True)` cut with it, and
     strips them as `texts.normalize_text` does (training texts are stripped), for users of plain transformers."""
-    from ..texts import add_strip_normalizer
+    from ..texts import add_strip_normalizer, set_truncation
 
-    tokenizer.model_max_length = args.max_length
-    tokenizer.truncation_side = args.truncation_side
+    set_truncation(tokenizer, args.max_length, args.truncation_side)
     add_strip_normalizer(tokenizer)
     return tokenizer
 

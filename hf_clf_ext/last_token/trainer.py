@@ -24,7 +24,7 @@ from ..arguments import first_split, name_best_metric_for_eval_sets
 from ..calibration import calibrate_logits
 from ..labels import decide, encode_split
 from ..streaming import StreamedRows, any_stream, is_stream, tokenized_stream
-from ..texts import add_strip_normalizer, build_texts, load_tokenizer, suffix_ids, tokenize_texts
+from ..texts import add_strip_normalizer, build_texts, load_tokenizer, set_truncation, suffix_ids, tokenize_texts
 from .inference import classify_texts
 from .config import LastTokenConfig
 from ..metrics import build_compute_metrics, load_metric, probabilities_from_logits
@@ -101,8 +101,7 @@ class LastTokenTrainer(ClassifierTrainerMixin, Trainer):
         self._check_context(classifier, args)
         reserve = len(classifier.config.suffix_token_ids or [])
         # `pipeline(..., truncation=True)` then cuts texts exactly as training did.
-        tokenizer.model_max_length = args.max_length - reserve
-        tokenizer.truncation_side = args.truncation_side
+        set_truncation(tokenizer, args.max_length - reserve, args.truncation_side)
         # Texts are stripped before tokenizing (data.build_texts, texts.check_texts); the saved tokenizer strips too, so
         # plain transformers users (`pipeline()`, AutoTokenizer) of the model see the same tokens.
         add_strip_normalizer(tokenizer)
