@@ -117,6 +117,12 @@ class TextClassifier:
         """The ways it can classify, the default first."""
         return METHODS if self.approach == "instruction" else ("forward",)
 
+    @property
+    def names_at_least_one(self) -> bool:
+        """Whether its multi-label results always name a label, the most probable where none reaches its threshold:
+        an instruction classifier's rule (its decoding cannot answer with none, and its scoring follows it)."""
+        return self.approach == "instruction"
+
     def gives_probabilities(self, method: str | None = None) -> bool:
         """Whether `classify(texts, method)` returns probabilities (calibration metrics apply) or labels only."""
         return self._method(method) not in HARD_LABEL_METHODS

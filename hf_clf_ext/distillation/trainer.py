@@ -65,10 +65,12 @@ def soften(probabilities, temperature: float, multi_label: bool) -> np.ndarray:
     return z / z.sum(axis=1, keepdims=True)
 
 
-def hard_labels(probabilities, names: Sequence[str], multi_label: bool, thresholds=None) -> list:
+def hard_labels(probabilities, names: Sequence[str], multi_label: bool, thresholds=None, at_least_one: bool = False
+                ) -> list:
     """The labels a teacher's probabilities name (`labels.decide`): the argmax, or (multi-label) every label at or
-    above its threshold."""
-    decided = decide(probabilities, multi_label, thresholds)
+    above its threshold, and the most probable where none is and the teacher names at least one
+    (`TextClassifier.names_at_least_one`)."""
+    decided = decide(probabilities, multi_label, thresholds, at_least_one=at_least_one)
     if not multi_label:
         return [names[i] for i in decided]
     return [[name for name, hit in zip(names, row) if hit] for row in decided]
@@ -342,13 +344,11 @@ def run_distillation(args, splits, pool_texts: list[str], model: str | None, mod
     """The teacher labels pool + gold + test texts (resumably, shared out across the processes); the student of
     `args.student_type` trains on the pool (and the gold rows), is saved to `args.output_dir`, evaluated on the test
     split against the teacher, and carded. Returns the flat results (`test_*` the student's, `teacher_test_*`)."""
-    from transformers import EvalPrediction
-
     from ..classifier import TextClassifier
     from ..engines import parse_vllm_options
     from ..texts import build_texts
-    from ..labels import encode_labels, encode_split, label_values
-    from ..metrics import logits_from_probabilities
+    from ..labels import encode_labels, encode_split, label_values, results_from_probabilities
+    from ..metrics import metrics_from_results
     from .teacher_labels import label_pool
 
     check_student_folder(args.output_dir, args.student_type)
@@ -373,13 +373,14 @@ def run_distillation(args, splits, pool_texts: list[str], model: str | None, mod
                                max_chars=args.max_pool_chars, progress=not args.disable_tqdm)  # every process labels
     teacher_seconds = time.perf_counter() - started
     thresholds, approach, engine = teacher.thresholds, teacher.approach, teacher.engine_name
+    at_least_one = teacher.names_at_least_one  # the teacher's labels are those its users get
     teacher.close()  # a vLLM worker stops here, before the student trains
     del teacher
     n_pool, n_gold = len(pool_texts), len(gold_texts)
     train_p, test_p = probabilities[: n_pool + n_gold], probabilities[n_pool + n_gold :]
     train_texts = [*pool_texts, *gold_texts]
     has_gold = np.r_[np.zeros(n_pool, bool), np.ones(n_gold, bool)]
-    names = hard_labels(train_p[:n_pool], space.names, space.multi_label, thresholds)
+    names = hard_labels(train_p[:n_pool], space.names, space.multi_label, thresholds, at_least_one)
     train_names = [*names, *(train[2] if n_gold else [])]
     train_encoded = [*encode_labels(names, space)[0], *(train[1] if n_gold else [])]  # ids or multi-hot
     soft = soften(train_p, args.distill_temperature, space.multi_label)
@@ -387,11 +388,12 @@ def run_distillation(args, splits, pool_texts: list[str], model: str | None, mod
                "teacher_engine": engine}
     teacher_test = None
     if test is not None:
-        teacher_metrics = build_compute_metrics(space.problem_type, space.id2label, threshold=thresholds or 0.5)(
-            EvalPrediction(predictions=logits_from_probabilities(test_p, space.problem_type), label_ids=np.asarray(test[1])))
+        teacher_results = results_from_probabilities(test_p, space.names, space.multi_label, thresholds,
+                                                     at_least_one=at_least_one)
+        teacher_metrics = metrics_from_results(teacher_results, np.asarray(test[1]), space.problem_type, space.id2label)
         results.update({f"teacher_test_{key}": value for key, value in teacher_metrics.items()})
-        teacher_test = np.asarray(encode_labels(hard_labels(test_p, space.names, space.multi_label, thresholds),
-                                                space)[0])
+        teacher_test = np.asarray(encode_labels([r["labels"] if space.multi_label else r["label"]
+                                                 for r in teacher_results], space)[0])
     distillation = {"teacher": args.teacher, "pool_size": n_pool, "gold_rows": n_gold,
                     "teacher_approach": "instruction (label scoring)" if approach == "instruction" else approach,
                     "student": args.student_type, "teacher_test_f1_macro": results.get("teacher_test_f1_macro"),

@@ -192,6 +192,31 @@ def test_an_instruction_teacher_labels_the_pool_by_label_scoring(tmp_path, teach
     assert 0.0 <= results["test_agreement"] <= 1.0
 
 
+def test_a_multi_label_instruction_teachers_labels_are_those_its_users_get(tmp_path, teachers):
+    """An instruction classifier names at least one label (its decoding cannot answer with none; scoring follows):
+    the labels a student learns and the teacher's test scores on the card must be those, not an empty set where no
+    label reaches its threshold."""
+    from hf_clf_ext.metrics import metrics_from_results
+
+    teacher = teachers["multi_label"]
+    config = write_config(tmp_path, teacher["lm"], teacher["files"], approach="instruction", eval_strategy="no",
+                          test_file=None, validation_file=None, num_train_epochs=1)
+    recipe("train_instruction").main(["--config", str(config)])
+    instruction = {**teacher, "path": tmp_path / "out_instruction"}
+    settings = instruction["path"] / "instruction_prompt.json"  # thresholds tuned high: most rows reach none
+    settings.write_text(json.dumps({**json.loads(settings.read_text()), "decision_thresholds": [1.0, 1.0, 1.0]}))
+    results = recipe("distill").main(["--config", str(distill_config(tmp_path, instruction, "tfidf"))])
+    served = TextClassifier.from_pretrained(instruction["path"]).classify(_test_texts(teacher), method="score")
+    assert all(result["labels"] for result in served)
+    assert any(max(result["probabilities"].values()) < 1.0 for result in served)  # rows where the rule decides
+    gold = [json.loads(line)["label"] for line in open(teacher["files"]["test"])]
+    names = list(served[0]["probabilities"])
+    expected = metrics_from_results(served, [[int(name in row) for name in names] for row in gold],
+                                    "multi_label_classification", dict(enumerate(names)))
+    assert results["teacher_test_f1_macro"] == pytest.approx(expected["f1_macro"])
+    assert results["teacher_test_accuracy"] == pytest.approx(expected["accuracy"])
+
+
 def test_a_bad_pool_is_an_error_before_any_model_loads(tmp_path, teachers):
     teacher = teachers["single_label"]
     files = dict(teacher["files"])
