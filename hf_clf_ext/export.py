@@ -68,6 +68,7 @@ def export_stock(source, output_dir: str | os.PathLike, tokenizer=None, **load_k
     stock_config.architectures = [stock_class.__name__]
     if config.decision_thresholds:
         stock_config.decision_thresholds = list(config.decision_thresholds)
+    stock_config.temperature_folded = config.temperature  # as a stock distillation student records it
     with torch.device("meta"):
         stock = stock_class(stock_config)
     prefix = stock.base_model_prefix

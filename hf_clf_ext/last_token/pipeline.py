@@ -15,13 +15,17 @@ TASK = "text-classification"
 
 
 class LastTokenClassificationPipeline(TextClassificationPipeline):
-    """For a last-token classifier: texts are normalised as in training (`texts.normalize_text`) and truncated to the trained length (the saved tokenizer's
-    `model_max_length`), as in training and `classify_texts`, unless `truncation=` says otherwise; and a multi-label
-    model returns, by default, the labels whose probability reaches their tuned decision threshold (sorted by
-    score; `top_k=` gives scores without a decision, as the stock pipeline does)."""
+    """For a classifier this package wrote (a last-token classifier, its stock export, a stock distillation
+    student): texts are normalised as in training (`texts.normalize_text`) and truncated to the trained length (the
+    saved tokenizer's `model_max_length`), as in training and `classify_texts`, unless `truncation=` says otherwise;
+    and a multi-label model returns, by default, the labels whose probability reaches their tuned decision threshold
+    (sorted by score; `top_k=` gives scores without a decision, as the stock pipeline does). Without this package,
+    transformers' own pipeline serves the stock kinds the top label."""
 
     def _ours(self) -> bool:
-        return isinstance(self.model.config, LastTokenClassifierConfig)
+        config = self.model.config
+        # A stock export or a stock student records the temperature it folded into its head.
+        return isinstance(config, LastTokenClassifierConfig) or getattr(config, "temperature_folded", None) is not None
 
     def _sanitize_parameters(self, function_to_apply=None, top_k="", **tokenizer_kwargs):
         if self._ours():
@@ -39,7 +43,8 @@ class LastTokenClassificationPipeline(TextClassificationPipeline):
         if not self._ours() or config.problem_type != "multi_label_classification" or asked_for_scores:
             return super().__call__(inputs, **kwargs)
         names = [config.id2label[i] for i in range(config.num_labels)]
-        thresholds = dict(zip(names, decision_thresholds(config.decision_thresholds, config.num_labels)))
+        thresholds = dict(zip(names, decision_thresholds(getattr(config, "decision_thresholds", None),
+                                                         config.num_labels)))
         results = super().__call__(inputs, top_k=None, **kwargs)
         decide = lambda rows: [row for row in rows if row["score"] >= thresholds[row["label"]]]  # noqa: E731
         return decide(results) if isinstance(inputs, str) else [decide(rows) for rows in results]

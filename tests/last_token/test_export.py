@@ -76,6 +76,31 @@ def test_stock_export_reproduces_our_probabilities_without_the_package(tiny_lm_d
     assert config.get("decision_thresholds") == ([0.3, 0.5, 0.6] if multi_label else None)
 
 
+def test_with_the_package_a_stock_exports_pipeline_decides_as_the_classifier(tiny_lm_dirs, tokenizer, texts,
+                                                                              tmp_path):
+    """With the package imported, `pipeline()` on a multi-label stock export names the labels that reach their tuned
+    thresholds, and cuts a long text at the trained length without being told, as on the classifier it came from
+    (transformers' own pipeline, without the package, gives the top label)."""
+    from transformers import pipeline
+
+    from hf_clf_ext import TextClassifier
+
+    model = classifier_with_suffix(tiny_lm_dirs["llama", "pad"], tokenizer, multi_label=True)
+    texts = texts + [LONG]
+    probabilities = [list(r["probabilities"].values()) for r in classify_texts(model, tokenizer, texts)]
+    model.config.decision_thresholds = np.median(probabilities, axis=0).tolist()  # half the texts reach each
+    model.save_pretrained(tmp_path / "ours")
+    tokenizer.save_pretrained(tmp_path / "ours")
+    export_stock(tmp_path / "ours", tmp_path / "stock")
+    expected = [sorted(r["labels"]) for r in classify_texts(model, tokenizer, texts)]
+    assert len({tuple(labels) for labels in expected}) > 1  # the thresholds tell the texts apart
+    for kind in ("ours", "stock"):
+        piped = pipeline("text-classification", model=str(tmp_path / kind))(texts)
+        assert [sorted(row["label"] for row in rows) for rows in piped] == expected, kind
+        loaded = TextClassifier.from_pretrained(tmp_path / kind).classify(texts)
+        assert [sorted(r["labels"]) for r in loaded] == expected, kind
+
+
 def test_export_refuses_what_a_stock_head_cannot_hold(tiny_lm_dirs, tokenizer, tmp_path):
     lm_dir = tiny_lm_dirs["llama", "pad"]
     with pytest.raises(ValueError, match="bias"):
