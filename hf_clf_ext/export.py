@@ -20,7 +20,7 @@ from tokenizers import processors
 from transformers import AutoTokenizer
 from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
 
-from .last_token.modeling_last_token import LastTokenClassifierForSequenceClassification
+from .last_token.modeling_last_token import HUB_KWARGS, LastTokenClassifierForSequenceClassification
 from .texts import add_strip_normalizer
 
 EXPORT_FACTS_FILE = "export.json"
@@ -44,7 +44,9 @@ def export_stock(source, output_dir: str | os.PathLike, tokenizer=None, **load_k
         classifier = LastTokenClassifierForSequenceClassification.from_pretrained(
             source, merge_adapter=True, quantization_config=None, **load_kwargs
         )
-        tokenizer = tokenizer or AutoTokenizer.from_pretrained(source)
+        # The tokenizer of the same revision (and cache, token, ...) as the weights.
+        tokenizer = tokenizer or AutoTokenizer.from_pretrained(
+            source, **{key: value for key, value in load_kwargs.items() if key in HUB_KWARGS})
     config = classifier.config
     if getattr(classifier, "_hf_peft_config_loaded", False):
         raise ValueError("The classifier still holds an unmerged adapter: load it with merge_adapter=True.")

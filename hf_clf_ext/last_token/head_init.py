@@ -14,11 +14,9 @@ import logging
 import torch
 
 from ..texts import suffix_ids
+from .modeling_last_token import HUB_KWARGS
 
 logger = logging.getLogger(__name__)
-
-_HUB_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "subfolder")
-
 
 def label_token_ids(tokenizer, labels) -> list[int]:
     """The first token of each label name as the LM would write it after the suffix (a space, then the name with
@@ -54,7 +52,7 @@ def output_embeddings(classifier, source=None, **hub_kwargs) -> torch.Tensor:
     from safetensors import safe_open
     from transformers.utils import cached_file
 
-    hub = {key: hub_kwargs[key] for key in _HUB_KWARGS if key in hub_kwargs}
+    hub = {key: hub_kwargs[key] for key in HUB_KWARGS if key in hub_kwargs}
     index = cached_file(source, "model.safetensors.index.json", _raise_exceptions_for_missing_entries=False, **hub)
     name = json.load(open(index))["weight_map"].get("lm_head.weight") if index else "model.safetensors"
     path = cached_file(source, name, _raise_exceptions_for_missing_entries=False, **hub) if name else None

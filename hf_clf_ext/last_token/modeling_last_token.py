@@ -33,7 +33,8 @@ from .configuration_last_token import LastTokenClassifierConfig, check_decoder_o
 
 IGNORE_INDEX = -100
 ADAPTER_SUBFOLDER = "adapter"  # where an adapter + head save keeps the adapter (see `from_pretrained`)
-_HUB_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "force_download", "proxies", "subfolder")
+# The `from_pretrained` options that say where a repo's files come from: every file of a save is read with them.
+HUB_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "force_download", "proxies", "subfolder")
 _COMMIT_HASH = re.compile(r"^[0-9a-f]{40}$")
 HEAD_MODULE = "score"
 # Set while `from_pretrained` loads the backbone of an adapter + head save: the head comes from the adapter next, so
@@ -114,7 +115,7 @@ class LastTokenClassifierForSequenceClassification(LastTokenClassifierPreTrained
         backbone (a plain model; pass `quantization_config=None` to merge into float weights of a 4-bit base)."""
         path = pretrained_model_name_or_path
         merge_adapter = kwargs.pop("merge_adapter", False)
-        hub = {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs}
+        hub = {key: kwargs[key] for key in HUB_KWARGS if key in kwargs}
         kwargs.pop("adapter_kwargs", None)  # the auto factory's adapter lookup; this method finds the adapter itself
         if not isinstance(kwargs.get("config"), PreTrainedConfig):
             kwargs["config"] = cls.config_class.from_pretrained(path, **hub)
@@ -257,7 +258,7 @@ class LastTokenClassifierForSequenceClassification(LastTokenClassifierPreTrained
             from_pretrained_kwargs["revision"] = commit
         config_kwargs = {
             key: from_pretrained_kwargs[key]
-            for key in _HUB_KWARGS + ("gguf_file", "trust_remote_code")
+            for key in HUB_KWARGS + ("gguf_file", "trust_remote_code")
             if key in from_pretrained_kwargs
         }
         text_config = AutoConfig.from_pretrained(backbone, **config_kwargs)
@@ -459,7 +460,7 @@ def resolve_commit(repo_id, revision=None, **hub) -> str | None:
         return None
     if isinstance(revision, str) and _COMMIT_HASH.match(revision):
         return str(revision)
-    lookup = {key: hub[key] for key in _HUB_KWARGS if key in hub and key != "revision" and hub[key] is not None}
+    lookup = {key: hub[key] for key in HUB_KWARGS if key in hub and key != "revision" and hub[key] is not None}
     try:
         resolved = cached_file(str(repo_id), CONFIG_NAME, revision=revision,
                                _raise_exceptions_for_missing_entries=False, **lookup)

@@ -101,6 +101,20 @@ def test_with_the_package_a_stock_exports_pipeline_decides_as_the_classifier(tin
         assert [sorted(r["labels"]) for r in loaded] == expected, kind
 
 
+def test_a_repo_exports_with_its_tokenizer_from_the_same_cache(tiny_lm_dirs, tokenizer, tmp_path):
+    """Hub options reach the tokenizer as they reach the weights: a repo found only in the `cache_dir` given (offline)
+    exports, its tokenizer's trained length kept."""
+    from conftest import publish
+
+    model = classifier_with_suffix(tiny_lm_dirs["llama", "pad"], tokenizer)
+    model.save_pretrained(tmp_path / "ours")
+    tokenizer.save_pretrained(tmp_path / "ours")
+    publish(tmp_path / "ours", "tiny-org/export-me", tmp_path / "hub")
+    export_stock("tiny-org/export-me", tmp_path / "stock", cache_dir=str(tmp_path / "hub"), local_files_only=True)
+    facts = json.loads((tmp_path / "stock" / "export.json").read_text())
+    assert facts["max_length"] == 24  # the text's 24 - suffix tokens, and the suffix
+
+
 def test_export_refuses_what_a_stock_head_cannot_hold(tiny_lm_dirs, tokenizer, tmp_path):
     lm_dir = tiny_lm_dirs["llama", "pad"]
     with pytest.raises(ValueError, match="bias"):
