@@ -67,7 +67,8 @@ def calibrate_logits(logits: Any, labels: Any, problem_type: str, per_class: boo
 
 
 def tune_thresholds(
-    probabilities: Any, labels: Any, per_class: bool, candidates: Sequence[float] = THRESHOLD_GRID
+    probabilities: Any, labels: Any, per_class: bool, candidates: Sequence[float] = THRESHOLD_GRID,
+    at_least_one: bool = False,
 ) -> float | list[float]:
     """Multi-label decision thresholds maximizing validation F1 (a label is predicted when p >= threshold).
 
@@ -75,6 +76,11 @@ def tune_thresholds(
     own F1; a class without positives in the validation set keeps 0.5, as there is nothing to fit. Ties go to the
     candidate closest to 0.5, then to the smaller one, so results are deterministic. A fixed grid of candidates
     (rather than every observed probability) keeps the thresholds from fitting single validation examples.
+
+    `at_least_one`: tuned for the rule that names the most probable label where none reaches its threshold
+    (`labels.decide`, the instruction approach's), the rule the thresholds will serve under. That couples the
+    classes, so per class the thresholds start from the independent ones and move one class at a time to the
+    candidate that maximizes macro-F1 (over the classes with positives) until none moves.
     """
     probs = _matrix(probabilities, "probabilities")
     if probs.min() < 0 or probs.max() > 1:
@@ -89,9 +95,39 @@ def tune_thresholds(
     if not per_class:
         if not n_positive.any():
             return 0.5
+        if at_least_one:
+            return _best(grid, np.array([_served_f1(probs, positive, np.full(probs.shape[1], t), micro=True)
+                                         for t in grid]))
         return _best(grid, _f1(true_pos.sum(axis=1), n_predicted.sum(axis=1), n_positive.sum()))
     f1 = _f1(true_pos, n_predicted, n_positive)
-    return [_best(grid, f1[:, c]) if n_positive[c] else 0.5 for c in range(probs.shape[1])]
+    thresholds = [_best(grid, f1[:, c]) if n_positive[c] else 0.5 for c in range(probs.shape[1])]
+    if at_least_one:
+        fitted = np.flatnonzero(n_positive)
+        for _ in range(10):  # coordinate ascent: macro-F1 never falls; ties could cycle, hence the bound
+            moved = False
+            for c in fitted:
+                trial = np.array(thresholds)
+                scores = []
+                for t in grid:
+                    trial[c] = t
+                    scores.append(_served_f1(probs, positive, trial, micro=False, classes=fitted))
+                best = _best(grid, np.array(scores))
+                moved |= best != thresholds[c]
+                thresholds[c] = best
+            if not moved:
+                break
+    return thresholds
+
+
+def _served_f1(probs: np.ndarray, positive: np.ndarray, thresholds: np.ndarray, micro: bool, classes=None) -> float:
+    """Micro- or macro-F1 (over `classes`) of the labels `labels.decide` names with at least one label a row."""
+    from .labels import decide
+
+    hits = decide(probs, True, thresholds, at_least_one=True).astype(bool)
+    true_pos, n_predicted, n_positive = (hits & positive).sum(axis=0), hits.sum(axis=0), positive.sum(axis=0)
+    if micro:
+        return float(_f1(true_pos.sum(), n_predicted.sum(), n_positive.sum()))
+    return float(np.mean(_f1(true_pos, n_predicted, n_positive)[classes]))
 
 
 def _counts(probs: np.ndarray, positive: np.ndarray, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -241,7 +241,9 @@ class InstructionTrainer(ClassifierTrainerMixin, SFTTrainer):
             raise ValueError("Decision thresholds are for multi-label classifiers.")
         texts, label_ids = (self.eval_texts, self.eval_label_ids) if texts is None else (texts, label_ids)
         probabilities = probabilities_from_results(self.classify(texts, method="score"), self.label_space.names)
-        tuned = tune_thresholds(probabilities, self._references(label_ids), per_class=self.args.per_class_thresholds)
+        # Tuned under the rule they serve under: label scoring names at least one label, as decoding does.
+        tuned = tune_thresholds(probabilities, self._references(label_ids), per_class=self.args.per_class_thresholds,
+                                at_least_one=True)
         thresholds = decision_thresholds(tuned, len(self.label_space.names)).tolist()
         self.classifier.decision_thresholds = thresholds
         logger.info("Label-scoring decision thresholds tuned on %d texts: %s", len(texts), thresholds)
