@@ -37,7 +37,9 @@ class TextClassifier:
         approach: `"last_token"` (also a stock `*ForSequenceClassification`), `"instruction"` or `"tfidf"`.
         name_or_path: the folder or repo id it was loaded from.
         labels: class names in id order. multi_label: whether answers name several labels.
-        thresholds: the multi-label decision thresholds it applies (one per label), or None.
+        thresholds: the multi-label decision thresholds it applies (one per label), or None; set them to decide
+            otherwise, on every path (written where that path reads them: the model's config, the TF-IDF model, the
+            instruction classifier).
         compile: whether `classify` compiles the forward: True, False or None (where it pays; see `classify_texts`).
         engine: None where the forward runs in torch here, else the engine running it (`hf_clf_ext.engines`).
         model, tokenizer: the loaded model and tokenizer (an instruction classifier's are `self.instruction.model`;
@@ -46,11 +48,32 @@ class TextClassifier:
 
     def __init__(self, approach: str, labels: Sequence[str], multi_label: bool, thresholds, model=None, tokenizer=None,
                  instruction=None, name_or_path: str | None = None, compile: bool | None = None, engine=None):
-        self.approach, self.labels, self.multi_label, self.thresholds = approach, list(labels), multi_label, thresholds
+        self.approach, self.labels, self.multi_label = approach, list(labels), multi_label
         self.model, self.tokenizer, self.instruction = model, tokenizer, instruction
         self.name_or_path = name_or_path
         self.engine = engine
+        self.thresholds = thresholds
         self.compile = self._check_compile(compile)
+
+    @property
+    def thresholds(self) -> list[float] | None:
+        return self._thresholds
+
+    @thresholds.setter
+    def thresholds(self, values) -> None:
+        values = None if values is None else [float(value) for value in values]
+        if values is not None and (not self.multi_label or len(values) != len(self.labels)):
+            raise ValueError(f"thresholds are one per label of a multi-label classifier ({len(self.labels)} labels, "
+                             f"multi_label={self.multi_label}), got {values}.")
+        self._thresholds = values
+        if not self.multi_label:
+            return
+        if self.approach == "instruction":
+            self.instruction.decision_thresholds = values
+        elif self.approach == "tfidf":
+            self.model.decision_thresholds = values
+        elif self.engine is None and self.model is not None:  # classify_texts reads the config
+            self.model.config.decision_thresholds = values
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, compile: bool | None = None, engine: str | None = None,

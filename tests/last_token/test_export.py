@@ -87,8 +87,9 @@ def test_with_the_package_a_stock_exports_pipeline_decides_as_the_classifier(tin
 
     model = classifier_with_suffix(tiny_lm_dirs["llama", "pad"], tokenizer, multi_label=True)
     texts = texts + [LONG]
-    probabilities = [list(r["probabilities"].values()) for r in classify_texts(model, tokenizer, texts)]
-    model.config.decision_thresholds = np.median(probabilities, axis=0).tolist()  # half the texts reach each
+    ordered = np.sort([list(r["probabilities"].values()) for r in classify_texts(model, tokenizer, texts)], axis=0)
+    middle = len(texts) // 2  # half the texts reach each threshold, none sits on one (the export rounds otherwise)
+    model.config.decision_thresholds = ((ordered[middle - 1] + ordered[middle]) / 2).tolist()
     model.save_pretrained(tmp_path / "ours")
     tokenizer.save_pretrained(tmp_path / "ours")
     export_stock(tmp_path / "ours", tmp_path / "stock")
@@ -99,6 +100,31 @@ def test_with_the_package_a_stock_exports_pipeline_decides_as_the_classifier(tin
         assert [sorted(row["label"] for row in rows) for rows in piped] == expected, kind
         loaded = TextClassifier.from_pretrained(tmp_path / kind).classify(texts)
         assert [sorted(r["labels"]) for r in loaded] == expected, kind
+
+
+def test_thresholds_set_on_a_loaded_classifier_decide_on_every_engine(tiny_lm_dirs, tokenizer, texts, tmp_path):
+    """`TextClassifier.thresholds` set by a user decide the labels in torch as in onnxruntime (torch used to keep
+    the config's)."""
+    from hf_clf_ext import TextClassifier
+    from hf_clf_ext.export import export_onnx
+
+    model = classifier_with_suffix(tiny_lm_dirs["llama", "pad"], tokenizer, multi_label=True)
+    model.save_pretrained(tmp_path / "ours")
+    tokenizer.save_pretrained(tmp_path / "ours")
+    export_onnx(tmp_path / "ours", tmp_path / "onnx")
+    torch_path, onnx_path = TextClassifier.from_pretrained(tmp_path / "ours"), TextClassifier.from_pretrained(
+        tmp_path / "onnx")
+    before = [sorted(r["labels"]) for r in torch_path.classify(texts)]
+    probabilities = [list(r["probabilities"].values()) for r in torch_path.classify(texts)]
+    ordered = np.sort(probabilities, axis=0)
+    middle = len(texts) // 2
+    thresholds = ((ordered[middle - 1] + ordered[middle]) / 2).tolist()  # between two texts: no tie to round
+    for loaded in (torch_path, onnx_path):
+        loaded.thresholds = thresholds
+    after = [[sorted(r["labels"]) for r in loaded.classify(texts)] for loaded in (torch_path, onnx_path)]
+    assert after[0] == after[1] and after[0] != before
+    with pytest.raises(ValueError, match="one per label"):
+        torch_path.thresholds = [0.5]
 
 
 def test_a_repo_exports_with_its_tokenizer_from_the_same_cache(tiny_lm_dirs, tokenizer, tmp_path):
