@@ -14,7 +14,7 @@ from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
 from . import bundled
 from .sharding import check_sharding_takes_effect
-from .texts import build_texts, template_fields
+from .texts import build_texts, text_template
 from .labels import check_columns
 from .streaming import is_stream
 from .cards.model_card import parameter_counts
@@ -275,11 +275,18 @@ def read_data_file(path: str, streaming: bool = False) -> Dataset:
 
 
 def check_data(splits: DatasetDict, training_args) -> None:
-    """Every split has the text and label columns the config names (the unlabelled pool, the text columns)."""
-    columns = template_fields(training_args.text_template) if training_args.text_template else training_args.text_columns
+    """Every split has the text and label columns the config names (the unlabelled pool, the text columns), the text
+    template parses, and every row of a labelled split read whole has a text (a streamed training split is checked
+    as it is read; the pool by distillation, with its length limit): before a model loads."""
+    try:
+        _, columns = text_template(training_args.text_columns, training_args.text_template)
+    except ValueError as error:
+        raise JobError(f"text_template: {error}") from error
     for split, dataset in splits.items():
         try:
             check_columns(dataset, [*columns, *[training_args.label_column] * (split != "pool")], split)
+            if split != "pool" and not is_stream(dataset):
+                build_texts(dataset, training_args.text_columns, training_args.text_template, split)
         except ValueError as error:
             raise JobError(str(error)) from error
 

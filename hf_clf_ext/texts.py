@@ -113,9 +113,19 @@ def template_fields(template: str) -> list[str]:
 
 def text_template(text_columns: Sequence[str], template: str | None) -> tuple[str, list[str]]:
     """The template that builds a row's text (default: the text columns, blank lines between them) and the columns it
-    reads, or an error when it reads none."""
+    reads, or an error when it reads none, cannot be parsed, or has a positional field (`{}`, `{0}`: nothing to
+    fill it with)."""
     if template is None:
         template = "\n\n".join("{" + column + "}" for column in text_columns)
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as error:
+        raise ValueError(f"The text template {template!r} cannot be parsed ({error}); write literal braces as "
+                         "'{{' and '}}'.") from None
+    positional = [name for _, name, _, _ in parsed if name is not None and (name == "" or name.isdigit())]
+    if positional:
+        raise ValueError(f"The text template {template!r} has a positional field ({{{positional[0]}}}): name a "
+                         "column, e.g. '{text}'.")
     fields = template_fields(template)
     if not fields:
         raise ValueError(f"The text template {template!r} refers to no column: use e.g. '{{text}}'.")

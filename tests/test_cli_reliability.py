@@ -152,6 +152,22 @@ def test_a_split_emptied_by_drop_unknown_labels_is_named(tmp_path, classifier_di
 # --- output folders: nothing of the user's is replaced ------------------------------------------------------------
 
 
+def test_an_empty_text_or_a_bad_template_is_refused_before_the_model_loads(tmp_path, data_files):
+    """The model does not exist: each error must come first, naming the problem in one line."""
+    import pandas as pd
+
+    config = write_config(tmp_path, NO_SUCH_MODEL, data_files)
+    rows = pd.read_csv(data_files["validation"])
+    rows.loc[1, "text"] = "   "
+    rows.to_csv(data_files["validation"], index=False)
+    with pytest.raises(SystemExit, match=r"Rows \[1\] of the validation data have empty text"):
+        cli.main(["train", "--config", str(config)])
+    for template, message in (("{text", "cannot be parsed"), ("{text} {}", "positional field"),
+                              ("{title}", "title")):
+        with pytest.raises(SystemExit, match=message):
+            cli.main(["train", "--config", str(config), "--text_template", template])
+
+
 def test_an_output_folder_with_the_users_files_or_old_checkpoints_is_refused(tmp_path, data_files):
     config = write_config(tmp_path, NO_SUCH_MODEL, data_files)
     output = Path(yaml.safe_load(config.read_text())["output_dir"])
