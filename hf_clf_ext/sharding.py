@@ -33,8 +33,13 @@ def shards_parameters(args) -> bool:
 
 
 def _fsdp_version(args) -> int:
-    config = getattr(args, "fsdp_config", None) or {}
-    return int(config.get("version", config.get("fsdp_version", os.environ.get("FSDP_VERSION", 1))))
+    """The FSDP version the run would get: the training arguments' where they ask for FSDP (transformers builds
+    the plugin from them, version 2 unless `fsdp_config` says otherwise), else `accelerate launch`'s (FSDP_VERSION,
+    accelerate's default 1)."""
+    if getattr(args, "fsdp", None):
+        config = getattr(args, "fsdp_config", None) or {}
+        return int(config.get("version", config.get("fsdp_version", 2)))
+    return int(os.environ.get("FSDP_VERSION", 1))
 
 
 def on_cpu(args) -> bool:

@@ -98,6 +98,17 @@ def test_fsdp_that_cannot_shard_on_cpu_is_refused_before_a_model_loads(trainer_c
         with pytest.raises(jobs.JobError, match=message):
             jobs.parse_config(config_class, ["--model_name_or_path", "m", "--output_dir", str(tmp_path),
                                              "--use_cpu", "true"])
+    # FSDP from the training arguments is FSDP2 unless their fsdp_config says otherwise (transformers' default):
+    # refused only for having one process, whatever the environment's FSDP_VERSION (accelerate launch's) says.
+    monkeypatch.delenv("ACCELERATE_USE_FSDP")
+    for version, message in (("1", "this run has one process"), ("2", "this run has one process")):
+        monkeypatch.setenv("FSDP_VERSION", version)
+        with pytest.raises(ValueError, match=message):
+            check_sharding_takes_effect(config_class(output_dir=str(tmp_path), use_cpu=True, fsdp="full_shard"))
+    with pytest.raises(ValueError, match="FSDP1 was asked for on CPU"):
+        check_sharding_takes_effect(config_class(output_dir=str(tmp_path), use_cpu=True, fsdp="full_shard",
+                                                 fsdp_config={"version": 1}))
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     # DeepSpeed: the arguments are built first (with the launch's variable set, transformers itself requires the
     # deepspeed package and keeps a global DeepSpeed config), then the check sees the launch.
     monkeypatch.delenv("ACCELERATE_USE_FSDP")
