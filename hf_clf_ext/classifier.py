@@ -189,6 +189,27 @@ class TextClassifier:
         return method
 
 
+def approach_files() -> tuple[tuple[str, str], ...]:
+    """The files that make a folder a classifier of an approach, in the order `saved_approach` looks for them (a
+    folder with none of them is a `config.json` model: `"last_token"` or `"stock"`)."""
+    return ((PROMPT_FILE, "instruction"), (ONNX_FACTS_FILE, "onnx"), (tfidf.SETTINGS_FILE, "tfidf"))
+
+
+def check_nothing_loads_instead(folder, approach: str) -> None:
+    """An error if `folder` holds files of another classifier that `saved_approach` reads before those of a
+    classifier of `approach` (`"last_token"` for any `config.json` model) about to be saved there: the folder would
+    load as the old one. Refused, not deleted: they may be the user's."""
+    files = approach_files()
+    own = next((i for i, (_, kind) in enumerate(files) if kind == approach), len(files))
+    found = [name for name, _ in files[:own] if os.path.isfile(os.path.join(folder, name))]
+    if found:
+        raise ValueError(
+            f"{folder} holds {', '.join(found)} of another classifier, which TextClassifier.from_pretrained would "
+            f"load instead of the {approach} model this run saves there: choose another output_dir, or remove the old "
+            "classifier's files."
+        )
+
+
 def saved_approach(name_or_path: str, **hub) -> str:
     """`"instruction"`, `"tfidf"`, `"onnx"` (`export.export_onnx`), `"last_token"` or `"stock"` (any `*ForSequenceClassification`, e.g. our stock
     export or a sequence-classification student) for a folder or Hub repo id, read from its small files before any weights load; otherwise an error saying what it is instead
@@ -208,12 +229,9 @@ def saved_approach(name_or_path: str, **hub) -> str:
         except OSError as error:  # an unknown repo, no network and no cached copy, ...
             raise OSError(f"{name_or_path} is no local folder, and as a Hub repo it could not be read: {error}") from None
 
-    if find(PROMPT_FILE) is not None:
-        return "instruction"
-    if find(ONNX_FACTS_FILE) is not None:
-        return "onnx"
-    if find(tfidf.SETTINGS_FILE) is not None:
-        return "tfidf"
+    for filename, approach in approach_files():
+        if find(filename) is not None:
+            return approach
     config_file = find(CONFIG_NAME)
     if config_file is None:
         raise FileNotFoundError(

@@ -329,11 +329,19 @@ def _check_cpu_bf16(training_args) -> None:
         training_args.bf16, training_args.mixed_precision = False, "no"
 
 
-def prepare(training_arguments_class, argv=None):
-    """Everything before a model loads: config, output folder, data and columns."""
+def prepare(training_arguments_class, argv=None, approach: str = "last_token"):
+    """Everything before a model loads: config, output folder (nothing in it that would load instead of the
+    `approach` model this run saves), data and columns."""
     script_args, training_args = parse_config(training_arguments_class, argv)
     training_args.resume_from_checkpoint = _resume_value(training_args.resume_from_checkpoint, training_args.output_dir)
     check_output_dir(training_args.output_dir, script_args.overwrite_output_dir, bool(training_args.resume_from_checkpoint))
+    if os.path.isdir(training_args.output_dir):  # overwritten or resumed: an old classifier's files must not win
+        from .classifier import check_nothing_loads_instead
+
+        try:
+            check_nothing_loads_instead(training_args.output_dir, approach)
+        except ValueError as error:
+            raise JobError(str(error)) from error
     splits = load_splits(script_args)
     check_data(splits, training_args)
     return script_args, training_args, splits

@@ -9,6 +9,7 @@ speed (instruction rows: constrained decoding, and label scoring for ECE).
 """
 
 import argparse
+import os
 
 from hf_clf_ext import jobs
 from hf_clf_ext.instruction import METHODS
@@ -30,9 +31,12 @@ def main(argv=None) -> list[tuple]:
     overrides = [item for item in overrides if item != "--"]
     # Parse and check both configs before either model loads.
     last_token = jobs.prepare(LastTokenConfig, ["--config", args.last_token_config, *overrides])
-    instruction = jobs.prepare(InstructionConfig, ["--config", args.instruction_config, *overrides])
+    instruction = jobs.prepare(InstructionConfig, ["--config", args.instruction_config, *overrides], "instruction")
     if last_token[0].model_name_or_path != instruction[0].model_name_or_path:
         raise jobs.JobError("compare: the two configs name different models.")
+    if os.path.abspath(last_token[1].output_dir) == os.path.abspath(instruction[1].output_dir):
+        raise jobs.JobError(f"compare: both approaches would save into {last_token[1].output_dir} (an --output_dir "
+                            "override applies to both configs): give each config its own output_dir.")
     rows = []
     for name, results, methods in (("last-token (embedding)", jobs.train_last_token(*last_token), ()),
                                    ("instruction (SFT)", jobs.train_instruction(*instruction), METHODS)):

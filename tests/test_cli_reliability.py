@@ -168,6 +168,32 @@ def test_an_empty_text_or_a_bad_template_is_refused_before_the_model_loads(tmp_p
             cli.main(["train", "--config", str(config), "--text_template", template])
 
 
+def test_an_overwritten_folder_keeps_no_classifier_that_would_load_instead(tmp_path, data_files):
+    """--overwrite_output_dir lets a run write over a folder; an older classifier's files that TextClassifier reads
+    before a last-token model's config.json (a TF-IDF student, an instruction prompt, an ONNX export) would make the
+    folder load as the old model: refused before the model loads, nothing deleted."""
+    output = tmp_path / "model"
+    output.mkdir()
+    (output / "tfidf_classifier.json").write_text("{}")
+    config = write_config(tmp_path, NO_SUCH_MODEL, data_files, output_dir=str(output), overwrite_output_dir=True)
+    with pytest.raises(SystemExit, match="tfidf_classifier.json of another classifier.*instead of the last_token"):
+        cli.main(["train", "--config", str(config)])
+    assert (output / "tfidf_classifier.json").exists()
+    instruction = write_config(tmp_path, NO_SUCH_MODEL, data_files, approach="instruction", output_dir=str(output),
+                               overwrite_output_dir=True)
+    with pytest.raises(Exception) as error:  # nothing loads before an instruction prompt: on to the missing model
+        cli.main(["train", "--approach", "instruction", "--config", str(instruction)])
+    assert "another classifier" not in str(error.value)
+
+
+def test_compare_refuses_one_output_folder_for_both_approaches(tmp_path, data_files):
+    last_token = write_config(tmp_path, NO_SUCH_MODEL, data_files)
+    instruction = write_config(tmp_path, NO_SUCH_MODEL, data_files, approach="instruction")
+    with pytest.raises(SystemExit, match="both approaches would save into"):
+        recipe("compare").main(["--last_token_config", str(last_token), "--instruction_config", str(instruction),
+                                "--", "--output_dir", str(tmp_path / "same")])
+
+
 def test_an_output_folder_with_the_users_files_or_old_checkpoints_is_refused(tmp_path, data_files):
     config = write_config(tmp_path, NO_SUCH_MODEL, data_files)
     output = Path(yaml.safe_load(config.read_text())["output_dir"])

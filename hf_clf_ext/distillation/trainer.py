@@ -474,19 +474,11 @@ def run_distillation(args, splits, pool_texts: list[str], model: str | None, mod
 
 def check_student_folder(output_dir, student_type: str) -> None:
     """An error if `output_dir` holds files of another kind of classifier that `TextClassifier.from_pretrained`
-    reads before the student's own (an instruction prompt, a TF-IDF student's settings): the student saved there
-    would not be the model that loads (nor the one this run evaluates)."""
-    from ..instruction.classifier import PROMPT_FILE
-    from .tfidf import SETTINGS_FILE
+    reads before the student's own: the student saved there would not be the model that loads (nor the one this run
+    evaluates)."""
+    from ..classifier import check_nothing_loads_instead
 
-    shadowing = [PROMPT_FILE] if student_type == "tfidf" else [PROMPT_FILE, SETTINGS_FILE]
-    found = [name for name in shadowing if os.path.isfile(os.path.join(output_dir, name))]
-    if found:
-        raise ValueError(
-            f"{output_dir} holds {', '.join(found)} of another classifier, which TextClassifier.from_pretrained would "
-            f"load instead of this {student_type} student: choose another output_dir, or remove the old classifier's "
-            "files."
-        )
+    check_nothing_loads_instead(output_dir, "tfidf" if student_type == "tfidf" else "last_token")
 
 
 def _last_token_student(args, space, model, model_kwargs, texts, names, soft, has_gold, validation, distillation):

@@ -28,7 +28,7 @@ def one_line_errors(main):
 
 def run_training(argv, arguments_class, job, approach: str) -> dict:
     """Config + checks (`jobs.prepare`) -> `job` (train -> evaluate -> save -> push) -> the result table."""
-    script_args, training_args, splits = jobs.prepare(arguments_class, argv)
+    script_args, training_args, splits = jobs.prepare(arguments_class, argv, approach)
     results = job(script_args, training_args, splits)
     if training_args.process_index == 0:
         jobs.print_results(results, training_args.output_dir, approach)

@@ -629,7 +629,7 @@ def test_a_stale_classifier_in_output_dir_that_would_load_instead_is_an_error(tm
     output.mkdir()
     (output / "instruction_prompt.json").write_text("{}")  # an instruction classifier saved there before
     config = distill_yaml(tmp_path, teacher_dir, files, output, overwrite_output_dir=True)
-    with pytest.raises(ValueError, match="would load instead of this tfidf student"):
+    with pytest.raises(ValueError, match="would load instead of the tfidf model this run saves"):
         recipe("distill").main(["--config", str(config)])
     assert not (output / SETTINGS_FILE).exists() and not (tmp_path / "teacher_labels.jsonl").exists()
 
