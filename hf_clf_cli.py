@@ -151,7 +151,9 @@ def evaluate(argv) -> int:
         raise fail(str(error).replace("drop_unknown_labels=True", "--drop_unknown_labels")) from error
     results = classifier.classify(texts, args.method, args.batch_size)
     metrics = metrics_from_results(results, encoded, space.problem_type, space.id2label)
-    print(json.dumps({"examples": len(texts), **metrics}, indent=2))
+    from hf_clf_ext.batch import without_nan
+
+    print(json.dumps(without_nan({"examples": len(texts), **metrics}), indent=2, allow_nan=False))
     _report_compile(classifier)
     return 0
 
@@ -185,9 +187,15 @@ def prediction_parser() -> argparse.ArgumentParser:
 def predict(argv) -> int:
     """One JSON line per text: from arguments, `--input` (one text per line), or standard input; or a file or dataset
     into `--output_file` (`hf_clf_ext.batch.predict_file`)."""
-    args = prediction_parser().parse_args(argv)
+    parser = prediction_parser()
+    args = parser.parse_args(argv)
     if args.input_file or args.dataset or args.output_file:
         return _predict_file(args)
+    batch_only = [f"--{name}" for name in ("dataset_config", "split", "text_columns", "text_template", "id_column",
+                                           "chunk_size", "overwrite") if getattr(args, name) != parser.get_default(name)]
+    if batch_only:
+        raise fail(f"{', '.join(batch_only)} apply to rows of --input_file or --dataset written to --output_file; "
+                   "texts given as arguments or with --input are classified as they are.")
     if args.texts and args.input:
         raise fail("give texts as arguments or with --input, not both.")
     if args.texts:

@@ -43,6 +43,16 @@ HEADER_FILE = "header.json"
 _PART = re.compile(r"part-(\d+)\.jsonl")
 
 
+def without_nan(value):
+    """`value` (nested dicts and lists of numbers) with NaN as None: JSON has no NaN, and a metric can be NaN (ROC-AUC
+    where no class has both outcomes, e.g. one row)."""
+    if isinstance(value, dict):
+        return {key: without_nan(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [without_nan(item) for item in value]
+    return None if isinstance(value, float) and value != value else value
+
+
 def json_line(record: dict) -> str:
     """One JSON Lines record, unicode kept readable, but U+2028 / U+2029 escaped: JSON allows them raw inside strings,
     and line readers (Python's `str.splitlines`, JavaScript) end a line there. NaN is refused (it is not JSON)."""

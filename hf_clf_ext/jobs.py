@@ -16,6 +16,7 @@ from . import bundled
 from .sharding import check_sharding_takes_effect
 from .texts import build_texts, text_template
 from .labels import check_columns
+from .batch import without_nan
 from .streaming import is_stream
 from .cards.model_card import parameter_counts
 
@@ -106,12 +107,41 @@ def config_parser(training_arguments_class, script_class=None, extra_class=None)
                       *([extra_class] if extra_class else [])))
 
 
+def _check_approach_of_config(parser, training_arguments_class, argv) -> None:
+    """A config file written for the other approach (its keys unknown here, all of them the other's) is named as
+    such, before its values trip the checks of a class they were not written for."""
+    argv = list(argv or [])
+    if "--config" not in argv or argv.index("--config") + 1 >= len(argv):
+        return
+    from dataclasses import fields
+
+    import yaml
+
+    from .instruction.config import InstructionConfig
+    from .last_token.config import LastTokenConfig
+
+    try:
+        with open(argv[argv.index("--config") + 1], encoding="utf-8") as file:
+            keys = set(yaml.safe_load(file) or {})
+    except (OSError, yaml.YAMLError, TypeError):
+        return  # the parser names what is wrong with the file
+    known = {action.dest for action in parser._actions}
+    for mine, other, name in ((LastTokenConfig, InstructionConfig, "instruction"),
+                              (InstructionConfig, LastTokenConfig, "last_token")):
+        if training_arguments_class is mine:
+            theirs = sorted((keys - known) & {f.name for f in fields(other)})
+            if theirs:
+                raise JobError(f"this config is for the {name} approach ({', '.join(theirs)} are its keys): run it with "
+                               f"`hf-clf train --approach {name}` or recipes/train_{name}.py.")
+
+
 def parse_config(training_arguments_class, argv: Sequence[str] | None = None, script_class=None, extra_class=None):
     """`(ScriptArguments, training arguments)` from `--config file.yaml` plus `--key value` overrides (and a third
     dataclass's values when `extra_class` is given, e.g. `hf-clf tune`'s options).
 
     Unknown keys, in the file or on the command line, are errors naming them; so are missing required keys."""
     parser = config_parser(training_arguments_class, script_class, extra_class)
+    _check_approach_of_config(parser, training_arguments_class, argv)
     try:
         *parsed, remaining = parser.parse_args_and_config(argv, return_remaining_strings=True)
         script_args, training_args = parsed[:2]
@@ -232,6 +262,8 @@ def load_splits(script_args: ScriptArguments, pool: bool = False) -> DatasetDict
     if script_args.streaming and script_args.dataset in BUNDLED_DATASETS:
         splits["train"] = splits["train"].to_iterable_dataset()
     if script_args.max_train_samples is not None:
+        if script_args.max_train_samples < 1:
+            raise JobError(f"max_train_samples must be at least 1, got {script_args.max_train_samples}.")
         train = splits["train"]
         splits["train"] = (train.take(script_args.max_train_samples) if is_stream(train)
                            else train.select(range(min(script_args.max_train_samples, len(train)))))
@@ -382,7 +414,7 @@ def distill(script_args, args, splits: DatasetDict, pool_texts: list[str]) -> di
     results = run_distillation(args, splits, pool_texts, model, model_kwargs, dataset_name(script_args))
     if args.process_index == 0:
         with open(os.path.join(args.output_dir, RESULTS_FILE), "w", encoding="utf-8") as file:
-            json.dump(results, file, indent=2)
+            json.dump(without_nan(results), file, indent=2, allow_nan=False)
     return results
 
 
@@ -442,7 +474,7 @@ def _train_evaluate_save(trainer, splits: DatasetDict, dataset: str) -> dict:
     trainer.create_model_card(dataset_name=dataset)  # writes on the main process only
     if trainer.is_world_process_zero():
         with open(os.path.join(trainer.args.output_dir, RESULTS_FILE), "w", encoding="utf-8") as file:
-            json.dump(results, file, indent=2)
+            json.dump(without_nan(results), file, indent=2, allow_nan=False)
     if trainer.args.push_to_hub:
         trainer.push_to_hub(dataset_name=dataset)
     return results

@@ -173,7 +173,8 @@ def best_config(argv: list[str], best: dict, output_dir: str) -> dict:
     if options.get("config"):
         with open(options["config"], encoding="utf-8") as file:
             config = yaml.safe_load(file) or {}
-    config = {key: value for key, value in config.items() if key not in TUNE_KEYS}  # the search's, not training's
+    config = {key: value for key, value in config.items()  # the search's, not training's
+              if key not in TUNE_KEYS and key != "resume_from_checkpoint"}
     config.update({key: value for key, value in options.items() if key != "config" and key not in TUNE_KEYS})
     config.update(best)
     config["output_dir"] = os.path.join(output_dir, "best")
@@ -241,6 +242,9 @@ def run_tuning(script_args, args, tune_args: TuneArguments, splits, argv: list[s
     if args.world_size > 1:
         raise JobError(f"hf-clf tune runs its trials in one process (this launch has {args.world_size}): run the "
                        "search alone, then train best_config.yaml with accelerate launch.")
+    if args.resume_from_checkpoint:
+        raise JobError("resume_from_checkpoint cannot take effect in a search (each trial trains anew; "
+                       "hyperparameter_search passes its own checkpoint): resume a search with tune_storage.")
     if tune_args.n_trials < 1:
         raise JobError(f"n_trials must be at least 1, got {tune_args.n_trials}.")
     try:

@@ -292,3 +292,27 @@ def test_a_dataset_and_data_files_together_are_refused_not_the_files_ignored(tmp
     _, _, splits = jobs.prepare(LastTokenConfig, ["--config", str(main_job), "--output_dir", str(output),
                                                   *map(str, files), "--dataset", ""])
     assert {name: len(split) for name, split in splits.items()} == {"train": 48, "validation": 18}
+
+
+def test_options_that_cannot_take_effect_are_refused_or_written_as_json(tmp_path, data_files, capsys):
+    """Batch-only options with printed texts, max_train_samples below 1, a config of the other approach, and a
+    resumed checkpoint in a search are refused before a model loads."""
+    with pytest.raises(SystemExit, match="--text_template apply to rows of --input_file"):
+        cli.main(["predict", "--model", NO_SUCH_MODEL, "--text_template", "Headline: {text}", "a text"])
+    config = write_config(tmp_path, NO_SUCH_MODEL, data_files)
+    with pytest.raises(SystemExit, match="max_train_samples must be at least 1"):
+        cli.main(["train", "--config", str(config), "--max_train_samples", "0"])
+    instruction = write_config(tmp_path, NO_SUCH_MODEL, data_files, approach="instruction")
+    with pytest.raises(SystemExit, match="for the instruction approach .*--approach instruction"):
+        cli.main(["train", "--config", str(instruction)])
+    with pytest.raises(SystemExit, match="resume_from_checkpoint cannot take effect in a search"):
+        cli.main(["tune", "--config", str(config), "--resume_from_checkpoint", str(tmp_path)])
+
+
+def test_evaluate_writes_json_where_a_metric_is_not_a_number(tmp_path, classifier_dir, capsys):
+    """One row: ROC-AUC is undefined (NaN), which JSON cannot hold: the output stays JSON, with null."""
+    rows = tmp_path / "one.jsonl"
+    rows.write_text(json.dumps({"text": "the striker scored", "label": "sport"}) + "\n")
+    assert cli.main(["evaluate", "--model", str(classifier_dir), "--file", str(rows)]) == 0
+    printed = json.loads(capsys.readouterr().out, parse_constant=lambda name: pytest.fail(f"{name} in the JSON"))
+    assert printed["examples"] == 1 and printed["roc_auc"] is None
