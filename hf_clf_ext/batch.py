@@ -312,9 +312,12 @@ def predict_file(model, output_file: str | os.PathLike, *, input_file: str | Non
     if isinstance(model, TextClassifier):
         classifier = model
     else:
+        from .classifier import saved_approach
+
         check_engine_processes(engine or "torch", state.num_processes)
-        device = {} if state.device.type == "cpu" or engine not in (None, "torch") else {
-            "device_map": {"": str(state.device)}}
+        # Each process's own accelerator, for a model torch loads here (not an ONNX export: onnxruntime loads it).
+        in_torch = engine in (None, "torch") and saved_approach(str(model)) != "onnx"
+        device = {"device_map": {"": str(state.device)}} if in_torch and state.device.type != "cpu" else {}
         classifier = TextClassifier.from_pretrained(model, compile=compile, engine=engine, vllm_python=vllm_python,
                                                     vllm_options=vllm_options, **device)
     check_engine_processes(classifier.engine_name, state.num_processes)

@@ -179,3 +179,23 @@ def test_two_processes_through_accelerate_launch_write_what_one_process_writes(m
     assert json.loads(done.stdout.strip().splitlines()[-1])["texts"] == 55  # printed once, by the main process
     assert "predict (process 0 of 2)" in done.stderr  # two processes shared the chunks
     assert two.read_bytes() == one.read_bytes()
+
+
+def test_an_onnx_export_is_batch_predicted_on_a_machine_with_an_accelerator(merged, tmp_path, monkeypatch):
+    """On an accelerator machine each process loads a torch model onto its device; an ONNX export, which onnxruntime
+    loads, takes no such option (it was refused, so batch prediction of an export failed wherever a GPU was)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from hf_clf_ext import batch
+    from hf_clf_ext.export import export_onnx
+
+    export_onnx(merged, tmp_path / "onnx")
+    texts = tmp_path / "texts.txt"
+    texts.write_text("".join(text.strip() + "\n" for text in MESSY), encoding="utf-8")
+    on_gpu = SimpleNamespace(device=torch.device("cuda", 0), process_index=0, num_processes=1,
+                             wait_for_everyone=lambda: None)
+    monkeypatch.setattr(batch, "process_state", lambda: on_gpu)
+    summary = predict_file(str(tmp_path / "onnx"), tmp_path / "out.jsonl", input_file=str(texts))
+    assert summary["engine"] == "onnxruntime" and len(read_lines(tmp_path / "out.jsonl")) == len(MESSY)
