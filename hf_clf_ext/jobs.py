@@ -208,6 +208,14 @@ def _describe_saved_model(folder: str) -> str:
     return "model files"
 
 
+def _resumes_in(output_dir: str, resume) -> bool:
+    """Whether a run resumes from a checkpoint of `output_dir` (its own interrupted run, which may write there), not
+    from one elsewhere: that run starts in `output_dir` like a new one, and what the folder holds is checked."""
+    if resume is True:
+        return True
+    return bool(resume) and os.path.abspath(os.path.dirname(os.path.normpath(resume))) == os.path.abspath(output_dir)
+
+
 def _resume_value(value, output_dir: str):
     """`resume_from_checkpoint` from a config: a checkpoint path, `true` (the last checkpoint in output_dir, which
     must exist), or off."""
@@ -366,7 +374,8 @@ def prepare(training_arguments_class, argv=None, approach: str = "last_token"):
     `approach` model this run saves), data and columns."""
     script_args, training_args = parse_config(training_arguments_class, argv)
     training_args.resume_from_checkpoint = _resume_value(training_args.resume_from_checkpoint, training_args.output_dir)
-    check_output_dir(training_args.output_dir, script_args.overwrite_output_dir, bool(training_args.resume_from_checkpoint))
+    check_output_dir(training_args.output_dir, script_args.overwrite_output_dir,
+                     _resumes_in(training_args.output_dir, training_args.resume_from_checkpoint))
     if os.path.isdir(training_args.output_dir):  # overwritten or resumed: an old classifier's files must not win
         from .classifier import check_nothing_loads_instead
 
@@ -391,7 +400,8 @@ def prepare_distillation(argv=None):
     labels_file = args.teacher_labels_path
     in_output = os.path.dirname(os.path.abspath(labels_file)) == os.path.abspath(args.output_dir)
     args.resume_from_checkpoint = _resume_value(args.resume_from_checkpoint, args.output_dir)
-    check_output_dir(args.output_dir, script_args.overwrite_output_dir, bool(args.resume_from_checkpoint),
+    check_output_dir(args.output_dir, script_args.overwrite_output_dir,
+                     _resumes_in(args.output_dir, args.resume_from_checkpoint),
                      resumable=[os.path.basename(labels_file), f"{os.path.basename(labels_file)}.parts"] if in_output
                      else [])
     splits = load_splits(script_args, pool=True)

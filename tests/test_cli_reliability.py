@@ -186,6 +186,19 @@ def test_an_overwritten_folder_keeps_no_classifier_that_would_load_instead(tmp_p
     assert "another classifier" not in str(error.value)
 
 
+def test_resuming_from_a_checkpoint_elsewhere_does_not_write_over_the_users_files(tmp_path, data_files):
+    """A checkpoint of another folder starts a run in output_dir like a new one: its README.md stays the user's."""
+    elsewhere = tmp_path / "old" / "checkpoint-3"
+    elsewhere.mkdir(parents=True)
+    output = tmp_path / "mine"
+    output.mkdir()
+    (output / "README.md").write_text("my notes")
+    config = write_config(tmp_path, NO_SUCH_MODEL, data_files, output_dir=str(output))
+    with pytest.raises(SystemExit, match=r"is not empty \(README.md\)"):
+        cli.main(["train", "--config", str(config), "--resume_from_checkpoint", str(elsewhere)])
+    assert (output / "README.md").read_text() == "my notes"
+
+
 def test_compare_refuses_one_output_folder_for_both_approaches(tmp_path, data_files):
     last_token = write_config(tmp_path, NO_SUCH_MODEL, data_files)
     instruction = write_config(tmp_path, NO_SUCH_MODEL, data_files, approach="instruction")
