@@ -82,18 +82,20 @@ def export_stock(source, output_dir: str | os.PathLike, tokenizer=None, **load_k
         raise ValueError(f"{stock_class.__name__} does not take the classifier's weights: missing "
                          f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}.")
     stock.tie_weights()
-    stock.save_pretrained(output_dir)
+    # The tokenizer is built before anything is written: a refusal leaves no half-written folder behind.
     stock_tokenizer = copy.deepcopy(tokenizer)
     add_strip_normalizer(stock_tokenizer)  # texts stripped as in training, for users who never import this package
     append_suffix_to_tokenizer(stock_tokenizer, config.suffix_token_ids or [], config.pooling_suffix)
     stock_tokenizer.model_max_length = tokenizer.model_max_length + len(config.suffix_token_ids or [])
     stock_tokenizer.padding_side = "right"  # position ids count from the first token in stock models
+    stock.save_pretrained(output_dir)
     stock_tokenizer.save_pretrained(output_dir)
     with open(os.path.join(output_dir, EXPORT_FACTS_FILE), "w", encoding="utf-8") as file:
         json.dump({"exported_from": str(getattr(source, "name_or_path", source)), "architecture": stock_class.__name__,
                    "temperature_folded": config.temperature, "pooling_suffix": config.pooling_suffix,
                    "suffix_token_ids": config.suffix_token_ids, "max_length": stock_tokenizer.model_max_length,
-                   "truncation_side": stock_tokenizer.truncation_side, "decision_thresholds": config.decision_thresholds}, file, indent=2)
+                   "truncation_side": stock_tokenizer.truncation_side,
+                   "decision_thresholds": config.decision_thresholds}, file, indent=2)
     return stock_class.__name__
 
 

@@ -127,6 +127,22 @@ def test_thresholds_set_on_a_loaded_classifier_decide_on_every_engine(tiny_lm_di
         torch_path.thresholds = [0.5]
 
 
+def test_an_export_refused_on_its_tokenizer_writes_nothing(tiny_lm_dirs, tokenizer, tmp_path, monkeypatch):
+    """A refusal found while building the tokenizer comes before the weights are written: the folder stays free for
+    the retry (the CLI refuses a folder that is not empty)."""
+    from hf_clf_ext import export
+
+    model = classifier_with_suffix(tiny_lm_dirs["llama", "pad"], tokenizer)
+
+    def refuse(*args):
+        raise ValueError("The tokenizer did not keep the pooling suffix")
+
+    monkeypatch.setattr(export, "append_suffix_to_tokenizer", refuse)
+    with pytest.raises(ValueError, match="pooling suffix"):
+        export_stock(model, tmp_path / "stock", tokenizer=tokenizer)
+    assert not (tmp_path / "stock").exists() or not any((tmp_path / "stock").iterdir())
+
+
 def test_a_repo_exports_with_its_tokenizer_from_the_same_cache(tiny_lm_dirs, tokenizer, tmp_path):
     """Hub options reach the tokenizer as they reach the weights: a repo found only in the `cache_dir` given (offline)
     exports, its tokenizer's trained length kept."""
