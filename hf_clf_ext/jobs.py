@@ -250,10 +250,10 @@ def load_splits(script_args: ScriptArguments, pool: bool = False) -> DatasetDict
     elif script_args.dataset:
         if os.path.isdir(script_args.dataset):
             loaded = load_from_disk(script_args.dataset)
-        else:
-            loaded = load_dataset(script_args.dataset, script_args.dataset_config)
-        if isinstance(loaded, Dataset):
-            loaded = DatasetDict(train=loaded)
+        else:  # streaming: read lazily, nothing of the dataset downloaded whole
+            loaded = load_dataset(script_args.dataset, script_args.dataset_config, streaming=script_args.streaming)
+        if not isinstance(loaded, dict):
+            loaded = {"train": loaded}
         names = {"train": script_args.train_split, "validation": script_args.validation_split,
                  "test": script_args.test_split}
         if pool and not script_args.pool_file:
@@ -261,10 +261,11 @@ def load_splits(script_args: ScriptArguments, pool: bool = False) -> DatasetDict
         if names["train"] not in loaded:
             raise JobError(f"{script_args.dataset} has no split {names['train']!r}; it has {list(loaded)}.")
         splits = DatasetDict({split: loaded[name] for split, name in names.items() if name in loaded})
-        if script_args.streaming:  # the other splits are read whole: evaluation reads them several times
-            splits["train"] = (loaded[names["train"]].to_iterable_dataset() if os.path.isdir(script_args.dataset)
-                               else load_dataset(script_args.dataset, script_args.dataset_config,
-                                                 split=names["train"], streaming=True))
+        for split, data in splits.items():
+            if split != "train" and is_stream(data):  # read whole: evaluation reads them several times
+                splits[split] = Dataset.from_list(list(data), features=data.features)
+        if script_args.streaming and not is_stream(splits["train"]):
+            splits["train"] = splits["train"].to_iterable_dataset()
     else:
         raise JobError("give a dataset (Hub id, saved folder or 'bundled:bbc_news') or a train_file.")
     if script_args.streaming and script_args.dataset in BUNDLED_DATASETS:

@@ -85,3 +85,24 @@ def test_the_recipe_streams_its_training_file(rows, tiny_lm_dirs, data_files, tm
     assert results["streamed"] is True and "test_f1_macro" in results
     with pytest.raises(jobs.JobError, match="streaming .* needs max_steps"):
         jobs.prepare(LastTokenConfig, ["--config", str(config), "--max_steps", "-1"])
+
+
+def test_a_streamed_hub_dataset_is_never_downloaded_whole(data_files, tmp_path, monkeypatch):
+    """`streaming: true` with a Hub dataset reads every split lazily: the training split stays a stream, the
+    evaluation splits are read row by row into memory; nothing asks `load_dataset` for the whole dataset prepared
+    (it used to, before streaming the training split: a dataset too big for the disk could not stream)."""
+    from hf_clf_ext.jobs import ScriptArguments, load_splits
+
+    files = {"train": str(data_files["train"]), "validation": str(data_files["validation"]),
+             "test": str(data_files["test"])}
+    asked = []
+
+    def hub(name, config=None, split=None, streaming=False):  # a Hub dataset, from local files
+        asked.append({"name": name, "split": split, "streaming": streaming})
+        return load_dataset("csv", data_files=files, split=split, streaming=streaming)
+
+    monkeypatch.setattr(jobs, "load_dataset", hub)
+    splits = load_splits(ScriptArguments(model_name_or_path="unused", dataset="org/news", streaming=True))
+    assert asked == [{"name": "org/news", "split": None, "streaming": True}]
+    assert isinstance(splits["train"], IterableDataset) and not isinstance(splits["test"], IterableDataset)
+    assert splits["test"]["text"] == load_dataset("csv", data_files=files, split="test")["text"]
