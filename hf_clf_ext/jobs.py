@@ -341,6 +341,15 @@ def check_one_data_source(script_args) -> None:
         raise JobError(f"dataset {dataset!r} and {', '.join(files)} both name the data, and only the dataset would be "
                        'read: to use your files pass --dataset "" (or drop dataset from the config); to use the '
                        "dataset drop the files.")
+    if not dataset:  # the options that choose within a dataset choose nothing among files
+        from dataclasses import fields
+
+        chosen = [f.name for f in fields(script_args) if f.name in ("dataset_config", "train_split", "validation_split",
+                                                                    "test_split", "pool_split")
+                  and getattr(script_args, f.name) != f.default]
+        if chosen:
+            raise JobError(f"{', '.join(chosen)} choose within a dataset, and this config reads data files: drop them, "
+                           "or give the dataset.")
 
 
 def check_bundled_name(key: str, value, known) -> None:
@@ -398,6 +407,9 @@ def prepare_distillation(argv=None):
     script_args, args = parse_config(DistillationConfig, argv, DistillScriptArguments)
     if args.student_type != "tfidf" and not script_args.model_name_or_path:
         raise JobError(f"a {args.student_type} student needs model_name_or_path (its backbone).")
+    if args.student_type == "tfidf" and script_args.model_name_or_path:
+        raise JobError(f"a tfidf student has no backbone: model_name_or_path {script_args.model_name_or_path!r} would "
+                       "be ignored (drop it, or choose a last_token or sequence_classification student).")
     labels_file = args.teacher_labels_path
     in_output = os.path.dirname(os.path.abspath(labels_file)) == os.path.abspath(args.output_dir)
     args.resume_from_checkpoint = _resume_value(args.resume_from_checkpoint, args.output_dir)

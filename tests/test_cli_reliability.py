@@ -329,3 +329,19 @@ def test_evaluate_writes_json_where_a_metric_is_not_a_number(tmp_path, classifie
     assert cli.main(["evaluate", "--model", str(classifier_dir), "--file", str(rows)]) == 0
     printed = json.loads(capsys.readouterr().out, parse_constant=lambda name: pytest.fail(f"{name} in the JSON"))
     assert printed["examples"] == 1 and printed["roc_auc"] is None
+
+
+def test_options_that_choose_nothing_for_the_data_or_the_student_are_refused(tmp_path, data_files):
+    """Split names and a dataset configuration with data files, TF-IDF options with another student and a backbone
+    for a TF-IDF student would be ignored: refused before anything loads."""
+    config = write_config(tmp_path, NO_SUCH_MODEL, data_files)
+    with pytest.raises(SystemExit, match="test_split choose within a dataset, and this config reads data files"):
+        cli.main(["train", "--config", str(config), "--test_split", "holdout"])
+    with pytest.raises(ValueError, match="tfidf_C apply to a 'tfidf' student only"):
+        DistillationConfig(teacher="t", output_dir=str(tmp_path / "s"), student_type="last_token", tfidf_C=1.0)
+    student = tmp_path / "distill.yaml"
+    student.write_text(yaml.safe_dump({"teacher": "t", "student_type": "tfidf", "model_name_or_path": "m",
+                                       "train_file": str(data_files["train"]), "pool_file": str(data_files["test"]),
+                                       "output_dir": str(tmp_path / "s"), "use_cpu": True, "report_to": "none"}))
+    with pytest.raises(SystemExit, match="a tfidf student has no backbone"):
+        cli.main(["distill", "--config", str(student)])

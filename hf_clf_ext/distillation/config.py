@@ -5,7 +5,7 @@ refused. A `sequence_classification` student trains every weight at `learning_ra
 no quantization); a decoder student cut to `student_layers` loads in full precision."""
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from ..engines import check_engine_launch, parse_vllm_options
 from ..last_token.config import LastTokenConfig
@@ -133,7 +133,12 @@ class DistillationConfig(LastTokenConfig):
         if self.teacher_labels_file and os.path.isdir(self.teacher_labels_file):
             raise ValueError(f"teacher_labels_file {self.teacher_labels_file} is a folder: name a file in it, e.g. "
                              f"{os.path.join(self.teacher_labels_file, 'teacher_labels.jsonl')}.")
-        super().__post_init__()
+        super().__post_init__()  # finite numbers first
+        if self.student_type != "tfidf":
+            tfidf = [f.name for f in fields(self) if f.name.startswith("tfidf_") and getattr(self, f.name) != f.default]
+            if tfidf:
+                raise ValueError(f"{', '.join(tfidf)} apply to a 'tfidf' student only, not to a {self.student_type!r} "
+                                 "student.")
 
     @property
     def teacher_labels_path(self) -> str:
