@@ -216,10 +216,16 @@ def _resumes_in(output_dir: str, resume) -> bool:
     return bool(resume) and os.path.abspath(os.path.dirname(os.path.normpath(resume))) == os.path.abspath(output_dir)
 
 
+def resume_asked(value) -> bool:
+    """Whether a config's `resume_from_checkpoint` (a string as the parser leaves it, or a bool or path) asks to
+    resume: anything but false / no / none / empty."""
+    return value is not None and str(value).lower() not in ("false", "no", "none", "")
+
+
 def _resume_value(value, output_dir: str):
     """`resume_from_checkpoint` from a config: a checkpoint path, `true` (the last checkpoint in output_dir, which
     must exist), or off."""
-    if value is None or str(value).lower() in ("false", "no", "none", ""):
+    if not resume_asked(value):
         return None
     if str(value).lower() in ("true", "yes"):
         from transformers.trainer_utils import get_last_checkpoint

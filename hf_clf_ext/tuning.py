@@ -27,7 +27,7 @@ import json
 import os
 from dataclasses import dataclass, field, fields
 
-from .jobs import JobError
+from .jobs import JobError, resume_asked
 
 TRIALS_FILE = "tune_trials.jsonl"
 BEST_CONFIG_FILE = "best_config.yaml"
@@ -242,7 +242,7 @@ def run_tuning(script_args, args, tune_args: TuneArguments, splits, argv: list[s
     if args.world_size > 1:
         raise JobError(f"hf-clf tune runs its trials in one process (this launch has {args.world_size}): run the "
                        "search alone, then train best_config.yaml with accelerate launch.")
-    if str(args.resume_from_checkpoint).lower() not in ("none", "false", "no", ""):
+    if resume_asked(args.resume_from_checkpoint):
         raise JobError("resume_from_checkpoint cannot take effect in a search (each trial trains anew; "
                        "hyperparameter_search passes its own checkpoint): resume a search with tune_storage.")
     if tune_args.n_trials < 1:

@@ -113,7 +113,9 @@ class DistillationConfig(LastTokenConfig):
             where = "a decoder cut to student_layers (built in full precision from the checkpoint's first layers)" \
                 if self.student_type == "last_token" else f"a {self.student_type!r} student"
             raise ValueError(f"quantization={self.quantization!r} cannot take effect on {where}: set it to 'none'.")
-        if self.student_type == "tfidf" and str(self.resume_from_checkpoint).lower() not in ("none", "false", "no", ""):
+        from ..jobs import resume_asked
+
+        if self.student_type == "tfidf" and resume_asked(self.resume_from_checkpoint):
             raise ValueError("resume_from_checkpoint: a 'tfidf' student is fitted in one step and leaves no "
                              "checkpoint to resume.")
         check_engine_launch(self.teacher_engine)
