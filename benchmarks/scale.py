@@ -2,7 +2,8 @@
 
     python benchmarks/scale.py --model outputs/smollm2-135m-bbc-last-token
 
-1. Sharded prediction: the 1,680 BBC pool articles through `hf-clf predict --input_file --output_file`, once in one
+1. Sharded prediction: the BBC pool articles (1,680 when measured; 1,531 since the pool leaves out the validation
+   articles and the labelled splits' texts) through `hf-clf predict --input_file --output_file`, once in one
    process with 2 threads and once under `accelerate launch` with 2 processes of 1 thread each
    (recipes/accelerate/cpu_2proc.yaml); texts/s of each (the engine's own clock, model load excluded) and whether the
    merged output is byte for byte the single process's.
