@@ -4,11 +4,12 @@ Registered for the task on `import hf_clf_ext`; for every other model it behaves
 `TextClassificationPipeline`, which it subclasses.
 """
 
+import numpy as np
 from transformers import TextClassificationPipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_last_token import LastTokenClassifierConfig
-from ..labels import decision_thresholds
+from ..labels import decide
 from ..texts import normalize_text
 
 TASK = "text-classification"
@@ -43,11 +44,15 @@ class LastTokenClassificationPipeline(TextClassificationPipeline):
         if not self._ours() or config.problem_type != "multi_label_classification" or asked_for_scores:
             return super().__call__(inputs, **kwargs)
         names = [config.id2label[i] for i in range(config.num_labels)]
-        thresholds = dict(zip(names, decision_thresholds(getattr(config, "decision_thresholds", None),
-                                                         config.num_labels)))
+        thresholds = getattr(config, "decision_thresholds", None)
         results = super().__call__(inputs, top_k=None, **kwargs)
-        decide = lambda rows: [row for row in rows if row["score"] >= thresholds[row["label"]]]  # noqa: E731
-        return decide(results) if isinstance(inputs, str) else [decide(rows) for rows in results]
+
+        def named(rows):  # the labels `labels.decide` names from these scores, kept in the pipeline's score order
+            scores = {row["label"]: row["score"] for row in rows}
+            hits = decide(np.array([[scores[name] for name in names]]), True, thresholds)[0]
+            return [row for row in rows if hits[names.index(row["label"])]]
+
+        return named(results) if isinstance(inputs, str) else [named(rows) for rows in results]
 
 
 def register() -> None:
