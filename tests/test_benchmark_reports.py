@@ -1,5 +1,5 @@
 """What the benchmark reports print for a cell of several seeds and of one (benchmarks/baselines.py `mean_std`, the
-one formatter quality.md, distill.md and tune.md share), and how quality.py's options reach its runs."""
+one formatter quality.md, distill.md and tune.md share), and how quality.py's options reach its runs; distill.md keeps the earlier pool's runs apart."""
 
 import sys
 from pathlib import Path
@@ -51,3 +51,32 @@ def test_another_backbone_and_config_values_reach_the_instruction_recipe_and_nam
                                                     (100, "instruction (score) (bundled:gemma3-270m) (lora_r=16)")]
     with pytest.raises(SystemExit, match="--max-length applies to the last_token method only"):
         quality.run(task, ["instruction"], [100], [0], max_length=64)
+
+
+def test_distill_report_keeps_runs_on_the_earlier_pool_apart(tmp_path, monkeypatch):
+    """Runs distilled from the earlier bundled pool (1,680 articles, which held the validation articles that select and
+    calibrate a student) are not averaged with today's (1,531): they get a section of their own, and the targets and
+    the teacher's row come from today's runs alone."""
+    import json
+
+    import distill
+
+    def run(student, seed, pool_size, f1, teacher_f1):
+        return {"student": student, "seed": seed, "extra": [], "pool_size": pool_size, "machine": "test machine",
+                "teacher_test_f1_macro": teacher_f1, "teacher_test_accuracy": teacher_f1, "teacher_test_ece": 0.03,
+                "test_f1_macro": f1, "test_accuracy": f1, "test_ece": 0.02, "test_agreement": 0.97,
+                "train_seconds": 10.0, "student_parameters": 1000, "student_temperature": 1.0}
+
+    runs = [run("minilm", 0, 1680, 0.95, 0.976), run("tfidf", 0, 1531, 0.969, 0.960),
+            run("minilm", 1, 1680, 0.97, 0.976), run("minilm", 0, 1531, 0.961, 0.960)]
+    (tmp_path / "runs.jsonl").write_text("".join(json.dumps(row) + "\n" for row in runs))
+    monkeypatch.setattr(distill, "RUNS", tmp_path / "runs.jsonl")
+    monkeypatch.setattr(distill, "RESULTS", tmp_path)
+    monkeypatch.setattr(distill, "THROUGHPUT", tmp_path / "none.json")
+    monkeypatch.setattr(distill, "pool_agreement", lambda: {"pool": 1531, "agreement": 0.95})
+    distill.report()
+    today, earlier = (tmp_path / "distill.md").read_text().split("## Earlier runs, on a 1,680-article pool")
+    assert "| teacher (main job) | 1 | 0.960 |" in today and "- minilm: seed 0: 0.9610\n" in today
+    assert "| 1 | 0.961 |" in today and "MiniLM student >= 0.98 x the teacher at >= 10x: macro-F1 1.001 x" in today
+    assert "| teacher (main job) | 1 | 0.976 |" in earlier and "- minilm: seed 0: 0.9500, seed 1: 0.9700" in earlier
+    assert "0.960 ± 0.014" in earlier and "tfidf" not in earlier
