@@ -1,5 +1,6 @@
 """What the benchmark reports print for a cell of several seeds and of one (benchmarks/baselines.py `mean_std`, the
-one formatter quality.md, distill.md and tune.md share), and how quality.py's options reach its runs; distill.md keeps the earlier pool's runs apart."""
+one formatter quality.md, distill.md and tune.md share), how quality.py's options reach its runs, and how distill.md
+keeps the earlier pool's runs apart."""
 
 import sys
 from pathlib import Path
