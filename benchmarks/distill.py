@@ -152,8 +152,8 @@ def table(groups: dict, speeds: dict, teacher: dict) -> list[str]:
     if teacher:
         lines.append(
             f"| teacher (main job) | 1 | {teacher['teacher_test_f1_macro']:.3f} | {teacher['teacher_test_accuracy']:.3f}"
-            f" | {teacher['teacher_test_ece']:.3f} | - | - | {speeds.get('teacher', {}).get('parameters', 0):,} | "
-            f"{teacher_speed or float('nan'):.2f} | 1 |")
+            f" | {teacher['teacher_test_ece']:.3f} | - | - | "
+            + (f"{speeds['teacher']['parameters']:,} | {teacher_speed:.2f} | 1 |" if teacher_speed else "- | - | - |"))
     for (name, extra), mine in groups.items():
         description = STUDENTS[name][1] + (f", `{extra}`" if extra else "")
         own = np.mean([run["teacher_test_f1_macro"] for run in mine])
@@ -210,9 +210,9 @@ def report() -> None:
         lines += ["", f"## Earlier runs, on a {EARLIER_POOL:,}-article pool", "",
                   "That pool held the 100 validation articles (the student was early-stopped and calibrated on texts "
                   "it had trained on, with the teacher's labels) and 34 of the test articles' duplicates: not "
-                  "comparable with the table above; kept for the settings not rerun. Throughput columns are the "
-                  "latest timing of each student's kind.", ""]
-        lines += table(group_runs(earlier), speeds, earlier[0])
+                  "comparable with the table above; kept for the settings not rerun. Throughput: the table above "
+                  "(the same kinds of student).", ""]
+        lines += table(group_runs(earlier), {}, earlier[0])
     timed = throughput_runs()
     if timed:
         lines += ["", "Throughput: test articles, batch 16, each model loaded with `TextClassifier.from_pretrained`, "
