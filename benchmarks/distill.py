@@ -7,9 +7,10 @@
 
 Teacher: the main job's model (`outputs/smollm2-135m-bbc-last-token`, 100 gold articles; train it first). Pool: the
 1,531 training-side articles outside the gold and validation splits whose text is in no labelled split, their labels
-unread by the recipe (the report compares the teacher's labels with them). Test: the fixed 445 articles. Every student reads the teacher labels written once to
-`outputs/distill/bbc_teacher_labels.jsonl`. Throughput: the teacher and every student classify the same test
-articles in one process, each as users load it (`TextClassifier.from_pretrained`).
+unread by the recipe (the report compares the teacher's labels with them). Test: the fixed 445 articles. Every
+student reads the teacher labels written once to `outputs/distill/bbc_teacher_labels.jsonl`. Throughput: the teacher
+and every student classify the same test articles in one process, each as users load it
+(`TextClassifier.from_pretrained`).
 """
 
 import argparse

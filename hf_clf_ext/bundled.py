@@ -193,8 +193,8 @@ def bbc_news_splits(
     """A stratified split of BBC News: `test_size` articles held out (20% by default, 445; fixed by `test_seed`, so
     runs with different `seed`s share one test set), then `train_per_class` and `validation_per_class` articles of
     each topic drawn from the rest with `seed`. `pool`: add a `pool` split of every article outside `test` and
-    `train` and `validation` whose text none of them holds (1,533 by default), for distillation, which reads its
-    texts and not its labels.
+    `train` and `validation` whose text none of them holds (1,531 articles by default, 1,519 headlines), for
+    distillation, which reads its texts and not its labels.
     `headlines`: the same rows with only their headlines (`load_bbc_news`)."""
     return stratified_splits(load_bbc_news(headlines), train_per_class, validation_per_class, test_size, seed,
                              test_seed, pool)
@@ -228,7 +228,8 @@ def stratified_splits(data: Dataset, train_per_class: int, validation_per_class:
     if pool:
         texts = data["text"]
         held = {texts[i] for i in (*test, *train, *validation)}
-        splits["pool"] = data.select(sorted(i for i in set(rest) - set(train) - set(validation) if texts[i] not in held))
+        outside = set(rest) - set(train) - set(validation)
+        splits["pool"] = data.select(sorted(i for i in outside if texts[i] not in held))
     return splits
 
 
