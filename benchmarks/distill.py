@@ -211,8 +211,8 @@ def report() -> None:
         lines += ["", f"## Earlier runs, on a {EARLIER_POOL:,}-article pool", "",
                   "That pool held the 100 validation articles (the student was early-stopped and calibrated on texts "
                   "it had trained on, with the teacher's labels) and 34 of the test articles' duplicates: not "
-                  "comparable with the table above; kept for the settings not rerun. Throughput: the table above "
-                  "(the same kinds of student).", ""]
+                  "comparable with the table above, whose teacher was also retrained; kept as measured. Throughput: "
+                  "the table above (the same kinds of student).", ""]
         lines += table(group_runs(earlier), {}, earlier[0])
     timed = throughput_runs()
     if timed:
