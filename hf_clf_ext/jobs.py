@@ -94,7 +94,8 @@ class DistillScriptArguments(ScriptArguments):
     pool_split: str = field(
         default="pool",
         metadata={"help": "The split of `dataset` holding the unlabelled texts (bundled:bbc_news: every article "
-                  "outside test and train). Its labels, if any, are never read."},
+                  "outside test, train and validation whose text none of them holds). Its labels, if any, are never "
+                  "read."},
     )
 
 
