@@ -227,9 +227,8 @@ def stratified_splits(data: Dataset, train_per_class: int, validation_per_class:
     )
     if pool:
         texts = data["text"]
-        held = {texts[i] for i in (*test, *train, *validation)}
-        outside = set(rest) - set(train) - set(validation)
-        splits["pool"] = data.select(sorted(i for i in outside if texts[i] not in held))
+        held = {texts[i] for i in (*test, *train, *validation)}  # train and validation rows drop out with their texts
+        splits["pool"] = data.select(sorted(i for i in rest if texts[i] not in held))
     return splits
 
 

@@ -8,7 +8,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
@@ -114,8 +114,6 @@ def _check_approach_of_config(parser, training_arguments_class, argv) -> None:
     argv = list(argv or [])
     if "--config" not in argv or argv.index("--config") + 1 >= len(argv):
         return
-    from dataclasses import fields
-
     import yaml
 
     from .instruction.config import InstructionConfig
@@ -349,8 +347,6 @@ def check_one_data_source(script_args) -> None:
                        'read: to use your files pass --dataset "" (or drop dataset from the config); to use the '
                        "dataset drop the files.")
     if not dataset:  # the options that choose within a dataset choose nothing among files
-        from dataclasses import fields
-
         chosen = [f.name for f in fields(script_args) if f.name in ("dataset_config", "train_split", "validation_split",
                                                                     "test_split", "pool_split")
                   and getattr(script_args, f.name) != f.default]

@@ -50,7 +50,8 @@ class LastTokenClassificationPipeline(TextClassificationPipeline):
         def named(rows):  # the labels `labels.decide` names from these scores, kept in the pipeline's score order
             scores = {row["label"]: row["score"] for row in rows}
             hits = decide(np.array([[scores[name] for name in names]]), True, thresholds)[0]
-            return [row for row in rows if hits[names.index(row["label"])]]
+            chosen = {name for name, hit in zip(names, hits) if hit}
+            return [row for row in rows if row["label"] in chosen]
 
         return named(results) if isinstance(inputs, str) else [named(rows) for rows in results]
 
