@@ -1,6 +1,5 @@
 """Recipes, the `hf-clf` CLI and 2-process CPU training through `accelerate launch`, on tiny models and CSV data."""
 
-import importlib.util
 import json
 import shutil
 import subprocess

@@ -1,17 +1,13 @@
 """Verbalizer: answers as text and as in-context token ids, persistence, and clear errors on bad label sets."""
 
-import functools
-import itertools
 import json
 import re
 
 import pytest
 from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from conftest import _corpus
 from hf_clf_ext.instruction.verbalizer import VERBALIZER_FILE, LabelTokens, Verbalizer
 from testing_utils import ALPHABET, CONTEXT, SHARED_PREFIX, label_sets, wordpiece_tokenizer  # noqa: F401
 

@@ -1,6 +1,5 @@
 """LastTokenTrainer on tiny models: learning, early stopping, resuming, calibration, saving, bad input."""
 
-import random
 
 import numpy as np
 import pytest
