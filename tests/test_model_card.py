@@ -110,3 +110,12 @@ def test_card_after_a_merged_save_still_describes_the_lora_training(trained, tmp
     assert after.adaptation == before.adaptation == "LoRA"
     assert after.trainable_parameters == before.trainable_parameters
     assert after.hyperparameters["LoRA r / alpha / dropout"] == "8 / 16 / 0.05"
+
+
+def test_card_names_the_precision_training_ran_in(trained, monkeypatch):
+    """A config's `bf16: true` trains under bf16 autocast on one CPU and in float32 on another (turned off where bf16
+    is not native), with different results: the card says which ran."""
+    trainer = trained["single"]
+    assert trainer.card_facts().hyperparameters["mixed precision"] == "none"
+    monkeypatch.setattr(trainer.args, "bf16", True)
+    assert trainer.card_facts().hyperparameters["mixed precision"] == "bf16 autocast"
