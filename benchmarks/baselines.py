@@ -11,9 +11,19 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 
 
 def machine() -> str:
+    """The GPU, or the CPU with whether it computes bf16 natively: machines of one name ("AMD EPYC") differ there,
+    and the configs' `bf16: true` then trains under bf16 autocast on one and in float32 on the other (see
+    `precision`), with other results and times."""
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
-    return f"{_cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    native = "native bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no native bf16"
+    return f"{_cpu_name()}, {native}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def precision(args) -> str:
+    """What a training run computed in, from its training arguments after the jobs' checks: "bf16 autocast", "fp16
+    autocast" or "float32" (the bundled models' weights are float32)."""
+    return "bf16 autocast" if args.bf16 else "fp16 autocast" if args.fp16 else "float32"
 
 
 def mean_std(values) -> str:

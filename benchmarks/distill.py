@@ -55,9 +55,23 @@ def run_students(names, seeds, extra) -> None:
             results = recipe.main(["--config", str(ROOT / "recipes" / "configs" / f"{config}.yaml"), "--seed",
                                    str(seed), "--output_dir", str(output), *extra])
             row = {"student": name, "seed": seed, "output": str(output), "wall_seconds": time.perf_counter() - started,
-                   "machine": machine(), "extra": extra, **results}
+                   "machine": machine(), "extra": extra, "precision": trained_precision(output, name),
+                   "teacher_precision": trained_precision(TEACHER), **results}
             with open(RUNS, "a", encoding="utf-8") as file:
                 file.write(json.dumps(row) + "\n")
+
+
+def trained_precision(folder: Path, student: str | None = None) -> str:
+    """What a saved model trained in ("bf16 autocast" or "float32"), from the training arguments its run saved with
+    its checkpoints: one config trains under bf16 autocast on a CPU with native bf16 and in float32 elsewhere.
+    "-" for the TF-IDF student (no network), "?" where no checkpoint kept them."""
+    import torch
+    from baselines import precision
+
+    if student == "tfidf":
+        return "-"
+    saved = sorted(Path(folder).glob("checkpoint-*/training_args.bin"))
+    return precision(torch.load(saved[-1], weights_only=False)) if saved else "?"
 
 
 def throughput(n: int, names) -> None:
@@ -147,12 +161,13 @@ def table(groups: dict, speeds: dict, teacher: dict) -> list[str]:
     """The teacher's row (from `teacher`, a run) and one row per student and settings, mean ± std over seeds."""
     from baselines import mean_std
 
-    lines = ["| model | runs | macro-F1 | accuracy | ECE | agreement with teacher (test) | training s | parameters |"
-             " examples/s | x teacher |", "|:--|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+    lines = ["| model | runs | training precision | macro-F1 | accuracy | ECE | agreement with teacher (test) |"
+             " training s | parameters | examples/s | x teacher |", "|:--|--:|:--|--:|--:|--:|--:|--:|--:|--:|--:|"]
     teacher_speed = speeds.get("teacher", {}).get("examples_per_second")
     if teacher:
         lines.append(
-            f"| teacher (main job) | 1 | {teacher['teacher_test_f1_macro']:.3f} | {teacher['teacher_test_accuracy']:.3f}"
+            f"| teacher (main job) | 1 | {teacher.get('teacher_precision', '?')} | "
+            f"{teacher['teacher_test_f1_macro']:.3f} | {teacher['teacher_test_accuracy']:.3f}"
             f" | {teacher['teacher_test_ece']:.3f} | - | - | "
             + (f"{speeds['teacher']['parameters']:,} | {teacher_speed:.2f} | 1 |" if teacher_speed else "- | - | - |"))
     for (name, extra), mine in groups.items():
@@ -170,7 +185,8 @@ def table(groups: dict, speeds: dict, teacher: dict) -> list[str]:
         rate = speed.get("examples_per_second")
         ratio = f"{rate / speed['teacher_examples_per_second']:.1f}" if rate else "-"
         lines.append(
-            f"| {description} | {len(mine)} | {stat('test_f1_macro')} | {stat('test_accuracy')} | {stat('test_ece')}"
+            f"| {description} | {len(mine)} | {_precisions(mine, 'precision')} | {stat('test_f1_macro')} | "
+            f"{stat('test_accuracy')} | {stat('test_ece')}"
             f"{' (not calibrated)' if uncalibrated else ''} | "
             f"{stat('test_agreement')} | {np.mean([run['train_seconds'] for run in mine]):.0f} | "
             f"{speed.get('parameters', mine[0]['student_parameters']):,} | "
@@ -180,6 +196,11 @@ def table(groups: dict, speeds: dict, teacher: dict) -> list[str]:
         lines.append(f"- {name} {extra}".rstrip() + ": " + ", ".join(
             f"seed {run['seed']}: {run['test_f1_macro']:.4f}" for run in mine))
     return lines
+
+
+def _precisions(runs: list[dict], key: str) -> str:
+    """The precisions the runs recorded under `key` ("?" for a run from before they did), one or several."""
+    return ", ".join(sorted({run.get(key, "?") for run in runs})) or "?"
 
 
 def report() -> None:
@@ -193,15 +214,18 @@ def report() -> None:
     lines = [
         "# Distillation on BBC News: students of the main job's classifier",
         "",
-        f"Machine: {runs[0]['machine'] if runs else '?'} (float32: no native bf16 on this CPU). Teacher: the main "
-        f"job's SmolLM2-135M last-token classifier (100 gold articles). Pool: the {pool['pool']:,} training-side "
+        f"Machine: {current[0]['machine'] if current else '?'}. Teacher: the main job's SmolLM2-135M last-token "
+        f"classifier (100 gold articles), trained in {_precisions(current, 'teacher_precision')}. Pool: the "
+        f"{pool['pool']:,} training-side "
         "articles outside the gold and validation splits whose text is in no labelled split (BBC News holds 98 "
         "texts twice or more), labelled by the teacher once (its labels agree with the hidden gold on "
         f"{100 * pool['agreement']:.1f} % of the {pool['pool']:,}). Students train on the pool plus the 100 gold "
         "articles (KL to the teacher at T = 2, 0.5 cross-entropy on gold rows), are early-stopped and calibrated on "
         "the 100 validation articles, and are measured on the fixed 445 test articles. Produced by "
         "`python benchmarks/distill.py`. A student measured against a retrained teacher names that teacher's "
-        "macro-F1; its throughput ratio is against the teacher timed in the same run.",
+        "macro-F1; its throughput ratio is against the teacher timed in the same run. Training precision: what "
+        "each model trained in (bf16 autocast where the config's `bf16: true` met a CPU with native bf16), read "
+        "from the training arguments its run saved; inference in float32 throughout.",
         "",
     ]
     groups = group_runs(current)

@@ -48,7 +48,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from baselines import machine, minilm_embeddings, stock_classifier, stock_encode, stock_training_arguments
+from baselines import (machine, minilm_embeddings, precision, stock_classifier, stock_encode,
+                       stock_training_arguments)
 
 from hf_clf_ext import jobs
 from hf_clf_ext.bundled import (REUTERS_R10, bbc_news_splits, reuters_21578_splits, rotten_tomatoes_splits,
@@ -178,7 +179,8 @@ def run_tfidf(task: Task, splits, seed: int, workdir: str, head_c: float | None 
 
 def run_minilm_lr(task: Task, splits, seed: int, workdir: str, head_c: float | None = None) -> dict:
     """Frozen all-MiniLM-L6-v2 embeddings + logistic regression: what a user with a CPU tries first."""
-    return _features_and_regression(task, splits, seed, minilm_embeddings, minilm_embeddings, head_c)
+    return {**_features_and_regression(task, splits, seed, minilm_embeddings, minilm_embeddings, head_c),
+            "precision": "float32"}  # minilm_embeddings computes in float32
 
 
 def run_setfit(task: Task, splits, seed: int, workdir: str, setfit_iterations: int | None = None) -> dict:
@@ -223,7 +225,8 @@ def run_setfit(task: Task, splits, seed: int, workdir: str, setfit_iterations: i
     return {**scores(task, val_logits, task.targets(splits["validation"], names), test_logits,
                      task.targets(splits["test"], names), names),
             "trainable_parameters": int(parameters), "train_seconds": train_seconds,
-            "test_examples_per_second": len(splits["test"]) / infer}
+            "test_examples_per_second": len(splits["test"]) / infer,
+            "precision": "fp16 autocast" if args.use_amp else "float32"}
 
 
 def run_tfidf_cut(task: Task, splits, seed: int, workdir: str) -> dict:
@@ -270,7 +273,7 @@ def run_last_token(task: Task, splits, seed: int, workdir: str, max_length: int 
     infer = time.perf_counter() - started
     return {**scores(task, val.predictions, val.label_ids, test.predictions, test.label_ids, names),
             "trainable_parameters": trainer.model.get_nb_trainable_parameters()[0], "train_seconds": train_seconds,
-            "test_examples_per_second": len(test_set) / infer}
+            "test_examples_per_second": len(test_set) / infer, "precision": precision(trainer.args)}
 
 
 def _options(model: str | None, overrides: str | None) -> list[str]:
@@ -306,7 +309,7 @@ def run_stock(task: Task, splits, seed: int, workdir: str) -> dict:
     infer = time.perf_counter() - started
     return {**scores(task, val.predictions, val.label_ids, test.predictions, test.label_ids, names),
             "trainable_parameters": model.get_nb_trainable_parameters()[0], "train_seconds": train_seconds,
-            "test_examples_per_second": len(data["test"]) / infer}
+            "test_examples_per_second": len(data["test"]) / infer, "precision": precision(trainer.args)}
 
 
 def run_instruction(task: Task, splits, seed: int, workdir: str, model: str | None = None,
@@ -340,7 +343,8 @@ def run_instruction(task: Task, splits, seed: int, workdir: str, model: str | No
         rows.append({"variant": method, **scores(task, val_logits, val_labels, test_logits, test_labels, names,
                                                  hard=method in HARD_LABEL_METHODS),
                      "trainable_parameters": recipe.model.get_nb_trainable_parameters()[0],
-                     "train_seconds": train_seconds, "test_examples_per_second": len(test_texts) / infer})
+                     "train_seconds": train_seconds, "test_examples_per_second": len(test_texts) / infer,
+                     "precision": precision(recipe.args)})
     return rows
 
 

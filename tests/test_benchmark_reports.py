@@ -20,6 +20,30 @@ def test_one_seed_is_reported_without_a_spread_and_several_with_their_sample_std
     assert _cell([{"f1_macro": 0.9}, {"f1_macro": 0.9}], "f1_macro", letters) == "0.900 ± 0.000"  # two seeds that agree
 
 
+def test_quality_rows_say_what_their_runs_trained_in(monkeypatch):
+    """One config trains under bf16 autocast on a CPU with native bf16 and in float32 elsewhere, with other results:
+    a row says which its runs used, how many of each where they differ, and `?` for runs that did not record it; the
+    machine's name says whether it has native bf16."""
+    import torch
+    from baselines import machine, precision
+    from quality_report import _precision
+    from transformers import TrainingArguments
+
+    def runs(*kinds, method="last_token"):
+        return [{"method": method, **({"precision": kind} if kind else {})} for kind in kinds]
+
+    assert _precision(runs("bf16 autocast", "bf16 autocast")) == "bf16"
+    assert _precision(runs("float32", "bf16 autocast", None)) == "? x1, bf16 x1, float32 x1"
+    assert _precision(runs(None, None, None)) == "?"
+    assert _precision(runs(None, method="tfidf")) == "-"
+    assert precision(TrainingArguments("out", use_cpu=True)) == "float32"
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert ", no native bf16, " in machine()
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    assert ", native bf16, " in machine()
+
+
 def test_another_backbone_and_config_values_reach_the_instruction_recipe_and_name_its_rows(tmp_path, monkeypatch):
     """`--model` / `--set` run the instruction method on another backbone with other config values (as they do
     `last_token`): its recipe config reads them, and its rows are kept and named apart from the default's."""
@@ -70,6 +94,8 @@ def test_distill_report_keeps_runs_on_the_earlier_pool_apart(tmp_path, monkeypat
 
     runs = [run("minilm", 0, 1680, 0.95, 0.976), run("tfidf", 0, 1531, 0.969, 0.960),
             run("minilm", 1, 1680, 0.97, 0.976), run("minilm", 0, 1531, 0.961, 0.960)]
+    for row in runs[1::2]:  # today's runs record what each model trained in; the earlier ones did not
+        row.update(precision="float32" if row["student"] == "minilm" else "-", teacher_precision="bf16 autocast")
     (tmp_path / "runs.jsonl").write_text("".join(json.dumps(row) + "\n" for row in runs))
     monkeypatch.setattr(distill, "RUNS", tmp_path / "runs.jsonl")
     monkeypatch.setattr(distill, "RESULTS", tmp_path)
@@ -77,7 +103,8 @@ def test_distill_report_keeps_runs_on_the_earlier_pool_apart(tmp_path, monkeypat
     monkeypatch.setattr(distill, "pool_agreement", lambda: {"pool": 1531, "agreement": 0.95})
     distill.report()
     today, earlier = (tmp_path / "distill.md").read_text().split("## Earlier runs, on a 1,680-article pool")
-    assert "| teacher (main job) | 1 | 0.960 |" in today and "- minilm: seed 0: 0.9610\n" in today
-    assert "| 1 | 0.961 |" in today and "MiniLM student >= 0.98 x the teacher at >= 10x: macro-F1 1.001 x" in today
-    assert "| teacher (main job) | 1 | 0.976 |" in earlier and "- minilm: seed 0: 0.9500, seed 1: 0.9700" in earlier
+    assert "| teacher (main job) | 1 | bf16 autocast | 0.960 |" in today and "- minilm: seed 0: 0.9610\n" in today
+    assert "trained in bf16 autocast." in today and "| 1 | - | 0.969 |" in today
+    assert "| 1 | float32 | 0.961 |" in today and "MiniLM student >= 0.98 x the teacher at >= 10x: macro-F1 1.001 x" in today
+    assert "| teacher (main job) | 1 | ? | 0.976 |" in earlier and "| 2 | ? | 0.960 ± 0.014 |" in earlier and "- minilm: seed 0: 0.9500, seed 1: 0.9700" in earlier
     assert "0.960 ± 0.014" in earlier and "tfidf" not in earlier
