@@ -21,9 +21,12 @@ def machine() -> str:
 
 
 def precision(args) -> str:
-    """What a training run computed in, from its training arguments after the jobs' checks: "bf16 autocast", "fp16
-    autocast" or "float32" (the bundled models' weights are float32)."""
-    return "bf16 autocast" if args.bf16 else "fp16 autocast" if args.fp16 else "float32"
+    """What a training run computed in (`trainer_base.mixed_precision`), with no autocast named "float32": the bundled
+    models' weights are float32."""
+    from hf_clf_ext.trainer_base import mixed_precision
+
+    kind = mixed_precision(args)
+    return "float32" if kind == "none" else kind
 
 
 def mean_std(values) -> str:

@@ -48,6 +48,14 @@ def _value(name: str, value) -> str:
     return f"{value:.3f}" if isinstance(value, float) and not float(value).is_integer() else f"{value:g}"
 
 
+def _precisions(trials) -> str:
+    """The autocast the trials recorded; trials from before they did (the config's `bf16: true` trains under bf16
+    autocast on a CPU with native bf16 and in float32 elsewhere, and this search spanned two sessions, each on a
+    machine of its own) say so."""
+    kinds = sorted({str(t.user_attrs.get("mixed_precision", "not recorded")) for t in trials})
+    return ", ".join(kinds) if kinds else "not recorded"
+
+
 def report() -> str:
     import optuna
     from optuna.storages import JournalStorage
@@ -63,8 +71,8 @@ def report() -> str:
         "# Hyperparameter search of the main job (BBC News, 100 training articles)", "",
         f"Written by `benchmarks/tune.py --report` from `{JOURNAL.relative_to(ROOT)}`: `hf-clf tune --config "
         f"{CONFIG.relative_to(ROOT)} --n_trials {N_TRIALS}`, scored on the config's 100 validation articles by "
-        f"{facts['metric']} (the best evaluation of each trial). Machine: AMD EPYC, 2 CPU threads, float32, "
-        "torch 2.13 (one process). Trial 0 runs the config's own values; the others are drawn by Optuna's TPE "
+        f"{facts['metric']} (the best evaluation of each trial). Machine: AMD EPYC, 2 CPU threads, torch 2.13 (one "
+        f"process); training precision: {_precisions(trials)}. Trial 0 runs the config's own values; the others are drawn by Optuna's TPE "
         "sampler, whose first 10 draws are random: with 8 trials this is a seeded random search around the default.",
         "", f"Trials run: {finished} of {N_TRIALS} (pruned ones count, as the search counts them: a trial is pruned "
         "when an epoch's score falls below the median of the earlier trials' scores at that epoch, Optuna's "

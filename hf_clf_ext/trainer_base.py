@@ -243,13 +243,19 @@ class ClassifierTrainerMixin(CheckpointSaves):
             "batch size x accumulation": f"{args.per_device_train_batch_size} x {args.gradient_accumulation_steps}",
             "optimizer": getattr(args.optim, "value", args.optim),
             "scheduler (warmup)": f"{scheduler} ({args.warmup_steps:g})",
-            # What ran, not what the config asked: on a CPU the jobs keep `bf16` only where it is native, and one
-            # config trained the main job to test macro-F1 0.976 in float32 and 0.960 under bf16 autocast.
-            "mixed precision": "bf16 autocast" if args.bf16 else "fp16 autocast" if args.fp16 else "none",
+            "mixed precision": mixed_precision(args),
             **own,
             "seed": args.seed,
             **adaptation.hyperparameters,
         }
+
+
+def mixed_precision(args) -> str:
+    """The autocast a run trains under, from its training arguments after the jobs' checks ("bf16 autocast", "fp16
+    autocast" or "none"): what ran, not what the config asked. On a CPU the jobs keep `bf16` only where it is native,
+    and one config trained the main job to test macro-F1 0.976 in float32 and 0.960 under bf16 autocast (same seed),
+    so cards, tuning trials and benchmark runs record it."""
+    return "bf16 autocast" if args.bf16 else "fp16 autocast" if args.fp16 else "none"
 
 
 def deprecated_alias(old: str, new: str):

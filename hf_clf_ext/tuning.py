@@ -236,6 +236,7 @@ def run_tuning(script_args, args, tune_args: TuneArguments, splits, argv: list[s
     """Search, write the trials and the best config into `args.output_dir`; returns the best run's facts."""
     from .jobs import BUNDLED_MODEL_IDS, resolve_model
     from .last_token.trainer import LastTokenTrainer
+    from .trainer_base import mixed_precision
 
     if "validation" not in splits:
         raise JobError("tuning scores each trial on the validation split: give validation_file or a dataset with one.")
@@ -288,6 +289,7 @@ def run_tuning(script_args, args, tune_args: TuneArguments, splits, argv: list[s
             running.update(trial=trial, scores=[])
             if trial is not None:
                 trial.set_user_attr("built_lora_r", getattr(peft_config, "r", None))
+                trial.set_user_attr("mixed_precision", mixed_precision(trainer.args))
             return built
 
         def objective(metrics: dict) -> float:
@@ -338,6 +340,7 @@ def write_results(study, argv: list[str], args, metric: str, direction: str) -> 
                 file.write(json.dumps({
                     "trial": trial.number, "state": trial.state.name, "baseline": bool(trial.user_attrs.get("baseline")),
                     "values": trial.params, "built_lora_r": trial.user_attrs.get("built_lora_r"),
+                    "mixed_precision": trial.user_attrs.get("mixed_precision"),
                     "scores": trial.user_attrs.get("scores", []), "score": trial.value}) + "\n")
         config = best_config(argv, best.params, args.output_dir)
         with open(os.path.join(args.output_dir, BEST_CONFIG_FILE), "w", encoding="utf-8") as file:

@@ -30,6 +30,7 @@ def test_each_trial_builds_the_adapter_it_drew_and_the_best_config_reloads(tmp_p
     # The adapter each trial trained is the one it drew (the default is 8: neither choice).
     assert [t["built_lora_r"] for t in trials] == [t["values"]["lora_r"] for t in trials]
     assert {t["built_lora_r"] for t in trials} == {2, 4}  # sampler seed 1 draws both
+    assert {t["mixed_precision"] for t in trials} == {"none"}  # what each trial trained in (float32 here)
     for trial in trials:
         assert len(trial["scores"]) == 1 and trial["score"] == max(trial["scores"])  # one epoch, one evaluation
     best = max(trials, key=lambda t: t["score"])
