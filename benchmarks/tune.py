@@ -72,8 +72,9 @@ def report() -> str:
         f"Written by `benchmarks/tune.py --report` from `{JOURNAL.relative_to(ROOT)}`: `hf-clf tune --config "
         f"{CONFIG.relative_to(ROOT)} --n_trials {N_TRIALS}`, scored on the config's 100 validation articles by "
         f"{facts['metric']} (the best evaluation of each trial). Machine: AMD EPYC, 2 CPU threads, torch 2.13 (one "
-        f"process); training precision: {_precisions(trials)}. Trial 0 runs the config's own values; the others are drawn by Optuna's TPE "
-        "sampler, whose first 10 draws are random: with 8 trials this is a seeded random search around the default.",
+        f"process); training precision: {_precisions(trials)}. Trial 0 runs the config's own values; the others are "
+        "drawn by Optuna's TPE sampler, whose first 10 draws are random: with 8 trials this is a seeded random "
+        "search around the default.",
         "", f"Trials run: {finished} of {N_TRIALS} (pruned ones count, as the search counts them: a trial is pruned "
         "when an epoch's score falls below the median of the earlier trials' scores at that epoch, Optuna's "
         "MedianPruner, once five trials have finished).", "",
