@@ -70,8 +70,11 @@ def trained_precision(folder: Path, student: str | None = None) -> str:
 
     if student == "tfidf":
         return "-"
-    saved = sorted(Path(folder).glob("checkpoint-*/training_args.bin"))
-    return precision(torch.load(saved[-1], weights_only=False)) if saved else "?"
+    saved = sorted(Path(folder).glob("checkpoint-*/training_args.bin"), key=lambda path: int(path.parent.name[11:]))
+    try:  # the finished run's row must not be lost to an unreadable file
+        return precision(torch.load(saved[-1], weights_only=False)) if saved else "?"
+    except Exception:  # noqa: BLE001 - pickled by another transformers version, or cut short
+        return "?"
 
 
 def throughput(n: int, names) -> None:
@@ -199,8 +202,10 @@ def table(groups: dict, speeds: dict, teacher: dict) -> list[str]:
 
 
 def _precisions(runs: list[dict], key: str) -> str:
-    """The precisions the runs recorded under `key` ("?" for a run from before they did), one or several."""
-    return ", ".join(sorted({run.get(key, "?") for run in runs})) or "?"
+    """The precisions the runs recorded under `key` ("?" for a run from before they did; "-" for TF-IDF students,
+    which have no network), one or several."""
+    return ", ".join(sorted({"-" if key == "precision" and run["student"] == "tfidf" else run.get(key, "?")
+                             for run in runs})) or "?"
 
 
 def report() -> None:

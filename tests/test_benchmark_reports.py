@@ -26,7 +26,7 @@ def test_quality_rows_say_what_their_runs_trained_in(monkeypatch):
     machine's name says whether it has native bf16."""
     import torch
     from baselines import machine, precision
-    from quality_report import _precision
+    from quality_report import _precision, machine_letters
     from transformers import TrainingArguments
 
     def runs(*kinds, method="last_token"):
@@ -36,12 +36,17 @@ def test_quality_rows_say_what_their_runs_trained_in(monkeypatch):
     assert _precision(runs("float32", "bf16 autocast", None)) == "? x1, bf16 x1, float32 x1"
     assert _precision(runs(None, None, None)) == "?"
     assert _precision(runs(None, method="tfidf")) == "-"
+    assert _precision(runs(None, "float32", method="minilm_lr")) == "float32"  # its code computes in float32
     assert precision(TrainingArguments("out", use_cpu=True)) == "float32"
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert ", no native bf16, " in machine()
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
     assert ", native bf16, " in machine()
+    # A machine named with its capability takes the next letter: the earlier machines keep the ones the docs cite.
+    earlier = [{"machine": "AMD EPYC (x86_64), 2 threads, torch 2.13.0+cpu"},
+               {"machine": "x86_64 (CPU model not recorded), 2 threads, torch 2.13.0+cpu"}]
+    assert machine_letters(earlier + [{"machine": machine()}]) == {**machine_letters(earlier), machine(): "C"}
 
 
 def test_another_backbone_and_config_values_reach_the_instruction_recipe_and_name_its_rows(tmp_path, monkeypatch):
