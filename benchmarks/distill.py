@@ -46,6 +46,7 @@ def run_students(names, seeds, extra) -> None:
     spec.loader.exec_module(recipe)
     from baselines import machine
 
+    teacher_precision = trained_precision(TEACHER)  # one teacher for every run below
     for name in names:
         for seed in seeds:
             config, _ = STUDENTS[name]
@@ -56,7 +57,7 @@ def run_students(names, seeds, extra) -> None:
                                    str(seed), "--output_dir", str(output), *extra])
             row = {"student": name, "seed": seed, "output": str(output), "wall_seconds": time.perf_counter() - started,
                    "machine": machine(), "extra": extra, "precision": trained_precision(output, name),
-                   "teacher_precision": trained_precision(TEACHER), **results}
+                   "teacher_precision": teacher_precision, **results}
             with open(RUNS, "a", encoding="utf-8") as file:
                 file.write(json.dumps(row) + "\n")
 
@@ -70,7 +71,8 @@ def trained_precision(folder: Path, student: str | None = None) -> str:
 
     if student == "tfidf":
         return "-"
-    saved = sorted(Path(folder).glob("checkpoint-*/training_args.bin"), key=lambda path: int(path.parent.name[11:]))
+    saved = sorted(Path(folder).glob("checkpoint-*/training_args.bin"),
+                   key=lambda path: int(path.parent.name.removeprefix("checkpoint-")))
     try:  # the finished run's row must not be lost to an unreadable file
         return precision(torch.load(saved[-1], weights_only=False)) if saved else "?"
     except Exception:  # noqa: BLE001 - pickled by another transformers version, or cut short

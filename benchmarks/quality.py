@@ -179,8 +179,7 @@ def run_tfidf(task: Task, splits, seed: int, workdir: str, head_c: float | None 
 
 def run_minilm_lr(task: Task, splits, seed: int, workdir: str, head_c: float | None = None) -> dict:
     """Frozen all-MiniLM-L6-v2 embeddings + logistic regression: what a user with a CPU tries first."""
-    return {**_features_and_regression(task, splits, seed, minilm_embeddings, minilm_embeddings, head_c),
-            "precision": "float32"}  # minilm_embeddings computes in float32
+    return _features_and_regression(task, splits, seed, minilm_embeddings, minilm_embeddings, head_c)
 
 
 def run_setfit(task: Task, splits, seed: int, workdir: str, setfit_iterations: int | None = None) -> dict:
