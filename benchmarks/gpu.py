@@ -21,7 +21,7 @@ configuration, so a run killed at its time limit keeps what it measured.
    8 x 1 and 2 x 4 (effective batch 8), gradient checkpointing on and off, bitsandbytes 8-bit AdamW and paged 32-bit
    AdamW (8 settings, the most important first). Ours: `LastTokenClassifierForSequenceClassification.from_backbone`
    around the backbone with the trainer's pooling suffix, then `prepare_model_for_kbit_training` + `get_peft_model`
-   as `last_token_trainer.prepare_peft` does (head in `modules_to_save`), two learning rates as the trainer's
+   as `last_token.adapters.prepare_peft` does (head in `modules_to_save`), two learning rates as the trainer's
    `create_optimizer`. Stock: `LlamaForSequenceClassification` (what `AutoModelForSequenceClassification` resolves
    to) + the same PEFT preparation, one learning rate. A plain loop does what `Trainer(bf16=True)` does: forward
    under bf16 autocast, backward, gradient clipping at 1.0, optimizer step; checkpointing is enabled as `Trainer`
@@ -460,7 +460,7 @@ def lora_config():
 
 
 def wrap_for_training(wrapper, quantized: bool, checkpointing: bool):
-    """PEFT as `last_token_trainer.prepare_peft` wraps a model (k-bit preparation for a 4-bit backbone), then
+    """PEFT as `last_token.adapters.prepare_peft` wraps a model (k-bit preparation for a 4-bit backbone), then
     checkpointing as `Trainer` enables it (`activation_checkpointing_enable()`: use_reentrant=False)."""
     from peft import get_peft_model, prepare_model_for_kbit_training
 

@@ -41,8 +41,8 @@ REPO_PATH = re.compile(r"^(recipes|benchmarks|tests|hf_clf_ext|model_cards|docs)
 DOTTED = re.compile(r"^hf_clf_ext(\.\w+)+")
 API_MODULES = (
     "classifier", "texts", "labels", "calibration", "export",
-    "last_token.config", "last_token.trainer", "last_token.modeling_last_token", "last_token.configuration_last_token",
-    "last_token.inference", "tuning",
+    "last_token.config", "last_token.trainer", "last_token.adapters", "last_token.modeling_last_token",
+    "last_token.configuration_last_token", "last_token.inference", "tuning",
     "instruction.classifier", "instruction.config", "instruction.trainer", "instruction.verbalizer",
     "instruction.logits_process", "instruction.scoring",
     "distillation.config", "distillation.trainer", "distillation.tfidf", "distillation.teacher_labels",

@@ -92,14 +92,14 @@ def test_a_new_trial_is_not_scored_with_the_last_models_thresholds(tiny_lm_dirs,
     with them; the model `fresh_model` builds for the next trial must be scored at the untuned 0.5 again."""
     from transformers import EvalPrediction
 
-    from hf_clf_ext.last_token.trainer import _unwrap_classifier
+    from hf_clf_ext.last_token.adapters import unwrap_classifier
     from hf_clf_ext.metrics import build_compute_metrics
 
     trainer = make_trainer(tiny_lm_dirs["llama", "pad"], tokenizer, tmp_path, num_train_epochs=1,
                            train=synthetic(48, seed=1, multi_label=True),
                            evaluation=synthetic(24, seed=2, multi_label=True))
     trainer.train()  # calibrates (the default)
-    tuned = np.asarray(_unwrap_classifier(trainer.model).config.decision_thresholds)
+    tuned = np.asarray(unwrap_classifier(trainer.model).config.decision_thresholds)
     assert (tuned != 0.5).any(), tuned
     # Every example sits between each class's tuned threshold and 0.5: the two scorers disagree on those classes.
     probabilities = np.tile((tuned + 0.5) / 2, (4, 1))

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from accelerate.utils import gather_object
 from datasets import Dataset
-from peft import LoraConfig, PeftConfig, PeftModel, TaskType, get_peft_model, prepare_model_for_kbit_training
+from peft import PeftConfig, PeftModel
 from transformers import DataCollatorWithPadding, EarlyStoppingCallback, PreTrainedModel, PreTrainedTokenizerBase, Trainer
 from transformers.dynamic_module_utils import custom_object_save
 from transformers.trainer import TRAINING_ARGS_NAME
@@ -30,7 +30,9 @@ from .config import LastTokenConfig
 from ..metrics import build_compute_metrics, load_metric, probabilities_from_logits
 from ..cards.model_card import EvaluationFacts
 from .losses import balanced_class_weights, focal_loss  # noqa: F401 (also importable from here, as before)
-from .modeling_last_token import ADAPTER_SUBFOLDER, HEAD_MODULE, LastTokenClassifierForSequenceClassification
+from .adapters import (classification_peft_config, default_lora_config, is_head_parameter, prepare_peft,
+                       unwrap_classifier)
+from .modeling_last_token import ADAPTER_SUBFOLDER, LastTokenClassifierForSequenceClassification
 from ..hub import check_not_source
 from ..trainer_base import AdaptationFacts, ClassifierTrainerMixin, deprecated_alias
 
@@ -95,7 +97,7 @@ class LastTokenTrainer(ClassifierTrainerMixin, Trainer):
             self._rebuild = functools.partial(self._build_model, model, args, tokenizer, train_labels,
                                                     dict(model_init_kwargs), peft_config)
         model = self._build_model(model, args, tokenizer, train_labels, model_init_kwargs, peft_config)
-        classifier = _unwrap_classifier(model)
+        classifier = unwrap_classifier(model)
         self._record_base_revision(source, model, model_init_kwargs)
         self._pin_adapter_revision(model)
         self._check_context(classifier, args)
@@ -164,7 +166,7 @@ class LastTokenTrainer(ClassifierTrainerMixin, Trainer):
             class_weights = args.class_weight_values()
         label_smoothing = args.label_smoothing_factor if not space.multi_label else 0.0
         if isinstance(model, LastTokenClassifierForSequenceClassification) or isinstance(model, PeftModel):
-            classifier = _unwrap_classifier(model)
+            classifier = unwrap_classifier(model)
             if list(classifier.config.id2label.values()) != list(space.names):
                 raise ValueError(
                     f"The model's labels {list(classifier.config.id2label.values())} differ from the training "
@@ -205,7 +207,8 @@ class LastTokenTrainer(ClassifierTrainerMixin, Trainer):
                 init_head_from_label_names(model, tokenizer, list(space.names), source, **model_init_kwargs)
         if isinstance(model, PeftModel) or not args.use_peft:
             return model
-        return prepare_peft(model, args, _classification_peft_config(peft_config) if peft_config else default_lora_config(args))
+        peft_config = classification_peft_config(peft_config) if peft_config else default_lora_config(args)
+        return prepare_peft(model, args, peft_config)
 
     @staticmethod
     def _check_context(classifier, args):
@@ -240,7 +243,7 @@ class LastTokenTrainer(ClassifierTrainerMixin, Trainer):
         groups: dict[tuple[bool, bool], list] = {}
         for name, param in opt_model.named_parameters():
             if param.requires_grad:
-                groups.setdefault((_is_head_parameter(name), name in decay), []).append(param)
+                groups.setdefault((is_head_parameter(name), name in decay), []).append(param)
         param_groups = [
             {
                 "params": params,
@@ -263,7 +266,7 @@ class LastTokenTrainer(ClassifierTrainerMixin, Trainer):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         labels = inputs.pop("labels")
         outputs = model(**inputs)
-        config = _unwrap_classifier(model).config
+        config = unwrap_classifier(model).config
         weights = None
         if config.class_weights is not None:
             weights = torch.tensor(config.class_weights, dtype=outputs.logits.dtype, device=outputs.logits.device)
@@ -294,7 +297,7 @@ class LastTokenTrainer(ClassifierTrainerMixin, Trainer):
         dataset = first_split(self.eval_dataset if eval_dataset is None else eval_dataset)
         if dataset is None:
             raise ValueError("calibrate() needs an evaluation dataset.")
-        config = _unwrap_classifier(self.model).config
+        config = unwrap_classifier(self.model).config
         if "input_ids" not in dataset.column_names:  # raw rows: prepare them like the evaluation data
             reserve = len(config.suffix_token_ids or [])
             dataset, _ = self._prepare_dataset(dataset, self.processing_class, self.args, reserve, "calibration")
@@ -324,7 +327,7 @@ class LastTokenTrainer(ClassifierTrainerMixin, Trainer):
 
     def prepare_dataset(self, dataset: Dataset, split: str = "test") -> Dataset:
         """Raw rows (text and label columns) tokenized and encoded like the evaluation data, for `predict`."""
-        reserve = len(_unwrap_classifier(self.model).config.suffix_token_ids or [])
+        reserve = len(unwrap_classifier(self.model).config.suffix_token_ids or [])
         return self._prepare_dataset(dataset, self.processing_class, self.args, reserve, split)[0]
 
     def _evaluation_facts(self, dataset: Dataset, split: str) -> tuple[EvaluationFacts, dict]:
@@ -351,7 +354,7 @@ class LastTokenTrainer(ClassifierTrainerMixin, Trainer):
     # --- model card and Hub ------------------------------------------------------------------------------------------
 
     def _own_card_facts(self, adaptation: AdaptationFacts) -> dict:
-        classifier = _unwrap_classifier(self.model)
+        classifier = unwrap_classifier(self.model)
         config, args = classifier.config, self.args
         reserve = len(config.suffix_token_ids or [])
         evaluation = first_split(self.eval_dataset)
@@ -393,7 +396,7 @@ class LastTokenTrainer(ClassifierTrainerMixin, Trainer):
         )
 
     def _adaptation_kind(self) -> tuple[str, str]:
-        classifier = _unwrap_classifier(self.model)
+        classifier = unwrap_classifier(self.model)
         quantization = "4bit" if getattr(classifier, "is_loaded_in_4bit", False) else (
             "8bit" if getattr(classifier, "is_loaded_in_8bit", False) else "none")
         return "LoRA" if isinstance(self.model, PeftModel) else "full fine-tuning", quantization
@@ -402,7 +405,7 @@ class LastTokenTrainer(ClassifierTrainerMixin, Trainer):
         """What the card reports about prepared `dataset`, and the metrics of that prediction pass (prefixed
         `split_`)."""
         space = self.label_space
-        config = _unwrap_classifier(self.model).config
+        config = unwrap_classifier(self.model).config
         output = self.predict(dataset, metric_key_prefix=split)
         # The model already divides its logits by the fitted temperature.
         probabilities = probabilities_from_logits(output.predictions, space.problem_type)
@@ -449,7 +452,7 @@ class LastTokenTrainer(ClassifierTrainerMixin, Trainer):
             return super()._save(output_dir, state_dict)
         if not self.args.should_save:  # the adapter is whole on every process: the main process writes
             return
-        classifier = _unwrap_classifier(self.model)
+        classifier = unwrap_classifier(self.model)
         config = copy.deepcopy(classifier.config)
         config.architectures = [type(classifier).__name__]
         quantization_config = config.__dict__.pop("quantization_config", None)  # the adapter holds float weights
@@ -486,63 +489,3 @@ class LastTokenTrainer(ClassifierTrainerMixin, Trainer):
             )
         merged.config.base_model_name_or_path = self._base_model_id
         merged.config.base_model_revision = self._base_revision if self._base_model_id == self._hub_base else None
-
-
-def prepare_peft(model, args: LastTokenConfig, peft_config) -> PeftModel:
-    """The classifier wrapped for (Q)LoRA training. A k-bit backbone goes through PEFT's
-    `prepare_model_for_kbit_training` (float32 norms, input gradients for checkpointing), except where FSDP or
-    ZeRO-3 shards a 4-bit one: sharding flattens tensors of one dtype, so every parameter (norms, head, adapters)
-    stays in the quant storage dtype and gradient checkpointing is enabled on its own, as TRL does for sharded
-    QLoRA."""
-    sharded = args.sharded_qlora_dtype() if getattr(model, "is_loaded_in_4bit", False) else None
-    if sharded is not None:
-        for param in model.parameters():  # the head (float32 by default) and anything loaded in another dtype
-            if param.__class__.__name__ != "Params4bit" and param.dtype != sharded:
-                param.data = param.data.to(sharded)
-        if args.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs)
-            model.enable_input_require_grads()
-        return get_peft_model(model, peft_config, autocast_adapter_dtype=False)
-    if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=args.gradient_checkpointing)
-    return get_peft_model(model, peft_config)
-
-
-def default_lora_config(args: LastTokenConfig) -> LoraConfig:
-    """LoRA on every attention and MLP projection; the head trained in full and saved with the adapter."""
-    return LoraConfig(
-        task_type="SEQ_CLS",
-        r=args.lora_r,
-        lora_alpha=args.lora_alpha,
-        lora_dropout=args.lora_dropout,
-        target_modules=list(args.lora_target_modules),
-        modules_to_save=[HEAD_MODULE],
-    )
-
-
-def _classification_peft_config(config):
-    """A user's PEFT config made to train and save the head: task SEQ_CLS, `score` among `modules_to_save`."""
-    task_type = getattr(config, "task_type", None)
-    if task_type not in (None, "SEQ_CLS", TaskType.SEQ_CLS):
-        raise ValueError(f"peft_config.task_type must be 'SEQ_CLS' (or unset) for a classifier, got {task_type!r}.")
-    modules = list(getattr(config, "modules_to_save", None) or [])
-    return dataclasses.replace(
-        config, task_type=TaskType.SEQ_CLS, modules_to_save=modules + [HEAD_MODULE] * (HEAD_MODULE not in modules)
-    )
-
-
-def _unwrap_classifier(model) -> LastTokenClassifierForSequenceClassification:
-    while not isinstance(model, LastTokenClassifierForSequenceClassification):
-        if isinstance(model, PeftModel):
-            model = model.get_base_model()
-        elif hasattr(model, "module"):  # DDP / accelerate wrappers
-            model = model.module
-        elif hasattr(model, "_orig_mod"):  # torch.compile
-            model = model._orig_mod
-        else:
-            raise TypeError(f"Expected a last-token classifier, got {type(model).__name__}.")
-    return model
-
-
-def _is_head_parameter(name: str) -> bool:
-    return f".{HEAD_MODULE}." in f".{name}"

@@ -32,7 +32,7 @@ from hf_clf_ext.distillation.trainer import (
     stock_student,
     train_stock_student,
 )
-from hf_clf_ext.last_token.trainer import _unwrap_classifier
+from hf_clf_ext.last_token.adapters import unwrap_classifier
 from hf_clf_ext.distillation.teacher_labels import check_pool_texts, label_pool
 from hf_clf_ext.fingerprints import classifier_fingerprint as teacher_fingerprint
 from hf_clf_ext.fingerprints import fingerprint, folder_fingerprint
@@ -463,7 +463,7 @@ def test_a_truncated_decoder_student_saves_its_training_length(tmp_path, tiny_lm
     trainer = _last_token_student(args, LabelSpace(names=tuple(NAMES), multi_label=False),
                                   str(tiny_lm_dirs["llama", "pad"]), {}, texts, labels, soft,
                                   np.zeros(len(texts), bool), None, distillation)
-    reserve = len(_unwrap_classifier(trainer.model).config.suffix_token_ids)
+    reserve = len(unwrap_classifier(trainer.model).config.suffix_token_ids)
     assert reserve >= 1 and "first 1 of 2 layers" in distillation["student"]
     trainer.save_model()
     assert AutoTokenizer.from_pretrained(tmp_path / "decoder").model_max_length == 24 - reserve

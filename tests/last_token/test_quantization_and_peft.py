@@ -152,7 +152,7 @@ def test_sharded_qlora_keeps_one_parameter_dtype(launch, tiny_lm_dirs, tokenizer
     """Under FSDP / ZeRO-3 (as `accelerate launch` announces them) a 4-bit backbone is stored, loaded and wrapped
     in one dtype, since sharding flattens uniform tensors: no float32 upcast of norms, head or adapters. A single
     process keeps PEFT's k-bit preparation (float32 norms and head)."""
-    from hf_clf_ext.last_token.trainer import default_lora_config, prepare_peft
+    from hf_clf_ext.last_token.adapters import default_lora_config, prepare_peft
 
     from testing_utils import arguments, synthetic
 
