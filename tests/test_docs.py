@@ -46,6 +46,7 @@ API_MODULES = (
     "instruction.classifier", "instruction.config", "instruction.trainer", "instruction.verbalizer",
     "instruction.logits_process", "instruction.scoring",
     "distillation.config", "distillation.trainer", "distillation.tfidf", "distillation.teacher_labels",
+    "script_arguments",
 )
 
 
@@ -137,7 +138,7 @@ def field_options(*classes) -> set[str]:
 @cache
 def config_options(kind: str) -> frozenset[str]:
     """What `--key` a config-driven job takes: the script arguments plus the job's training arguments."""
-    from hf_clf_ext.jobs import DistillScriptArguments, ScriptArguments
+    from hf_clf_ext.script_arguments import DistillScriptArguments, ScriptArguments
 
     if kind == "distill":
         from hf_clf_ext.distillation.config import DistillationConfig
