@@ -62,7 +62,8 @@ def train(argv) -> int:
 
 
 def distill(argv) -> int:
-    """A trained classifier labels an unlabelled pool; a student (decoder, any sequence classifier, TF-IDF) learns it."""
+    """A trained classifier labels an unlabelled pool; a student (decoder, any sequence classifier, TF-IDF) learns
+    it."""
     from hf_clf_ext.scripts.distill import main as run
 
     run(argv)
@@ -192,7 +193,8 @@ def predict(argv) -> int:
     if args.input_file or args.dataset or args.output_file:
         return _predict_file(args)
     batch_only = [f"--{name}" for name in ("dataset_config", "split", "text_columns", "text_template", "id_column",
-                                           "chunk_size", "overwrite") if getattr(args, name) != parser.get_default(name)]
+                                           "chunk_size", "overwrite")
+                  if getattr(args, name) != parser.get_default(name)]
     if batch_only:
         raise fail(f"{', '.join(batch_only)} apply to rows of --input_file or --dataset written to --output_file; "
                    "texts given as arguments or with --input are classified as they are.")
@@ -288,7 +290,10 @@ def export(argv) -> int:
         raise fail(f"{args.model} is a TF-IDF student: it has no stock transformers architecture, and its folder "
                    "(JSON + safetensors) is already what serves it: load it with TextClassifier.from_pretrained.")
     if approach in ("stock", "onnx"):
-        raise fail(f"{args.model} is {'an ONNX export' if approach == 'onnx' else 'a stock *ForSequenceClassification model already (an export)'}: serve it as it is.")
+        raise fail(f"{args.model} is "
+                   f"""{'an ONNX export' if approach == 'onnx'
+                        else 'a stock *ForSequenceClassification model already (an export)'}"""
+                   ": serve it as it is.")
     try:
         architecture = (export_instruction if approach == "instruction" else export_stock)(args.model, args.output)
     except ValueError as error:

@@ -166,12 +166,15 @@ def report(results: dict) -> str:
         f"up to 256 tokens, `TextClassifier.classify`, batch {results['batch_size']}, {results['threads']} threads, "
         f"one process taking turns ({results['passes']} timed pass(es) each, median kept).",
         "",
-        "| engine | texts/s | vs eager | max abs Δp vs eager | same label as eager | test macro-F1 | model file (MiB) |",
+        "| engine | texts/s | vs eager | max abs Δp vs eager | same label as eager | test macro-F1 | "
+        "model file (MiB) |",
         "|:--|--:|--:|--:|--:|--:|--:|",
     ]
     for name, run in engines.items():
-        lines.append(f"| {name} | {run['texts_per_second']:.2f} | {run['texts_per_second'] / eager['texts_per_second']:.2f}x | "
-                     f"{run['max_abs_dp']:.1e} | {run['argmax_agree']} / {results['articles']} | {run['f1_macro']:.4f} | "
+        lines.append(f"| {name} | {run['texts_per_second']:.2f} | "
+                     f"{run['texts_per_second'] / eager['texts_per_second']:.2f}x | "
+                     f"{run['max_abs_dp']:.1e} | {run['argmax_agree']} / {results['articles']} | "
+                     f"{run['f1_macro']:.4f} | "
                      f"{'-' if run['model_mib'] is None else format(run['model_mib'], ',.0f')} |")
     vllm = results.get("vllm")
     if vllm:

@@ -48,7 +48,8 @@ WRAPPER = ("import resource, subprocess, sys; done = subprocess.run(sys.argv[1:]
 def machine() -> str:
     model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                   if line.startswith("model name")), platform.processor())
-    return f"{model}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+    return (f"{model}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, "
+            f"Python {platform.python_version()}")
 
 
 def predict(model: str, inputs: Path, output: Path, processes: int, threads: int, extra=(), env=None) -> dict:
@@ -140,7 +141,8 @@ def streaming_runs(work: Path, sizes) -> dict:
         print(size, json.dumps(runs[f"streamed_{size}"]), flush=True)
     size = max(sizes)
     runs[f"in_memory_{size}"] = {"rows": size, "input_mib": runs[f"streamed_{size}"]["input_mib"],
-                                 **train({**config, "train_file": str(work / f"train_{size}.jsonl")}, work, f"m{size}")}
+                                 **train({**config, "train_file": str(work / f"train_{size}.jsonl")}, work,
+                                         f"m{size}")}
     print(size, json.dumps(runs[f"in_memory_{size}"]), flush=True)
     return runs
 
@@ -238,17 +240,22 @@ def report(results: dict) -> str:
     lines = [
         "# Past one process: sharded batch prediction and memory against corpus size",
         "<!-- written by benchmarks/scale.py; do not edit by hand -->",
-        f"Machine: {results['machine']}. Model: `{results['model']}`{' (' + results['model_note'] + ')' if results['model_note'] else ''}.",
+        f"Machine: {results['machine']}. Model: `{results['model']}`"
+        f"{' (' + results['model_note'] + ')' if results['model_note'] else ''}.",
         "",
         f"**Sharded prediction of the BBC pool** ({one['texts']:,} articles, `hf-clf predict --input_file "
         "--output_file`; texts/s by the engine's clock, from the model loaded to the output merged):",
         "",
-        "| run | threads per process | texts/s | engine seconds | wall seconds (imports and load included) | peak RSS, largest process (MiB) |",
+        "| run | threads per process | texts/s | engine seconds | wall seconds (imports and load included) | "
+        "peak RSS, largest process (MiB) |",
         "|:--|--:|--:|--:|--:|--:|",
-        f"| 1 process | 2 | {one['texts_per_second']:.1f} | {one['seconds']:.1f} | {one['wall_seconds']:.1f} | {one['peak_rss_mib']:,.0f} |",
-        f"| 2 processes (`accelerate launch`, gloo) | 1 | {two['texts_per_second']:.1f} | {two['seconds']:.1f} | {two['wall_seconds']:.1f} | {two['peak_rss_mib']:,.0f} |",
+        f"| 1 process | 2 | {one['texts_per_second']:.1f} | {one['seconds']:.1f} | {one['wall_seconds']:.1f} | "
+        f"{one['peak_rss_mib']:,.0f} |",
+        f"| 2 processes (`accelerate launch`, gloo) | 1 | {two['texts_per_second']:.1f} | {two['seconds']:.1f} | "
+        f"{two['wall_seconds']:.1f} | {two['peak_rss_mib']:,.0f} |",
         "",
-        f"Merged output of 2 processes byte for byte the single process's: **{'yes' if pool['identical'] else 'NO'}**.",
+        "Merged output of 2 processes byte for byte the single process's: "
+        f"**{'yes' if pool['identical'] else 'NO'}**.",
         "",
         "**Memory against corpus size** (synthetic texts of 5-40 words, the tiny classifier of "
         "`tests/fixtures/saved_kinds/merged`, batch 64, chunks of 1,024):",
@@ -262,9 +269,9 @@ def report(results: dict) -> str:
     streaming = results["runs"].get("streaming")
     if streaming:
         lines += [
-            f"**Streaming training** (`recipes/train_last_token.py --streaming true`; {results['machines']['streaming']}; "
-            "a tiny random Llama, 100 steps of 8 rows at 64 tokens, synthetic labelled rows; the label space from one "
-            "pass over the label column):",
+            f"**Streaming training** (`recipes/train_last_token.py --streaming true`; "
+            f"{results['machines']['streaming']}; a tiny random Llama, 100 steps of 8 rows at 64 tokens, synthetic "
+            "labelled rows; the label space from one pass over the label column):",
             "",
             "| training data | rows | input file (MiB) | peak RSS (MiB) | training seconds |",
             "|:--|--:|--:|--:|--:|",
@@ -278,9 +285,9 @@ def report(results: dict) -> str:
         lines += [
             f"**The vLLM engine against ours** ({engines['articles']} BBC test articles, `hf-clf predict --engine "
             f"torch|vllm`; {engines['machine']}; model `{engines['model']}`{note}; vLLM {engines['vllm_version']} "
-            "from its own virtualenv on the stock export, float32, `VLLM_CPU_OMP_THREADS_BIND=nobind` so that its forward "
-            "has the 2 threads ours has (its default binding keeps one of the 2 cores for its scheduler), vLLM's "
-            "defaults otherwise):",
+            "from its own virtualenv on the stock export, float32, `VLLM_CPU_OMP_THREADS_BIND=nobind` so that its "
+            "forward has the 2 threads ours has (its default binding keeps one of the 2 cores for its scheduler), "
+            "vLLM's defaults otherwise):",
             "",
             "| engine | texts/s | engine seconds | wall seconds (imports, load and vLLM's start included) | "
             "peak RSS, largest process (MiB) | test macro-F1 | test accuracy |",

@@ -4,10 +4,10 @@ tree attention mask (the default) and with the prompt's cache repeated for every
     python benchmarks/scoring_memory.py            # writes benchmarks/results/scoring_memory.md and .json
 
 Model: SmolLM2-135M-Instruct (bundled), the instruction approach's default prompt through its chat template, BBC
-News test articles (one per prompt) cut to 256 tokens of text, float32. Labels are `topic 0` ... `topic N-1` (three tokens each). Each
-setting runs in a fresh process; memory is the peak resident set size during scoring minus the resident size before
-it (Linux `VmHWM`, reset through `/proc/self/clear_refs`) on the first call, so it counts the caches, the logits and
-their copies; seconds are the best of the later calls.
+News test articles (one per prompt) cut to 256 tokens of text, float32. Labels are `topic 0` ... `topic N-1` (three
+tokens each). Each setting runs in a fresh process; memory is the peak resident set size during scoring minus the
+resident size before it (Linux `VmHWM`, reset through `/proc/self/clear_refs`) on the first call, so it counts the
+caches, the logits and their copies; seconds are the best of the later calls.
 """
 
 import argparse
@@ -104,8 +104,9 @@ def main(argv=None) -> None:
         "|--:|--:|--:|--:|:--|--:|--:|--:|",
     ]
     for row in rows:
-        lines.append(f"| {row['labels']} | {row['label_tokens']} | {row['prompt_tokens']} | {row['batch']} | {row['path']} | "
-                     f"{row['seconds_per_prompt']:.2f} | {row['peak_mib']:.0f} | {row['peak_mib_per_prompt']:.0f} |")
+        lines.append(f"| {row['labels']} | {row['label_tokens']} | {row['prompt_tokens']} | {row['batch']} | "
+                     f"{row['path']} | {row['seconds_per_prompt']:.2f} | {row['peak_mib']:.0f} | "
+                     f"{row['peak_mib_per_prompt']:.0f} |")
     (RESULTS / "scoring_memory.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

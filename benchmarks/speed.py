@@ -521,7 +521,8 @@ def run_subjects(names: list[str], examples: int, repeats: int, vllm_python: str
     # A pass at 1024 tokens takes minutes, long enough to average itself.
     repeats = 1 if all(name.endswith("_long") for name in names) else repeats
     results = interleaved({name: functools.partial(subject, texts) for name, subject in built.items()},
-                          {name: functools.partial(subject, texts[:BATCH]) for name, subject in built.items()}, repeats)
+                          {name: functools.partial(subject, texts[:BATCH]) for name, subject in built.items()},
+                          repeats)
     results = {name: {**row, "input_tokens": input_tokens(name, texts)} for name, row in results.items()}
     if any(name in FLOP_SUBJECTS for name in names):
         _add_flop_rates(results, texts)
@@ -565,7 +566,8 @@ def _processes(subjects: list[str], train_repeats: int) -> list[list[str]]:
     groups = [[name for name in group if name in subjects] for group in INTERLEAVED]
     serving = [[name] for name in SERVING if name in subjects]
     training = [name for name in subjects if name in TRAINING]
-    rounds = [[name] for round_ in range(train_repeats) for name in training if round_ == 0 or not name.endswith("_long")]
+    rounds = [[name] for round_ in range(train_repeats) for name in training
+              if round_ == 0 or not name.endswith("_long")]
     return [group for group in groups if group] + serving + rounds
 
 

@@ -53,7 +53,8 @@ DEPRECATED_NAMES = {
     "InstructionSFTConfig": "InstructionConfig",
     "predict_texts": "classify_texts",  # one verb, `classify`, for every classifier
 }
-# Round-2 module paths (one flat folder), kept importable: `hf_clf_ext.last_token_config` is `hf_clf_ext.last_token.config`.
+# Round-2 module paths (one flat folder), kept importable: `hf_clf_ext.last_token_config` is
+# `hf_clf_ext.last_token.config`.
 DEPRECATED_MODULES = {
     "configuration_last_token": "last_token.configuration_last_token",
     "modeling_last_token": "last_token.modeling_last_token",

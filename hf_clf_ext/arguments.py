@@ -55,14 +55,16 @@ class QuantizationArguments:
     bnb_4bit_use_double_quant: bool = field(default=True, metadata={"help": "Quantize the 4-bit scales too."})
     bnb_4bit_quant_storage: str | None = field(
         default=None,
-        metadata={"help": "dtype that stores the packed 4-bit weights; 'bfloat16' lets FSDP shard them (QLoRA + FSDP)."},
+        metadata={"help": "dtype that stores the packed 4-bit weights; 'bfloat16' lets FSDP shard them "
+                  "(QLoRA + FSDP)."},
     )
 
     def check_quantization_arguments(self) -> None:
         if self.quantization not in QUANTIZATION_CHOICES:
             raise ValueError(f"quantization must be one of {QUANTIZATION_CHOICES}, got {self.quantization!r}.")
         if self.bnb_4bit_compute_dtype not in ("bfloat16", "float16", "float32"):
-            raise ValueError(f"bnb_4bit_compute_dtype must be bfloat16, float16 or float32, got {self.bnb_4bit_compute_dtype!r}.")
+            raise ValueError("bnb_4bit_compute_dtype must be bfloat16, float16 or float32, "
+                             f"got {self.bnb_4bit_compute_dtype!r}.")
 
     def bnb_config(self) -> BitsAndBytesConfig | None:
         """The bitsandbytes config for `quantization`, or None. Where FSDP or ZeRO-3 shards the parameters, the

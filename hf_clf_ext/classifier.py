@@ -8,9 +8,10 @@
 
 Results, in input order: single-label `{"label", "score", "probabilities"}`, multi-label `{"labels",
 "probabilities"}`. `compile=True` (loader or `classify`) runs a last-token classifier through its `torch.compile`d
-forward (`hf_clf_ext.last_token.compiled`); the default compiles long jobs where that pays. An instruction classifier's constrained decoding (`method="generate"`, its default) names labels
-without probabilities, so its results hold `"label"` / `"labels"` only; `method="score"` adds them. A TF-IDF student
-(`hf-clf distill`) loads and classifies the same way.
+forward (`hf_clf_ext.last_token.compiled`); the default compiles long jobs where that pays. An instruction classifier's
+constrained decoding (`method="generate"`, its default) names labels without probabilities, so its results hold
+`"label"` / `"labels"` only; `method="score"` adds them. A TF-IDF student (`hf-clf distill`) loads and classifies the
+same way.
 """
 
 import json
@@ -211,8 +212,9 @@ def check_nothing_loads_instead(folder, approach: str) -> None:
 
 
 def saved_approach(name_or_path: str, **hub) -> str:
-    """`"instruction"`, `"tfidf"`, `"onnx"` (`export.export_onnx`), `"last_token"` or `"stock"` (any `*ForSequenceClassification`, e.g. our stock
-    export or a sequence-classification student) for a folder or Hub repo id, read from its small files before any weights load; otherwise an error saying what it is instead
+    """`"instruction"`, `"tfidf"`, `"onnx"` (`export.export_onnx`), `"last_token"` or `"stock"` (any
+    `*ForSequenceClassification`, e.g. our stock export or a sequence-classification student) for a folder or Hub repo
+    id, read from its small files before any weights load; otherwise an error saying what it is instead
     (a missing folder, a plain causal LM, ...). `hub`: `revision`, `cache_dir`, `token`, `local_files_only`."""
     name_or_path = str(name_or_path)
     if not os.path.isdir(name_or_path):
@@ -221,13 +223,16 @@ def saved_approach(name_or_path: str, **hub) -> str:
         try:
             validate_repo_id(name_or_path)
         except HFValidationError:
-            raise FileNotFoundError(f"{name_or_path} is neither a folder nor a Hub repo id (no such folder).") from None
+            raise FileNotFoundError(
+                f"{name_or_path} is neither a folder nor a Hub repo id (no such folder)."
+            ) from None
 
     def find(filename):
         try:
             return cached_file(name_or_path, filename, _raise_exceptions_for_missing_entries=False, **hub)
         except OSError as error:  # an unknown repo, no network and no cached copy, ...
-            raise OSError(f"{name_or_path} is no local folder, and as a Hub repo it could not be read: {error}") from None
+            raise OSError(f"{name_or_path} is no local folder, and as a Hub repo it could not be read: "
+                          f"{error}") from None
 
     for filename, approach in approach_files():
         if find(filename) is not None:

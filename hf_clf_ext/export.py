@@ -140,7 +140,8 @@ def export_onnx(source, output_dir: str | os.PathLike, *, quantize: str | None =
     """Write `source` to `output_dir` as an ONNX folder: `model.onnx` (`input_ids`, `attention_mask` -> `logits`,
     dynamic batch and length; the temperature folded into the head), the tokenizer with the pooling suffix in its
     post-processor, `config.json` (`id2label`, `problem_type`, `decision_thresholds`), `onnx.json` (what a runtime
-    needs besides the graph) and a card saying how to run it, with or without this package. Returns `onnx.json`'s facts.
+    needs besides the graph) and a card saying how to run it, with or without this package. Returns `onnx.json`'s
+    facts.
 
     `source`: a last-token classifier (folder or Hub repo; exported to the stock architecture first, see
     `export_stock`), its stock export, or a sequence-classification student. `TextClassifier.from_pretrained(

@@ -15,9 +15,9 @@ from collections.abc import Iterable
 import numpy as np
 
 # What defines a saved classifier in its folder (its top level and its adapter subfolder; checkpoints, logs and
-# students distilled into a subfolder are not the classifier): configs, weights, adapters, tokenizer files, remote code,
-# prompt, verbalizer and TF-IDF settings. Run records are left out, so that re-evaluating a classifier does not make it
-# another one.
+# students distilled into a subfolder are not the classifier): configs, weights, adapters, tokenizer files, remote
+# code, prompt, verbalizer and TF-IDF settings. Run records are left out, so that re-evaluating a classifier does not
+# make it another one.
 MODEL_FILE_SUFFIXES = (".json", ".safetensors", ".bin", ".gguf", ".pt", ".pth", ".model", ".py", ".jinja",
                          ".tiktoken", ".txt", ".onnx", ".onnx.data")
 NOT_MODEL_FILES = ("training_args.bin", "trainer_state.json", "all_results.json")
@@ -109,10 +109,11 @@ def _hub_commit(classifier, name: str) -> str | None:
 
 
 def _loaded_fingerprint(classifier) -> str:
-    """sha256 of a loaded classifier's labels, settings and weights (for a classifier that no folder or snapshot names)."""
+    """sha256 of a loaded classifier's labels, settings and weights (for a classifier that no folder or snapshot
+    names)."""
     digest = hashlib.sha256()
-    digest.update(json.dumps([list(classifier.labels), classifier.multi_label, getattr(classifier, "thresholds", None)],
-                             default=str).encode("utf-8"))
+    digest.update(json.dumps([list(classifier.labels), classifier.multi_label,
+                              getattr(classifier, "thresholds", None)], default=str).encode("utf-8"))
     approach = getattr(classifier, "approach", None)
     if approach == "tfidf":
         model = classifier.model

@@ -68,8 +68,8 @@ def _check_approach_of_config(parser, training_arguments_class, argv) -> None:
         if training_arguments_class is mine:
             theirs = sorted((keys - known) & {f.name for f in fields(other)})
             if theirs:
-                raise JobError(f"this config is for the {name} approach ({', '.join(theirs)} are its keys): run it with "
-                               f"`hf-clf train --approach {name}` or recipes/train_{name}.py.")
+                raise JobError(f"this config is for the {name} approach ({', '.join(theirs)} are its keys): run it "
+                               f"with `hf-clf train --approach {name}` or recipes/train_{name}.py.")
 
 
 def parse_config(training_arguments_class, argv: Sequence[str] | None = None, script_class=None, extra_class=None):
@@ -285,12 +285,12 @@ def check_one_data_source(script_args) -> None:
                        'read: to use your files pass --dataset "" (or drop dataset from the config); to use the '
                        "dataset drop the files.")
     if not dataset:  # the options that choose within a dataset choose nothing among files
-        chosen = [f.name for f in fields(script_args) if f.name in ("dataset_config", "train_split", "validation_split",
-                                                                    "test_split", "pool_split")
+        chosen = [f.name for f in fields(script_args)
+                  if f.name in ("dataset_config", "train_split", "validation_split", "test_split", "pool_split")
                   and getattr(script_args, f.name) != f.default]
         if chosen:
-            raise JobError(f"{', '.join(chosen)} choose within a dataset, and this config reads data files: drop them, "
-                           "or give the dataset.")
+            raise JobError(f"{', '.join(chosen)} choose within a dataset, and this config reads data files: drop "
+                           "them, or give the dataset.")
 
 
 def check_bundled_name(key: str, value, known) -> None:
@@ -315,8 +315,8 @@ def _check_cpu_bf16(training_args) -> None:
     import torch
 
     if training_args.bf16 and training_args.use_cpu and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        print("hf-clf: this CPU has no native bf16 (AVX-512), where bf16 autocast runs many times slower than float32: "
-              "training in float32 instead (bf16: false).", file=sys.stderr)
+        print("hf-clf: this CPU has no native bf16 (AVX-512), where bf16 autocast runs many times slower than "
+              "float32: training in float32 instead (bf16: false).", file=sys.stderr)
         training_args.bf16, training_args.mixed_precision = False, "no"
 
 
@@ -324,7 +324,8 @@ def prepare(training_arguments_class, argv=None, approach: str = "last_token"):
     """Everything before a model loads: config, output folder (nothing in it that would load instead of the
     `approach` model this run saves), data and columns."""
     script_args, training_args = parse_config(training_arguments_class, argv)
-    training_args.resume_from_checkpoint = _resume_value(training_args.resume_from_checkpoint, training_args.output_dir)
+    training_args.resume_from_checkpoint = _resume_value(training_args.resume_from_checkpoint,
+                                                         training_args.output_dir)
     check_output_dir(training_args.output_dir, script_args.overwrite_output_dir,
                      _resumes_in(training_args.output_dir, training_args.resume_from_checkpoint))
     if os.path.isdir(training_args.output_dir):  # overwritten or resumed: an old classifier's files must not win

@@ -204,7 +204,8 @@ def name_class_ids(dataset: Dataset, column: str, labels: Sequence[str], space: 
         if isinstance(item, bool) or not isinstance(item, int):
             raise ValueError(f"labels names class ids, but the {split} data's {column!r} holds {item!r}.")
         if not 0 <= item < len(labels):
-            raise ValueError(f"Class id {item} in the {split} data is outside 0..{len(labels) - 1} of labels {labels}.")
+            raise ValueError(f"Class id {item} in the {split} data is outside 0..{len(labels) - 1} of labels "
+                             f"{labels}.")
         return labels[item]
 
     named = [[name(item) for item in value] if isinstance(value, (list, tuple)) else name(value)
@@ -215,9 +216,11 @@ def name_class_ids(dataset: Dataset, column: str, labels: Sequence[str], space: 
 def encode_split(
     dataset: Dataset, label_column: str, space: LabelSpace, *, drop_unknown: bool = False, split: str = "evaluation"
 ) -> tuple[Dataset, list]:
-    """The rows kept (all, unless `drop_unknown` drops rows with labels unseen in training) and their encoded labels."""
+    """The rows kept (all, unless `drop_unknown` drops rows with labels unseen in training) and their encoded
+    labels."""
     encoded, dropped = encode_labels(
-        label_values(dataset, label_column, split), space, drop_unknown=drop_unknown and split != "training", split=split
+        label_values(dataset, label_column, split), space, drop_unknown=drop_unknown and split != "training",
+        split=split
     )
     if dropped and len(dropped) == len(dataset):
         raise ValueError(

@@ -64,8 +64,9 @@ def check_sharding_takes_effect(args) -> None:
         return
     if _fsdp_version(args) != 2:
         raise ValueError(
-            "FSDP1 was asked for on CPU, where accelerate does not apply it: it would train DDP with the whole model in "
-            "every process. Use FSDP2 (`fsdp_version: 2`, as recipes/accelerate/cpu_2proc_fsdp.yaml), or FSDP1 on GPUs."
+            "FSDP1 was asked for on CPU, where accelerate does not apply it: it would train DDP with the whole model "
+            "in every process. Use FSDP2 (`fsdp_version: 2`, as recipes/accelerate/cpu_2proc_fsdp.yaml), or FSDP1 on "
+            "GPUs."
         )
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size < 2:
@@ -78,7 +79,8 @@ def check_sharding_takes_effect(args) -> None:
 def shard_on_cpu(trainer) -> None:
     """After `Trainer.create_accelerator_and_postprocess`: where FSDP2 was asked for and accelerate made the CPU
     workers DDP (`MULTI_CPU`), make them FSDP2 with the plugin the launch described, so that `accelerator.prepare`
-    calls `fully_shard` (the default mesh is every CPU process) and saves gather or shard the state dict as FSDP does."""
+    calls `fully_shard` (the default mesh is every CPU process) and saves gather or shard the state dict as FSDP
+    does."""
     from accelerate.state import AcceleratorState, PartialState
     from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 

@@ -180,7 +180,8 @@ def tokenize_texts(
     does in `classify_texts` and `pipeline()`. `truncation_side="right"` keeps the start of a long text, `"left"` its
     end."""
     if truncation_side not in ("right", "left"):
-        raise ValueError(f"truncation_side must be 'right' (keep the start) or 'left' (keep the end), got {truncation_side!r}.")
+        raise ValueError("truncation_side must be 'right' (keep the start) or 'left' (keep the end), "
+                         f"got {truncation_side!r}.")
     special = tokenizer.num_special_tokens_to_add(pair=False)
     room = max_length - reserve
     if room - special < 1:
@@ -191,7 +192,8 @@ def tokenize_texts(
     lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]]
     truncated = sum(length > room - special for length in lengths)
     if truncated:
-        logger.info("%d of %d texts are longer than %d tokens and were truncated.", truncated, len(texts), room - special)
+        logger.info("%d of %d texts are longer than %d tokens and were truncated.", truncated, len(texts),
+                    room - special)
     side = tokenizer.truncation_side
     tokenizer.truncation_side = truncation_side
     try:

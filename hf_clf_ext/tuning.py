@@ -49,7 +49,8 @@ class TuneArguments:
                   "config; values: {\"choices\": [...]} or {\"low\", \"high\", \"log\"} (integers give an "
                   "integer range)."},
     )
-    tune_seed: int = field(default=0, metadata={"help": "Seed of Optuna's sampler (the trials' training uses `seed`)."})
+    tune_seed: int = field(default=0,
+                           metadata={"help": "Seed of Optuna's sampler (the trials' training uses `seed`)."})
     tune_storage: str | None = field(
         default=None,
         metadata={"help": "A journal file holding the search (Optuna's JournalFileBackend, JSON lines). An existing "
@@ -135,7 +136,8 @@ def suggest(trial, space: dict) -> dict:
         elif isinstance(spec["low"], int) and isinstance(spec["high"], int):
             values[name] = trial.suggest_int(name, spec["low"], spec["high"], log=bool(spec.get("log")))
         else:
-            values[name] = trial.suggest_float(name, float(spec["low"]), float(spec["high"]), log=bool(spec.get("log")))
+            values[name] = trial.suggest_float(name, float(spec["low"]), float(spec["high"]),
+                                               log=bool(spec.get("log")))
     return values
 
 
@@ -338,7 +340,8 @@ def write_results(study, argv: list[str], args, metric: str, direction: str) -> 
         with open(os.path.join(args.output_dir, TRIALS_FILE), "w", encoding="utf-8") as file:
             for trial in trials:
                 file.write(json.dumps({
-                    "trial": trial.number, "state": trial.state.name, "baseline": bool(trial.user_attrs.get("baseline")),
+                    "trial": trial.number, "state": trial.state.name,
+                    "baseline": bool(trial.user_attrs.get("baseline")),
                     "values": trial.params, "built_lora_r": trial.user_attrs.get("built_lora_r"),
                     "mixed_precision": trial.user_attrs.get("mixed_precision"),
                     "scores": trial.user_attrs.get("scores", []), "score": trial.value}) + "\n")

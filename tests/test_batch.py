@@ -96,7 +96,8 @@ def test_a_stopped_run_resumes_at_its_unfinished_chunks(merged, tmp_path):
     assert parts == ["header.json", "part-0000000.jsonl", "part-0000001.jsonl"] and not output.exists()
     Path(f"{output}.parts/part-0000002.jsonl.tmp99").write_text('{"id": 16, "lab')  # a write cut by the crash
     calls.clear()
-    classifier.classify = lambda texts, *args, **kwargs: (calls.append(len(texts)), classify(texts, *args, **kwargs))[1]
+    classifier.classify = lambda texts, *args, **kwargs: (calls.append(len(texts)),
+                                                          classify(texts, *args, **kwargs))[1]
     summary = predict_file(classifier, output, input_file=str(inputs), chunk_size=8, progress=False)
     assert summary["resumed"] == 16 and summary["texts"] == 33
     assert calls == [8, 8, 1]  # the two finished chunks were not classified again

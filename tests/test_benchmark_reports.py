@@ -17,7 +17,8 @@ def test_one_seed_is_reported_without_a_spread_and_several_with_their_sample_std
     assert _cell([{"f1_macro": 0.9691}], "f1_macro", letters) == "0.969"  # not "0.969 ± 0.000": one run has no spread
     rows = [{"f1_macro": value} for value in (0.80, 0.85, 0.90)]
     assert _cell(rows, "f1_macro", letters) == "0.850 ± 0.050"  # ddof=1, as the tables always said
-    assert _cell([{"f1_macro": 0.9}, {"f1_macro": 0.9}], "f1_macro", letters) == "0.900 ± 0.000"  # two seeds that agree
+    # two seeds that agree
+    assert _cell([{"f1_macro": 0.9}, {"f1_macro": 0.9}], "f1_macro", letters) == "0.900 ± 0.000"
 
 
 def test_quality_rows_say_what_their_runs_trained_in(monkeypatch):
@@ -77,8 +78,9 @@ def test_another_backbone_and_config_values_reach_the_instruction_recipe_and_nam
     quality.run(task, ["instruction"], [100], [0], model="bundled:gemma3-270m", overrides="lora_r=16")
     assert given == {"model": "bundled:gemma3-270m", "overrides": "lora_r=16"}
     rows = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
-    assert sorted(quality_report._groups(rows, task)) == [(100, "instruction (generate) (bundled:gemma3-270m) (lora_r=16)"),
-                                                    (100, "instruction (score) (bundled:gemma3-270m) (lora_r=16)")]
+    assert sorted(quality_report._groups(rows, task)) == [
+        (100, "instruction (generate) (bundled:gemma3-270m) (lora_r=16)"),
+        (100, "instruction (score) (bundled:gemma3-270m) (lora_r=16)")]
     with pytest.raises(SystemExit, match="--max-length applies to the last_token method only"):
         quality.run(task, ["instruction"], [100], [0], max_length=64)
 
@@ -110,6 +112,8 @@ def test_distill_report_keeps_runs_on_the_earlier_pool_apart(tmp_path, monkeypat
     today, earlier = (tmp_path / "distill.md").read_text().split("## Earlier runs, on a 1,680-article pool")
     assert "| teacher (main job) | 1 | bf16 autocast | 0.960 |" in today and "- minilm: seed 0: 0.9610\n" in today
     assert "trained in bf16 autocast." in today and "| 1 | - | 0.969 |" in today
-    assert "| 1 | float32 | 0.961 |" in today and "MiniLM student >= 0.98 x the teacher at >= 10x: macro-F1 1.001 x" in today
-    assert "| teacher (main job) | 1 | ? | 0.976 |" in earlier and "| 2 | ? | 0.960 ± 0.014 |" in earlier and "- minilm: seed 0: 0.9500, seed 1: 0.9700" in earlier
+    assert "| 1 | float32 | 0.961 |" in today and \
+        "MiniLM student >= 0.98 x the teacher at >= 10x: macro-F1 1.001 x" in today
+    assert "| teacher (main job) | 1 | ? | 0.976 |" in earlier and "| 2 | ? | 0.960 ± 0.014 |" in earlier and \
+        "- minilm: seed 0: 0.9500, seed 1: 0.9700" in earlier
     assert "0.960 ± 0.014" in earlier and "tfidf" not in earlier

@@ -126,7 +126,8 @@ def test_evaluate_refuses_a_split_the_dataset_does_not_have(tmp_path):
 
 def test_evaluate_reads_class_ids_named_by_labels(tmp_path, classifier_dir, capsys):
     data = tmp_path / "ids.csv"
-    Dataset.from_dict({"text": ["shares rose", "the match", "a film", "markets fell"], "label": [0, 2, 1, 0]}).to_csv(data)
+    Dataset.from_dict({"text": ["shares rose", "the match", "a film", "markets fell"],
+                       "label": [0, 2, 1, 0]}).to_csv(data)
     with pytest.raises(SystemExit, match=r"Label 0 in the test data is a class id.*--labels"):
         cli.main(["evaluate", "--model", str(classifier_dir), "--file", str(data)])
     capsys.readouterr()

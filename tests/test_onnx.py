@@ -150,11 +150,13 @@ def test_the_cli_exports_quantizes_and_predicts(exported, tmp_path):
     assert json.loads(done.stdout.splitlines()[-1])["quantization"] == "int8"
     inputs = tmp_path / "texts.txt"
     inputs.write_text("".join(t.replace("\n", " ") + "\n" for t in MESSY), encoding="utf-8")
-    done = run("predict", "--model", tmp_path / "int8", "--input_file", inputs, "--output_file", tmp_path / "out.jsonl")
+    done = run("predict", "--model", tmp_path / "int8", "--input_file", inputs, "--output_file",
+               tmp_path / "out.jsonl")
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout.splitlines()[-1])["engine"] == "onnxruntime"
     written = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
-    expected = TextClassifier.from_pretrained(exported["single", "int8"]).classify([t.replace("\n", " ") for t in MESSY])
+    expected = TextClassifier.from_pretrained(exported["single", "int8"]).classify([t.replace("\n", " ")
+                                                                                   for t in MESSY])
     np.testing.assert_allclose(probabilities(written), probabilities(expected), atol=1e-6)
     done = run("export", "--model", source, "--output", tmp_path / "stock", "--quantize", "int8")
     assert done.returncode == 1 and "--quantize applies to --format onnx" in done.stderr

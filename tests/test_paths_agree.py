@@ -46,7 +46,8 @@ def table(results, labels) -> np.ndarray:
 
 def plain(folder, texts) -> np.ndarray:
     """Plain transformers: the saved tokenizer (truncating at its saved length) and the Auto class, one text each."""
-    tokenizer, model = AutoTokenizer.from_pretrained(folder), AutoModelForSequenceClassification.from_pretrained(folder)
+    tokenizer, model = (AutoTokenizer.from_pretrained(folder),
+                        AutoModelForSequenceClassification.from_pretrained(folder))
     with torch.no_grad():
         logits = [model(**tokenizer([text], truncation=True, return_tensors="pt")).logits[0] for text in texts]
     return torch.stack(logits).softmax(-1).numpy()

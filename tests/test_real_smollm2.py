@@ -121,7 +121,8 @@ def test_zero_shot_instruction_classification_on_bbc_news(smollm2_dir):
     tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
     model = AutoModelForCausalLM.from_pretrained(smollm2_dir).eval()
     classifier = InstructionClassifier(model, tokenizer, InstructionPrompt(), Verbalizer(names), max_length=256)
-    assert classifier.prompt.use_chat_template and classifier.tokens.stop[0] == tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert classifier.prompt.use_chat_template and \
+        classifier.tokens.stop[0] == tokenizer.convert_tokens_to_ids("<|im_end|>")
     assert any(len(ids) > 1 for ids in classifier.tokens.first), "some BBC labels span several tokens"
     generated = classifier.classify(texts)
     scored = classifier.classify(texts, method="score")

@@ -50,7 +50,8 @@ def test_unknown_config_keys_are_rejected(tmp_path, data_files):
     with pytest.raises(jobs.JobError, match="learning_rat"):
         jobs.prepare(LastTokenConfig, ["--config", str(config)])
     with pytest.raises(jobs.JobError, match="unknown configuration keys.*'colour'"):
-        jobs.prepare(LastTokenConfig, ["--config", str(write_config(tmp_path, NO_SUCH_MODEL, data_files)), "--colour", "red"])
+        jobs.prepare(LastTokenConfig, ["--config", str(write_config(tmp_path, NO_SUCH_MODEL, data_files)),
+                                       "--colour", "red"])
 
 
 def test_missing_required_keys_are_named(tmp_path, data_files, capsys):
@@ -70,9 +71,11 @@ def test_unreadable_data_files_are_rejected(tmp_path, data_files):
     broken = tmp_path / "broken.parquet"
     broken.write_text("this is not parquet")
     with pytest.raises(SystemExit, match="cannot read .*broken.parquet as parquet"):
-        recipe("train_last_token").main(["--config", str(write_config(tmp_path, NO_SUCH_MODEL, dict(data_files, train=broken)))])
+        recipe("train_last_token").main(["--config", str(write_config(tmp_path, NO_SUCH_MODEL,
+                                                                      dict(data_files, train=broken)))])
     with pytest.raises(SystemExit, match="use a .csv, .json, .jsonl or .parquet file"):
-        recipe("train_last_token").main(["--config", str(write_config(tmp_path, NO_SUCH_MODEL, dict(data_files, train=tmp_path / "x.xlsx")))])
+        recipe("train_last_token").main(["--config", str(write_config(tmp_path, NO_SUCH_MODEL,
+                                                                      dict(data_files, train=tmp_path / "x.xlsx")))])
 
 
 def test_a_missing_label_column_is_named(tmp_path, data_files):
@@ -208,18 +211,21 @@ def test_resume_from_checkpoint_reaches_the_trainer(tmp_path, data_files, tiny_l
     original = LastTokenTrainer.train
     monkeypatch.setattr(LastTokenTrainer, "train",
                         lambda self, *a, **k: seen.append(k.get("resume_from_checkpoint")) or original(self, *a, **k))
-    recipe("train_last_token").main(["--config", str(config), "--num_train_epochs", "2", "--resume_from_checkpoint", "true"])
+    recipe("train_last_token").main(["--config", str(config), "--num_train_epochs", "2",
+                                     "--resume_from_checkpoint", "true"])
     assert seen == [True]
 
 
-def test_cli_evaluate_reads_the_requested_split_and_can_drop_unknown_labels(tmp_path, data_files, tiny_lm_dirs, capsys):
+def test_cli_evaluate_reads_the_requested_split_and_can_drop_unknown_labels(tmp_path, data_files, tiny_lm_dirs,
+                                                                            capsys):
     config = write_config(tmp_path, tiny_lm_dirs["llama", "pad"], data_files, num_train_epochs=1)
     recipe("train_last_token").main(["--config", str(config)])
     output = yaml.safe_load(config.read_text())["output_dir"]
     extra = tmp_path / "with_unknown.csv"
     from datasets import Dataset
 
-    Dataset.from_dict({"text": ["market", "gadget", "film"], "label": ["business", "tech", "entertainment"]}).to_csv(extra)
+    Dataset.from_dict({"text": ["market", "gadget", "film"],
+                       "label": ["business", "tech", "entertainment"]}).to_csv(extra)
     capsys.readouterr()
     with pytest.raises(SystemExit, match="labels never seen in training .*--drop_unknown_labels"):
         cli.main(["evaluate", "--model", output, "--file", str(extra)])

@@ -17,7 +17,8 @@ def two_classes(n: int, seed: int, multi_label: bool = False) -> Dataset:
     rng = np.random.default_rng(seed)
     texts, labels = [], []
     for i in range(n):
-        names = [name for name in TWO if rng.random() < 0.5] or [list(TWO)[i % 2]] if multi_label else [list(TWO)[i % 2]]
+        names = ([name for name in TWO if rng.random() < 0.5] or [list(TWO)[i % 2]] if multi_label
+                 else [list(TWO)[i % 2]])
         words = list(rng.choice(["the", "of", "after", "new", "season", "growth"], size=6))
         for name in names:
             words.insert(int(rng.integers(len(words) + 1)), TWO[name])

@@ -205,7 +205,8 @@ def test_the_default_space_holds_the_configs_own_values(tmp_path, data_files):
     assert baseline_values(args, space) == {"learning_rate": 3e-3, "lora_r": 12, "lora_alpha": 16,
                                             "lora_dropout": 0.2, "num_train_epochs": 1.5}
     # The main job's config: the space its search journal holds (benchmarks/results/tune/) is unchanged.
-    _, main = jobs.parse_config(LastTokenConfig, ["--config", str(ROOT / "recipes" / "configs" / "smollm2_135m_bbc_last_token.yaml")])
+    _, main = jobs.parse_config(LastTokenConfig,
+                                ["--config", str(ROOT / "recipes" / "configs" / "smollm2_135m_bbc_last_token.yaml")])
     assert default_space(main) == {
         "learning_rate": {"low": 1e-5, "high": 1e-3, "log": True},
         "head_learning_rate": {"low": 1e-4, "high": 1e-2, "log": True},

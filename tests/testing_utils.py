@@ -147,7 +147,8 @@ def wordpiece_tokenizer() -> PreTrainedTokenizerFast:
     )
     raw.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     raw.decoder = decoders.WordPiece()
-    extra = "Text: good film\nLabel: positive pos positive-ish négatif 日本 🙂 very good not bad at all ab ba é日 a-b ; , |"
+    extra = ("Text: good film\nLabel: positive pos positive-ish négatif 日本 🙂 very good not bad at all ab ba é日 "
+             "a-b ; , |")
     words = [extra, *(c * n for c in ALPHABET for n in (1, 2, 3)), *(a + b for a in ALPHABET for b in ALPHABET)]
     trainer = trainers.WordPieceTrainer(vocab_size=600, special_tokens=["[PAD]", "[UNK]", "[EOS]"])
     raw.train_from_iterator(_corpus() + words * 3, trainer=trainer)

@@ -170,7 +170,8 @@ def _template_variables(facts: CardFacts, plots: list[dict]) -> dict:
         "adaptation": facts.adaptation,
         "task_kind": "multi-label" if facts.multi_label else "single-label",
         "labels": [
-            {"name": name, "count": int(counts[i]), "example": examples.get(i, "(none)")} for i, name in enumerate(names)
+            {"name": name, "count": int(counts[i]), "example": examples.get(i, "(none)")}
+            for i, name in enumerate(names)
         ],
         "metrics": metric_rows(evaluation.metrics) if evaluation is not None else [],
         "eval_rows": len(evaluation.references) if evaluation is not None else 0,
@@ -184,7 +185,9 @@ def _template_variables(facts: CardFacts, plots: list[dict]) -> dict:
                 "name": split,
                 "rows": len(lengths),
                 "lengths": f"{min(lengths)} / {int(np.median(lengths))} / {max(lengths)}" if lengths else "-",
-                "truncated": (facts.split_truncated or {}).get(split, sum(length >= facts.max_length for length in lengths)),
+                "truncated": (facts.split_truncated or {}).get(
+                    split, sum(length >= facts.max_length for length in lengths)
+                ),
             }
             for split, lengths in facts.split_lengths.items()
         ],
@@ -328,7 +331,8 @@ def onnx_card(facts: dict, folder: str | os.PathLike) -> str:
     folder = str(folder)
     multi_label = facts["activation"] == "sigmoid"
     data = ModelCardData(library_name="onnx", pipeline_tag="text-classification",
-                         tags=["text-classification", "onnx", "hf-clf-ext", *(["int8"] if facts["quantization"] else [])])
+                         tags=["text-classification", "onnx", "hf-clf-ext",
+                               *(["int8"] if facts["quantization"] else [])])
     card = ModelCard.from_template(
         data, template_path=str(template_path("onnx")), model_name=os.path.basename(os.path.normpath(folder)),
         folder=folder, exported_from=facts["exported_from"],

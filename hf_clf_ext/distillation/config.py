@@ -74,8 +74,8 @@ class DistillationConfig(LastTokenConfig):
     )
     gold_weight: float = field(
         default=0.5,
-        metadata={"help": "On rows with a gold label: loss = gold_weight * CE(gold) + (1 - gold_weight) * KL(teacher). "
-                  "Pool rows have the KL term alone."},
+        metadata={"help": "On rows with a gold label: loss = gold_weight * CE(gold) + (1 - gold_weight) * "
+                  "KL(teacher). Pool rows have the KL term alone."},
     )
     include_gold: bool = field(default=True, metadata={"help": "Train the student on the gold rows too."})
 
@@ -106,9 +106,9 @@ class DistillationConfig(LastTokenConfig):
                                                          ("label_smoothing_factor", self.label_smoothing_factor, 0.0))
                         if value != plain]
         if changed_loss:
-            raise ValueError(f"{', '.join(changed_loss)} cannot take effect on a student: it learns the distillation "
-                             "loss (KL to the teacher at distill_temperature, plus gold_weight x cross-entropy on gold "
-                             "rows). Leave them at their defaults.")
+            raise ValueError(f"{', '.join(changed_loss)} cannot take effect on a student: it learns the "
+                             "distillation loss (KL to the teacher at distill_temperature, plus gold_weight x "
+                             "cross-entropy on gold rows). Leave them at their defaults.")
         if self.quantization != "none" and (self.student_type != "last_token" or self.student_layers is not None):
             where = "a decoder cut to student_layers (built in full precision from the checkpoint's first layers)" \
                 if self.student_type == "last_token" else f"a {self.student_type!r} student"
@@ -137,7 +137,8 @@ class DistillationConfig(LastTokenConfig):
                              f"{os.path.join(self.teacher_labels_file, 'teacher_labels.jsonl')}.")
         super().__post_init__()  # finite numbers first
         if self.student_type != "tfidf":
-            tfidf = [f.name for f in fields(self) if f.name.startswith("tfidf_") and getattr(self, f.name) != f.default]
+            tfidf = [f.name for f in fields(self)
+                     if f.name.startswith("tfidf_") and getattr(self, f.name) != f.default]
             if tfidf:
                 raise ValueError(f"{', '.join(tfidf)} apply to a 'tfidf' student only, not to a {self.student_type!r} "
                                  "student.")

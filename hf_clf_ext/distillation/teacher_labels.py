@@ -40,8 +40,9 @@ def check_pool_texts(texts: Sequence, max_chars: int = DEFAULT_MAX_CHARS, what: 
     if long:
         shown = ", ".join(f"row {i} ({len(texts[i]):,} characters)" for i in long[:10])
         raise ValueError(
-            f"The {what} has {len(long)} text{'s' * (len(long) > 1)} over {max_chars:,} characters: {shown}. Fix or drop them, or raise "
-            "max_pool_chars if they are real texts (the teacher reads only their first max_length tokens)."
+            f"The {what} has {len(long)} text{'s' * (len(long) > 1)} over {max_chars:,} characters: {shown}. "
+            "Fix or drop them, or raise max_pool_chars if they are real texts (the teacher reads only their first "
+            "max_length tokens)."
         )
     return texts
 
@@ -71,7 +72,8 @@ def label_pool(
     if not teacher.gives_probabilities(method):
         raise ValueError(f"The teacher's method {method!r} names labels without probabilities; use method='score'.")
     names = list(teacher.labels)
-    header = {"teacher": getattr(teacher, "name_or_path", None), "teacher_fingerprint": classifier_fingerprint(teacher),
+    header = {"teacher": getattr(teacher, "name_or_path", None),
+              "teacher_fingerprint": classifier_fingerprint(teacher),
               "labels": names, "multi_label": teacher.multi_label, "method": method or teacher.methods[0],
               "texts": len(texts), "fingerprint": fingerprint(texts), **engine_facts(teacher)}
     done = _read(path, header) if path is not None and os.path.exists(path) else {}  # a file of an earlier version

@@ -83,7 +83,8 @@ class TfidfClassifier:
                 positive, negative = targets[:, j] * weight, (1 - targets[:, j]) * weight
                 if balanced and positive.sum() > 0 and negative.sum() > 0:
                     total = positive.sum() + negative.sum()
-                    positive, negative = positive * total / (2 * positive.sum()), negative * total / (2 * negative.sum())
+                    positive, negative = (positive * total / (2 * positive.sum()),
+                                          negative * total / (2 * negative.sum()))
                 model = LogisticRegression(C=C, max_iter=5000, random_state=seed)
                 model.fit(stacked, outcome, sample_weight=np.r_[positive, negative] + 1e-12)
                 coef[j], intercept[j] = model.coef_[0], model.intercept_[0]

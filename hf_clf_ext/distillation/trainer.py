@@ -160,8 +160,9 @@ def truncated_backbone(name_or_path: str, layers: int, **from_pretrained_kwargs)
     """A causal LM keeping only its first `layers` decoder layers (their weights loaded, the rest never built): the
     student runs in every engine its architecture runs in. A weight missing from the checkpoint, or any unexpected
     one but those of the dropped layers, is an error."""
-    config_kwargs = {key: from_pretrained_kwargs[key] for key in ("revision", "token", "cache_dir", "trust_remote_code",
-                                                                   "local_files_only") if key in from_pretrained_kwargs}
+    config_kwargs = {key: from_pretrained_kwargs[key]
+                     for key in ("revision", "token", "cache_dir", "trust_remote_code", "local_files_only")
+                     if key in from_pretrained_kwargs}
     config = AutoConfig.from_pretrained(name_or_path, **config_kwargs)
     text = config.get_text_config()
     total = text.num_hidden_layers
@@ -209,7 +210,7 @@ def agreement(student: np.ndarray, teacher: np.ndarray) -> float:
     return float(same.mean())
 
 
-# --- TF-IDF and stock students ----------------------------------------------------------------------------------------
+# --- TF-IDF and stock students ---------------------------------------------------------------------------------------
 
 
 def fit_tfidf_student(args, space: LabelSpace, texts, targets, validation=None) -> TfidfClassifier:
@@ -336,7 +337,7 @@ def write_student_card(output_dir: str, *, student: str, space: LabelSpace, dist
     write_model_card(facts, output_dir, template="distilled")
 
 
-# --- the run ------------------------------------------------------------------------------------------------------------
+# --- the run ---------------------------------------------------------------------------------------------------------
 
 
 def run_distillation(args, splits, pool_texts: list[str], model: str | None, model_kwargs: dict,
@@ -361,7 +362,8 @@ def run_distillation(args, splits, pool_texts: list[str], model: str | None, mod
             return None
         rows, encoded = encode_split(splits[name], args.label_column, space, split=name if name != "train" else
                                      "training", drop_unknown=args.drop_unknown_labels)
-        return build_texts(rows, args.text_columns, args.text_template, name), encoded, label_values(rows, args.label_column)
+        return (build_texts(rows, args.text_columns, args.text_template, name), encoded,
+                label_values(rows, args.label_column))
 
     train, validation, test = gold("train"), gold("validation"), gold("test")
     gold_texts = train[0] if train is not None and args.include_gold else []
@@ -390,7 +392,8 @@ def run_distillation(args, splits, pool_texts: list[str], model: str | None, mod
     if test is not None:
         teacher_results = results_from_probabilities(test_p, space.names, space.multi_label, thresholds,
                                                      at_least_one=at_least_one)
-        teacher_metrics = metrics_from_results(teacher_results, np.asarray(test[1]), space.problem_type, space.id2label)
+        teacher_metrics = metrics_from_results(teacher_results, np.asarray(test[1]), space.problem_type,
+                                               space.id2label)
         results.update({f"teacher_test_{key}": value for key, value in teacher_metrics.items()})
         teacher_test = np.asarray(encode_labels([r["labels"] if space.multi_label else r["label"]
                                                  for r in teacher_results], space)[0])
@@ -462,7 +465,8 @@ def run_distillation(args, splits, pool_texts: list[str], model: str | None, mod
         results.update({f"test_{key}": value for key, value in metrics.items()})
         named = named_from_results(student_results, space.names)
         results["test_agreement"] = agreement(named if space.multi_label else named.argmax(axis=1), teacher_test)
-        distillation.update(test_agreement=results["test_agreement"], student_test_f1_macro=results.get("test_f1_macro"))
+        distillation.update(test_agreement=results["test_agreement"],
+                            student_test_f1_macro=results.get("test_f1_macro"))
     write_student_card(args.output_dir, student=args.student_type if model is None else model, space=space,
                        distillation=distillation, train_texts=train_texts,
                        train_labels=train_encoded,

@@ -60,7 +60,8 @@ class OnnxRuntimeEngine:
         available = onnxruntime.get_available_providers()
         self.session = onnxruntime.InferenceSession(
             os.path.join(folder, ONNX_FILE), options,
-            providers=list(providers or [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]))
+            providers=list(providers or [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
+                                         if p in available]))
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         self.tokenizer.padding_side = self.facts["padding_side"]
         self.labels = list(self.facts["labels"])

@@ -72,7 +72,8 @@ class VllmEngine:
         if approach not in ("last_token", "stock"):
             raise ValueError(f"engine='vllm' serves last-token classifiers and their stock exports; {name_or_path} "
                              f"is {'an' if approach == 'instruction' else 'a'} {approach} classifier (an instruction "
-                             "classifier's export generates in vLLM by itself: hf-clf export, then LLM(...).generate).")
+                             "classifier's export generates in vLLM by itself: hf-clf export, then "
+                             "LLM(...).generate).")
         self._scratch = tempfile.mkdtemp(prefix="hf_clf_ext_vllm_")  # the export, if any, and the worker's log
         self._finalizer = weakref.finalize(self, _stop, self._state, self._scratch)
         if approach == "last_token":

@@ -68,7 +68,8 @@ class InstructionPrompt:
             raise ValueError(f"The prompt template has no {{text}} placeholder: {self.template!r}.")
         unknown = fields - TEMPLATE_FIELDS
         if unknown:
-            raise ValueError(f"The prompt template uses unknown placeholders {sorted(unknown)}; known: {sorted(TEMPLATE_FIELDS)}.")
+            raise ValueError(f"The prompt template uses unknown placeholders {sorted(unknown)}; "
+                             f"known: {sorted(TEMPLATE_FIELDS)}.")
 
     def render(self, tokenizer, verbalizer: Verbalizer, text: str) -> str:
         """The full prompt string, ending exactly where the answer starts."""
@@ -104,7 +105,8 @@ class InstructionPrompt:
         system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         return system + [{"role": "user", "content": content}]
 
-    def encode(self, tokenizer, verbalizer: Verbalizer, text: str, max_length: int | None, answer_length: int) -> list[int]:
+    def encode(self, tokenizer, verbalizer: Verbalizer, text: str, max_length: int | None,
+               answer_length: int) -> list[int]:
         """Prompt token ids, with `text` cut (never the instructions, never the answer) so that the prompt plus an
         answer of `answer_length` tokens fit in `max_length`."""
         if not isinstance(text, str) or not normalize_text(text):
@@ -190,7 +192,8 @@ class InstructionClassifier:
             probabilities = score_labels(
                 self.model, prompts, self.tokens, pad_token_id=self.tokenizer.pad_token_id, batch_size=batch_size
             )
-            # Decoding names at least one label: so does scoring, the most probable one when none reaches its threshold.
+            # Decoding names at least one label: so does scoring, the most probable one when none reaches its
+            # threshold.
             results = results_from_probabilities(probabilities, names, self.tokens.multi_label,
                                                  self.decision_thresholds, at_least_one=True)
         else:

@@ -16,8 +16,8 @@ from .classifier import METHODS as EVAL_METHODS
 class InstructionConfig(DataArguments, QuantizationArguments, LoraArguments, SavingArguments, SFTConfig):
     r"""
     Arguments of [`InstructionTrainer`][hf_clf_ext.instruction.trainer.InstructionTrainer]. Every `SFTConfig`
-    field applies; the defaults follow the paper (LoRA r=64 on all projections, paged AdamW 32-bit, cosine schedule, 5 epochs, effective batch 8). `max_length` bounds
-    prompt + answer: texts are cut, answers never.
+    field applies; the defaults follow the paper (LoRA r=64 on all projections, paged AdamW 32-bit, cosine schedule, 5
+    epochs, effective batch 8). `max_length` bounds prompt + answer: texts are cut, answers never.
     """
 
     # --- Prompt and verbalizer --------------------------------------------------------------------------------------

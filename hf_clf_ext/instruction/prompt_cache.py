@@ -60,7 +60,8 @@ class SharedPrefix:
         rest = [list(ids[start:]) for ids in prompts]
         width = max(len(ids) for ids in rest)
         input_ids = [[pad_token_id] * (width - len(ids)) + ids for ids in rest]
-        mask = torch.tensor([[1] * start + [0] * (width - len(ids)) + [1] * len(ids) for ids in rest], device=self.device)
+        mask = torch.tensor([[1] * start + [0] * (width - len(ids)) + [1] * len(ids) for ids in rest],
+                            device=self.device)
         inputs = {"input_ids": torch.tensor(input_ids, device=self.device), "attention_mask": mask,
                   "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)[:, start:]}
         if self.cache is not None:

@@ -158,7 +158,8 @@ class InstructionTrainer(ClassifierTrainerMixin, SFTTrainer):
                 )
             answer = self.verbalizer.answer_ids(tokens, ids)
             # Room for the longest answer, as at inference, so texts are cut the same way in both.
-            prompt = self.prompt.encode(tokenizer, self.verbalizer, text, args.max_length, self.classifier.max_answer_length)
+            prompt = self.prompt.encode(tokenizer, self.verbalizer, text, args.max_length,
+                                        self.classifier.max_answer_length)
             rows["input_ids"].append(prompt + answer)
             rows["labels"].append([IGNORE_INDEX] * len(prompt) + answer)
             label_ids.append(ids)
@@ -220,8 +221,10 @@ class InstructionTrainer(ClassifierTrainerMixin, SFTTrainer):
         self._metrics[mode]["entropy"].append((entropy / valid).item() if valid > 0 else 0.0)
         self._metrics[mode]["mean_token_accuracy"].append((correct / valid).item() if valid > 0 else 0.0)
         if mode == "train":
-            self._total_train_tokens += gather(inputs["attention_mask"].sum()).sum().item() if "attention_mask" in inputs \
+            self._total_train_tokens += (
+                gather(inputs["attention_mask"].sum()).sum().item() if "attention_mask" in inputs
                 else gather(torch.tensor(inputs["input_ids"].numel(), device=inputs["input_ids"].device)).sum().item()
+            )
         self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
 
     # --- classification and evaluation -------------------------------------------------------------------------------
@@ -273,7 +276,8 @@ class InstructionTrainer(ClassifierTrainerMixin, SFTTrainer):
 
     def classification_metrics(self, texts, label_ids, methods: Sequence[str] | None = None) -> dict[str, float]:
         """Metrics of each classification method on `texts` (F1, accuracy; ECE and Brier for label scoring), keyed
-        `<metric>_<method>` (the method a suffix, as in `f1_macro_generate`), plus each method's examples per second."""
+        `<metric>_<method>` (the method a suffix, as in `f1_macro_generate`), plus each method's examples per
+        second."""
         return self._evaluate_texts(texts, label_ids, methods=methods)[0]
 
     def _evaluation_facts(self, dataset: Dataset, split: str) -> tuple[EvaluationFacts, dict]:
@@ -340,7 +344,8 @@ class InstructionTrainer(ClassifierTrainerMixin, SFTTrainer):
             hot[row, ids] = 1
         return hot
 
-    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"):
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                        metric_key_prefix="eval"):
         """The evaluation loss, plus classification metrics on the evaluation texts (so that logging, callbacks and
         best-model selection all see e.g. `eval_f1_macro_generate`)."""
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)

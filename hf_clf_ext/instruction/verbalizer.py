@@ -62,7 +62,8 @@ class Verbalizer:
             raise ValueError("The label set is empty: a verbalizer needs at least one label.")
         if len(set(self.labels)) != len(self.labels):
             raise ValueError(f"Duplicate labels: {self.labels}.")
-        odd = {key: text for key, text in self.label_texts.items() if not isinstance(key, str) or not isinstance(text, str)}
+        odd = {key: text for key, text in self.label_texts.items()
+               if not isinstance(key, str) or not isinstance(text, str)}
         if odd:
             raise ValueError(
                 f"label_texts maps label names (strings) to answer texts (strings); got {odd!r}. The labels are "

@@ -25,7 +25,11 @@ def check_decoder_only(config: PreTrainedConfig) -> None:
     is_causal = model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or "AutoModelForCausalLM" in (
         getattr(config, "auto_map", None) or {}
     )
-    if getattr(config, "is_encoder_decoder", False) or model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES or not is_causal:
+    if (
+        getattr(config, "is_encoder_decoder", False)
+        or model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+        or not is_causal
+    ):
         raise ValueError(
             f"The backbone must be a decoder-only causal language model (Llama, Qwen2/3, Mistral, Gemma 3, SmolLM, "
             f"...); got model_type={model_type!r}, which is "
@@ -146,9 +150,13 @@ class LastTokenClassifierConfig(PreTrainedConfig):
             self.decision_thresholds = [float(t) for t in self.decision_thresholds]
             if self.problem_type != "multi_label_classification":
                 raise ValueError("decision_thresholds apply to multi-label classification only.")
-            if len(self.decision_thresholds) != self.num_labels or not all(0 < t < 1 for t in self.decision_thresholds):
+            if (
+                len(self.decision_thresholds) != self.num_labels
+                or not all(0 < t < 1 for t in self.decision_thresholds)
+            ):
                 raise ValueError(
-                    f"decision_thresholds must hold {self.num_labels} values in (0, 1), got {self.decision_thresholds}."
+                    f"decision_thresholds must hold {self.num_labels} values in (0, 1), "
+                    f"got {self.decision_thresholds}."
                 )
         if self.suffix_token_ids is not None:
             self.suffix_token_ids = [int(i) for i in self.suffix_token_ids] or None

@@ -19,9 +19,9 @@ def classify_texts(model, tokenizer, texts: Sequence[str], *, batch_size: int = 
     Texts are tokenized once, truncated to `tokenizer.model_max_length` (the trainer sets it to the training
     length minus the pooling suffix), and run longest first in batches of similar length, so little compute goes to
     padding. `compile=True` runs them through the model's `torch.compile`d forward over bucketed shapes (see
-    `hf_clf_ext.last_token.compiled`); `None` compiles where that pays (long jobs on hardware where it was measured to help).
-    Returns, in input order, `{"label", "score", "probabilities"}` (single-label) or `{"labels", "probabilities"}`
-    (multi-label, using the config's tuned `decision_thresholds`, else 0.5).
+    `hf_clf_ext.last_token.compiled`); `None` compiles where that pays (long jobs on hardware where it was measured to
+    help). Returns, in input order, `{"label", "score", "probabilities"}` (single-label) or
+    `{"labels", "probabilities"}` (multi-label, using the config's tuned `decision_thresholds`, else 0.5).
     """
     texts = check_texts(texts)  # normalised as training normalised them
     check_batch_size(batch_size)

@@ -43,7 +43,8 @@ HEAD_MODULE = "score"
 _HEAD_FROM_ADAPTER = contextvars.ContextVar("head_from_adapter", default=False)
 _HEAD_PATTERN = rf"^{HEAD_MODULE}\."
 # Set by `from_pretrained` on quantized models; a wrapped backbone keeps its quantization state through these.
-_QUANTIZATION_ATTRIBUTES = ("hf_quantizer", "is_quantized", "quantization_method", "is_loaded_in_4bit", "is_loaded_in_8bit")
+_QUANTIZATION_ATTRIBUTES = ("hf_quantizer", "is_quantized", "quantization_method", "is_loaded_in_4bit",
+                            "is_loaded_in_8bit")
 
 
 def pool_hidden_states(hidden_states: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
@@ -362,7 +363,9 @@ class LastTokenClassifierForSequenceClassification(LastTokenClassifierPreTrained
         order = torch.where(real, first + slots - (width - length), pad_slot)
         suffix = torch.tensor(self.config.suffix_token_ids, dtype=torch.long, device=attention_mask.device)
         suffix = suffix.expand(attention_mask.shape[0], -1)
-        attention_mask = torch.cat([attention_mask.gather(1, order), torch.ones_like(suffix, dtype=attention_mask.dtype)], 1)
+        attention_mask = torch.cat(
+            [attention_mask.gather(1, order), torch.ones_like(suffix, dtype=attention_mask.dtype)], 1
+        )
         if input_ids is not None:
             return torch.cat([input_ids.gather(1, order), suffix], 1), None, attention_mask
         gathered = inputs_embeds.gather(1, order.unsqueeze(-1).expand(-1, -1, inputs_embeds.shape[-1]))
@@ -371,7 +374,9 @@ class LastTokenClassifierForSequenceClassification(LastTokenClassifierPreTrained
 
     def _check_inputs(self, inputs, attention_mask):
         if inputs.shape[0] == 0 or inputs.shape[1] == 0:
-            raise ValueError(f"Empty batch: got inputs of shape {tuple(inputs.shape[:2])}; there is nothing to classify.")
+            raise ValueError(
+                f"Empty batch: got inputs of shape {tuple(inputs.shape[:2])}; there is nothing to classify."
+            )
         if attention_mask is None:
             attention_mask = torch.ones(inputs.shape[:2], dtype=torch.long)
         empty_rows = (attention_mask.sum(dim=-1) == 0).nonzero().flatten().tolist()

@@ -16,7 +16,8 @@ import torch
 from accelerate.utils import gather_object
 from datasets import Dataset
 from peft import PeftConfig, PeftModel
-from transformers import DataCollatorWithPadding, EarlyStoppingCallback, PreTrainedModel, PreTrainedTokenizerBase, Trainer
+from transformers import (DataCollatorWithPadding, EarlyStoppingCallback, PreTrainedModel, PreTrainedTokenizerBase,
+                          Trainer)
 from transformers.dynamic_module_utils import custom_object_save
 from transformers.trainer import TRAINING_ARGS_NAME
 
@@ -41,7 +42,8 @@ logger = logging.getLogger(__name__)
 
 class LastTokenTrainer(ClassifierTrainerMixin, Trainer):
     """Fine-tunes a [`LastTokenClassifierForSequenceClassification`]
-    [hf_clf_ext.last_token.modeling_last_token.LastTokenClassifierForSequenceClassification] on raw rows of text and labels.
+    [hf_clf_ext.last_token.modeling_last_token.LastTokenClassifierForSequenceClassification] on raw rows of text
+    and labels.
 
     Args:
         model: a causal-LM name/path (built with `from_backbone`, quantized as `args.quantization` says) or a model
@@ -84,7 +86,8 @@ class LastTokenTrainer(ClassifierTrainerMixin, Trainer):
                              "Dataset (a stream, an IterableDataset, trains only).")
         self._setup(model, args, train_dataset, labels, model_init_kwargs)
         if eval_dataset is None and args.eval_strategy != "no":
-            logger.warning("No eval_dataset: evaluation, early stopping, best-model selection and calibration are off.")
+            logger.warning("No eval_dataset: evaluation, early stopping, best-model selection and calibration are "
+                           "off.")
             args = dataclasses.replace(args, eval_strategy="no", load_best_model_at_end=False, calibrate=False)
         tokenizer = processing_class or load_tokenizer(model, model_init_kwargs.get("gguf_file"))
 
@@ -104,8 +107,8 @@ class LastTokenTrainer(ClassifierTrainerMixin, Trainer):
         reserve = len(classifier.config.suffix_token_ids or [])
         # `pipeline(..., truncation=True)` then cuts texts exactly as training did.
         set_truncation(tokenizer, args.max_length - reserve, args.truncation_side)
-        # Texts are stripped before tokenizing (data.build_texts, texts.check_texts); the saved tokenizer strips too, so
-        # plain transformers users (`pipeline()`, AutoTokenizer) of the model see the same tokens.
+        # Texts are stripped before tokenizing (data.build_texts, texts.check_texts); the saved tokenizer strips too,
+        # so plain transformers users (`pipeline()`, AutoTokenizer) of the model see the same tokens.
         add_strip_normalizer(tokenizer)
 
         self.truncated: dict[str, int] = {}  # rows cut to max_length, per split (for the model card)
@@ -378,7 +381,8 @@ class LastTokenTrainer(ClassifierTrainerMixin, Trainer):
         )
         detail = ""
         if adaptation.quantization == "4bit" and args.quantization == "4bit":
-            detail = f"NF4, double quantization {args.bnb_4bit_use_double_quant}, compute {args.bnb_4bit_compute_dtype}"
+            detail = (f"NF4, double quantization {args.bnb_4bit_use_double_quant}, "
+                      f"compute {args.bnb_4bit_compute_dtype}")
         return dict(
             base_model=self._base_model_id or config.text_config.name_or_path or classifier.name_or_path,
             train_labels=self.train_dataset["labels"] if streamed is None else (),
@@ -461,8 +465,8 @@ class LastTokenTrainer(ClassifierTrainerMixin, Trainer):
             super()._save(output_dir, state_dict)
         elif self.args.merge_adapter or self._hub_base is None:
             if not self.args.merge_adapter:
-                logger.info("The backbone was loaded from a local folder or GGUF file, which an adapter could not name "
-                            "as its base on another machine: saving the merged model.")
+                logger.info("The backbone was loaded from a local folder or GGUF file, which an adapter could not "
+                            "name as its base on another machine: saving the merged model.")
             return self.save_merged(output_dir, state_dict)
         else:
             self.model.save_pretrained(os.path.join(output_dir, ADAPTER_SUBFOLDER), state_dict=state_dict)

@@ -1,4 +1,5 @@
-"""Fine-tune a causal LM into a last-token classifier (the embedding-based approach); see recipes/train_last_token.py."""
+"""Fine-tune a causal LM into a last-token classifier (the embedding-based approach); see
+recipes/train_last_token.py."""
 
 from .. import jobs
 from ..last_token.config import LastTokenConfig

@@ -93,7 +93,8 @@ def test_tfidf_student_through_the_cli(tmp_path, teacher, capsys):
     student = TextClassifier.from_pretrained(output)  # the one loader
     assert student.approach == "tfidf" and student.labels == TextClassifier.from_pretrained(teacher["path"]).labels
     card = (output / "README.md").read_text()
-    assert "## Distillation" in card and "Agreement with the teacher (test)" in card and "| Unlabelled pool | 96 texts |" in card
+    assert "## Distillation" in card and "Agreement with the teacher (test)" in card and \
+        "| Unlabelled pool | 96 texts |" in card
     assert "library_name: sklearn" in card
     assert cli.main(["evaluate", "--model", str(output), "--file", str(teacher["files"]["test"])]) == 0
     evaluated = json.loads(capsys.readouterr().out)
@@ -329,7 +330,8 @@ def test_truncated_backbone_keeps_the_first_layers_weights(tiny_lm_dirs, family)
         after_first_layer = full(ids, output_hidden_states=True).hidden_states[1]
         expected = full.lm_head(final_norm(after_first_layer))
         got = cut.eval()(ids).logits
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)  # the first layer's weights, the same norm and head
+    # the first layer's weights, the same norm and head
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="has 2 decoder layers"):
         truncated_backbone(str(path), 3)
 

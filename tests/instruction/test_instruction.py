@@ -140,7 +140,8 @@ def test_classify_runs_under_the_training_mixed_precision(llama_dir, tokenizer, 
 def test_evaluation_reports_classification_metrics(llama_dir, tokenizer, tmp_path):
     trainer = recipe(llama_dir, tokenizer, tmp_path, use_peft=False, num_train_epochs=1)
     metrics = trainer.evaluate()
-    for key in ("eval_loss", "eval_f1_macro_generate", "eval_accuracy_generate", "eval_f1_macro_score", "eval_ece_score"):
+    for key in ("eval_loss", "eval_f1_macro_generate", "eval_accuracy_generate", "eval_f1_macro_score",
+                "eval_ece_score"):
         assert key in metrics, sorted(metrics)
 
 
@@ -354,7 +355,8 @@ def test_score_labels_matches_a_brute_force_forward(tiny_lm_dirs, tokenizer, fam
     stops = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<unk>")]  # e.g. end-of-turn and eos
     tokens = verbalizer.label_tokens(tokenizer, "Label:", lead=" ", stop_ids=stops)
     assert max(len(ids) for ids in tokens.first) > 3
-    texts = ["Text: good film\nLabel:", "Text: the striker scored twice in the final match\nLabel:", "Text: ok\nLabel:"]
+    texts = ["Text: good film\nLabel:", "Text: the striker scored twice in the final match\nLabel:",
+             "Text: ok\nLabel:"]
     if family == "gemma3":  # past the tiny Gemma's 8-token window: one prompt, as left pads count as window slots
         texts = ["Text: ok\nLabel:"]
     prompts = [tokenizer(text).input_ids for text in texts]
@@ -372,7 +374,8 @@ def test_labels_with_distinct_first_tokens_cost_one_pass(tiny_lm_dirs, tokenizer
     model = AutoModelForCausalLM.from_pretrained(tiny_lm_dirs["llama", "pad"]).eval()
     tokens = LabelTokens(first=((40,), (41,), (42,)), after_delimiter=(), delimiter=(), stop=(2, 3), multi_label=False,
                          max_labels=None)
-    prompts = [tokenizer("Text: good film\nLabel:").input_ids, tokenizer("Text: a long match report\nLabel:").input_ids]
+    prompts = [tokenizer("Text: good film\nLabel:").input_ids,
+               tokenizer("Text: a long match report\nLabel:").input_ids]
     calls = []
     hook = model.register_forward_hook(lambda module, args, kwargs, output: calls.append(kwargs["input_ids"].shape),
                                        with_kwargs=True)
@@ -397,7 +400,8 @@ def test_card_with_constrained_decoding_only(llama_dir, tokenizer, tmp_path):
 def test_fully_fine_tuned_model_saves_and_loads(llama_dir, tokenizer, tmp_path):
     trainer = recipe(llama_dir, tokenizer, tmp_path, use_peft=False, num_train_epochs=1)
     trainer.save_model(str(tmp_path / "full"))
-    assert (tmp_path / "full" / "model.safetensors").exists() and not (tmp_path / "full" / "adapter_config.json").exists()
+    assert (tmp_path / "full" / "model.safetensors").exists() and \
+        not (tmp_path / "full" / "adapter_config.json").exists()
     loaded = InstructionClassifier.from_pretrained(tmp_path / "full")
     texts = list(synthetic(5, seed=8)["text"])
     assert loaded.classify(texts) == trainer.classify(texts)
@@ -454,7 +458,8 @@ def test_many_labels_are_scored_without_repeating_the_prompt_cache(tiny_lm_dirs,
     model = AutoModelForCausalLM.from_pretrained(tiny_lm_dirs["llama", "pad"]).eval()
     verbalizer = Verbalizer([f"topic number {i}" for i in range(60)])
     tokens = verbalizer.label_tokens(tokenizer, "Label:", lead=" ")
-    prompts = [tokenizer("Text: good film\nLabel:").input_ids, tokenizer("Text: a long match report\nLabel:").input_ids]
+    prompts = [tokenizer("Text: good film\nLabel:").input_ids,
+               tokenizer("Text: a long match report\nLabel:").input_ids]
     rows = []
     hook = model.register_forward_hook(lambda module, args, kwargs, output: rows.append(kwargs["input_ids"].shape[0]),
                                        with_kwargs=True)

@@ -344,7 +344,8 @@ def test_new_generation_one_token_longer_than_the_last_step(bpe):
     )
     check_answers(v, t, second, bpe)
     # The same prompts again, whatever the previous generation's length.
-    third = drive(proc, t, rows=2, vocab=vocab, seed=2, sample=False, pad_id=pad, prompt_lengths=(proc._last_length + 1,))
+    third = drive(proc, t, rows=2, vocab=vocab, seed=2, sample=False, pad_id=pad,
+                  prompt_lengths=(proc._last_length + 1,))
     check_answers(v, t, third, bpe)
 
 
@@ -358,7 +359,8 @@ def test_label_followed_by_a_stop_token_inside_another_label_is_refused(bpe):
     # Token ids made by hand, past the verbalizer's check, meet the processor's.
     t = LabelTokens(first=t.first, after_delimiter=(), delimiter=(), stop=(bpe.eos_token_id, next_token),
                     multi_label=False, max_labels=None)
-    with pytest.raises(ValueError, match=f"Label 0 is a prefix of another label followed by the stop token {next_token}"):
+    with pytest.raises(ValueError,
+                       match=f"Label 0 is a prefix of another label followed by the stop token {next_token}"):
         VerbalizerLogitsProcessor(t)
 
 

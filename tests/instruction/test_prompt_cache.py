@@ -88,7 +88,8 @@ def test_constrained_decoding_sees_the_same_logits_with_a_shared_prefix(tiny_lm_
     shared, shared_logits, calls = run(batch_size=4)
     longest = max(len(ids) for ids in classifier.prompt_ids(texts))
     assert calls[0] >= 10 and calls[1] == longest - calls[0]  # the opening once, then each batch's own tokens
-    monkeypatch.setattr(SharedPrefix, "encode", classmethod(lambda cls, model, prompts, extra_tokens=0: cls.none(model)))
+    monkeypatch.setattr(SharedPrefix, "encode",
+                        classmethod(lambda cls, model, prompts, extra_tokens=0: cls.none(model)))
     alone, alone_logits, _ = run(batch_size=4)
     assert alone == shared
     assert len(alone_logits) == len(shared_logits)
@@ -117,7 +118,8 @@ def test_no_sharing_when_the_answer_would_run_past_a_sliding_window():
     assert SharedPrefix.encode(model, prompts, extra_tokens=FIVE_TOKEN_LABELS.max_answer_length).ids == []
     got = scoring.score_labels(model, prompts, FIVE_TOKEN_LABELS, pad_token_id=0, batch_size=2)
     for prompt, row in zip(prompts, got):
-        np.testing.assert_allclose(np.log(row), np.log(_brute_force_scores(model, prompt, FIVE_TOKEN_LABELS)), atol=1e-4)
+        np.testing.assert_allclose(np.log(row), np.log(_brute_force_scores(model, prompt, FIVE_TOKEN_LABELS)),
+                                   atol=1e-4)
 
 
 @pytest.mark.parametrize("family", ["lfm2", "falcon_h1"])
@@ -133,7 +135,8 @@ def test_no_sharing_with_convolutional_or_recurrent_layers(family):
     assert SharedPrefix.encode(model, prompts).ids == []
     got = scoring.score_labels(model, prompts, FIVE_TOKEN_LABELS, pad_token_id=0, batch_size=2)
     for prompt, row in zip(prompts, got):
-        np.testing.assert_allclose(np.log(row), np.log(_brute_force_scores(model, prompt, FIVE_TOKEN_LABELS)), atol=1e-4)
+        np.testing.assert_allclose(np.log(row), np.log(_brute_force_scores(model, prompt, FIVE_TOKEN_LABELS)),
+                                   atol=1e-4)
 
 
 def test_constrained_decoding_with_a_cache_implementation_in_the_generation_config(tiny_lm_dirs, tokenizer):

@@ -192,8 +192,9 @@ def test_answer_ids_are_how_the_tokenizer_spells_the_answer(request, which, text
         (dict(labels=["a", "b"], multi_label=True, delimiter="  "), "visible character"),
         (dict(labels=["a", "b"], multi_label=True, max_labels=0), "max_labels must be at least 1, got 0"),
         (dict(labels=["a", "b"], multi_label=True, max_labels=-2), "max_labels must be at least 1"),
-        (dict(labels=[0, 1], label_texts={1: "yes"}), re.escape("maps label names (strings) to answer texts (strings); "
-                                                                "got {1: 'yes'}. The labels are ['0', '1']")),
+        (dict(labels=[0, 1], label_texts={1: "yes"}), re.escape("maps label names (strings) to answer texts "
+                                                                "(strings); got {1: 'yes'}. The labels are "
+                                                                "['0', '1']")),
         (dict(labels=["a", "b"], label_texts={"a": 3}), "maps label names"),
     ],
 )

@@ -48,7 +48,8 @@ def classifier_with_suffix(lm_dir, tokenizer, multi_label=False, **kwargs):
     return model
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2"])  # rotary and learned positions; tests/last_token/test_backbones.py: all
+# rotary and learned positions; tests/last_token/test_backbones.py: all
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
 @pytest.mark.parametrize("multi_label", [False, True])
 def test_stock_export_reproduces_our_probabilities_without_the_package(tiny_lm_dir, family, tokenizer, texts,
                                                                        multi_label, tmp_path):

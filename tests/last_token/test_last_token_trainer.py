@@ -155,7 +155,8 @@ def test_a_local_backbone_saves_merged_and_loads_with_auto_classes(llama_dir, to
     # saves are tested through a Hub-layout cache in test_hub_round_trip.py).
     trainer.save_model(str(tmp_path / "merged"))
     assert (tmp_path / "merged" / "model.safetensors").exists()
-    assert not (tmp_path / "merged" / "adapter").exists() and not (tmp_path / "merged" / "adapter_config.json").exists()
+    assert not (tmp_path / "merged" / "adapter").exists() and \
+        not (tmp_path / "merged" / "adapter_config.json").exists()
     merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged").eval()
     assert type(merged) is LastTokenClassifierForSequenceClassification
     with torch.no_grad():
@@ -240,7 +241,8 @@ def test_balanced_weights_and_focal_loss():
     assert balanced_class_weights([[1, 0], [1, 1], [0, 0], [1, 0]], multi) == pytest.approx([1 / 3, 3.0])
     logits = torch.randn(6, 3)
     labels = torch.tensor([0, 1, 2, 0, 1, 2])
-    torch.testing.assert_close(focal_loss(logits, labels, False, gamma=0.0), torch.nn.functional.cross_entropy(logits, labels))
+    torch.testing.assert_close(focal_loss(logits, labels, False, gamma=0.0),
+                               torch.nn.functional.cross_entropy(logits, labels))
     assert focal_loss(logits, labels, False, gamma=2.0) < focal_loss(logits, labels, False, gamma=0.0)
     hot = torch.tensor([[1.0, 0, 1], [0, 1, 0]])
     torch.testing.assert_close(
@@ -295,10 +297,13 @@ def test_fewer_than_two_classes_is_rejected(llama_dir, tokenizer, tmp_path):
 
 def test_unseen_evaluation_label_is_an_error_or_dropped_on_request(llama_dir, tokenizer, tmp_path, caplog):
     train = synthetic(12, seed=1)
-    evaluation = Dataset.from_dict({"text": ["market up", "new gadget", "striker"], "label": ["business", "tech", "sport"]})
-    with pytest.raises(ValueError, match=r"1 rows of the evaluation data carry labels never seen in training \{'tech': 1\}"):
+    evaluation = Dataset.from_dict({"text": ["market up", "new gadget", "striker"],
+                                    "label": ["business", "tech", "sport"]})
+    with pytest.raises(ValueError,
+                       match=r"1 rows of the evaluation data carry labels never seen in training \{'tech': 1\}"):
         make_trainer(llama_dir, tokenizer, tmp_path, train=train, evaluation=evaluation)
-    trainer = make_trainer(llama_dir, tokenizer, tmp_path, train=train, evaluation=evaluation, drop_unknown_labels=True)
+    trainer = make_trainer(llama_dir, tokenizer, tmp_path, train=train, evaluation=evaluation,
+                           drop_unknown_labels=True)
     assert len(trainer.eval_dataset) == 2
     assert "dropped them" in caplog.text
 
@@ -351,7 +356,8 @@ def test_a_user_peft_config_still_trains_and_saves_the_head(llama_dir, tokenizer
 
 def test_early_stopping_works_without_loading_the_best_model(llama_dir, tokenizer, tmp_path):
     trainer = make_trainer(llama_dir, tokenizer, tmp_path, learning_rate=0.0, head_learning_rate=0.0,
-                           num_train_epochs=6, early_stopping_patience=1, load_best_model_at_end=False, calibrate=False)
+                           num_train_epochs=6, early_stopping_patience=1, load_best_model_at_end=False,
+                           calibrate=False)
     trainer.train()
     assert trainer.state.epoch == 2
 

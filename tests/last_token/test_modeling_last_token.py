@@ -274,7 +274,8 @@ def test_pooling_suffix_follows_the_last_real_token(tiny_lm_dirs, family, tokeni
     tokenizer.padding_side = "right"
     batch = tokenizer(texts, return_tensors="pt", padding=True)
     with torch.no_grad():
-        from_embeds = model(inputs_embeds=model.get_input_embeddings()(batch.input_ids), attention_mask=batch.attention_mask)
+        from_embeds = model(inputs_embeds=model.get_input_embeddings()(batch.input_ids),
+                            attention_mask=batch.attention_mask)
     torch.testing.assert_close(from_embeds.logits, manual, atol=1e-5, rtol=1e-4)
 
 

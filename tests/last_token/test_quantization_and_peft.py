@@ -76,7 +76,8 @@ def test_qlora_trains_the_adapters_and_the_head(tiny_lm_dirs, tokenizer, texts):
         tiny_lm_dirs["llama", "pad"], labels=LABELS, tokenizer=tokenizer, quantization_config=nf4()
     )
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    model = get_peft_model(model, LoraConfig(task_type="SEQ_CLS", r=8, lora_alpha=16, target_modules=LORA_TARGETS["llama"]))
+    model = get_peft_model(model, LoraConfig(task_type="SEQ_CLS", r=8, lora_alpha=16,
+                                             target_modules=LORA_TARGETS["llama"]))
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     assert any("lora_A" in name for name in trainable) and any("score" in name for name in trainable)
     assert not any("base_layer" in name for name in trainable)
@@ -99,7 +100,8 @@ def test_lora_adapter_round_trip_and_merge_give_identical_logits(tiny_lm_dirs, f
         tiny_lm_dirs[family, "pad"], labels=LABELS, tokenizer=tokenizer
     )
     base.save_pretrained(tmp_path / "base")
-    model = get_peft_model(base, LoraConfig(task_type="SEQ_CLS", r=8, lora_alpha=16, target_modules=LORA_TARGETS[family]))
+    model = get_peft_model(base, LoraConfig(task_type="SEQ_CLS", r=8, lora_alpha=16,
+                                            target_modules=LORA_TARGETS[family]))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     batch = tokenizer(texts, return_tensors="pt", padding=True)
     for _ in range(3):  # move lora_B away from zero and the head away from its initial weights
