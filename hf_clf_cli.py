@@ -62,8 +62,7 @@ def train(argv) -> int:
 
 
 def distill(argv) -> int:
-    """A trained classifier labels an unlabelled pool; a student (decoder, any sequence classifier, TF-IDF) learns
-    it."""
+    """A trained classifier labels an unlabelled pool, which a student learns (decoder, encoder or TF-IDF)."""
     from hf_clf_ext.scripts.distill import main as run
 
     run(argv)
@@ -290,10 +289,9 @@ def export(argv) -> int:
         raise fail(f"{args.model} is a TF-IDF student: it has no stock transformers architecture, and its folder "
                    "(JSON + safetensors) is already what serves it: load it with TextClassifier.from_pretrained.")
     if approach in ("stock", "onnx"):
-        raise fail(f"{args.model} is "
-                   f"""{'an ONNX export' if approach == 'onnx'
-                        else 'a stock *ForSequenceClassification model already (an export)'}"""
-                   ": serve it as it is.")
+        what = ("an ONNX export" if approach == "onnx"
+                else "a stock *ForSequenceClassification model already (an export)")
+        raise fail(f"{args.model} is {what}: serve it as it is.")
     try:
         architecture = (export_instruction if approach == "instruction" else export_stock)(args.model, args.output)
     except ValueError as error:
