@@ -25,9 +25,9 @@ TEXTS = ["the bank cut interest rates", "the striker scored twice in the final",
          "the film won an award", "voters went to the polls"]
 
 
-def launch(config: Path, approach: str, *extra: str) -> subprocess.CompletedProcess:
+def launch(config: Path, approach: str, *extra: str, script: Path | None = None) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(FSDP),
-               str(ROOT / "recipes" / f"train_{approach}.py"), "--config", str(config), *extra]
+               str(script or ROOT / "recipes" / f"train_{approach}.py"), "--config", str(config), *extra]
     run = subprocess.run(command, capture_output=True, text=True, cwd=config.parent, timeout=900,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert run.returncode == 0, run.stderr[-8000:]
@@ -80,6 +80,20 @@ def test_fsdp2_on_two_cpu_processes_shards_and_saves_what_one_process_trains(tmp
         state = json.loads((out_sharded / "checkpoint-12" / "trainer_state.json").read_text())
         assert state["global_step"] == 12 and state["epoch"] == 2.0
         TextClassifier.from_pretrained(out_sharded).classify(TEXTS)
+
+
+def test_the_processes_of_a_launched_job_leave_together_with_the_group_torn_down(tmp_path, data_files, tiny_lm_dirs):
+    """A process that had finished used to exit while the main one still wrote the merged model, with its gloo group
+    alive; that exit sometimes aborted (SIGABRT) and the launcher then killed the main process mid-save. Each job's
+    `main` now waits for the others and destroys the group, as `Accelerator.end_training` asks."""
+    config = write_config(tmp_path, tiny_lm_dirs["llama", "pad"], data_files, "instruction", num_train_epochs=1,
+                          per_device_train_batch_size=4, eval_strategy="no", save_strategy="no",
+                          load_best_model_at_end=False, use_peft=True, lora_dropout=0.0)
+    script = tmp_path / "job.py"
+    script.write_text("import sys\nimport torch.distributed\nfrom hf_clf_ext.scripts.train_instruction import main\n"
+                      "main(sys.argv[1:])\nprint('group after the job:', torch.distributed.is_initialized())\n")
+    run = launch(config, "instruction", script=script)
+    assert run.stdout.count("group after the job: False") == 2, run.stdout[-2000:]
 
 
 @pytest.mark.parametrize("trainer_class", [LastTokenTrainer, InstructionTrainer])

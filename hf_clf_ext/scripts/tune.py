@@ -6,7 +6,7 @@ import sys
 from .. import jobs
 from ..last_token.config import LastTokenConfig
 from ..tuning import TuneArguments, run_tuning
-from . import one_line_errors
+from . import leave_together, one_line_errors
 
 
 @one_line_errors
@@ -25,5 +25,6 @@ def main(argv=None) -> dict:
                  if "baseline_trial" in result else "")
               + f"\nTrials: {args.output_dir}/tune_trials.jsonl. "
               f"Train it: hf-clf train --config {result['best_config']}")
+    leave_together()
     return result
 
