@@ -245,6 +245,9 @@ def _predict_file(args) -> int:
         raise fail(error) from error
     if os.environ.get("RANK", "0") == "0":
         print(json.dumps(summary))
+    from hf_clf_ext.scripts import leave_together
+
+    leave_together()  # the processes of a launch end together, their group torn down
     return 0
 
 

@@ -170,8 +170,12 @@ def test_two_processes_through_accelerate_launch_write_what_one_process_writes(m
     one = tmp_path / "one.jsonl"
     predict_file(merged, one, input_file=str(inputs), id_column="n", chunk_size=7, progress=False)
     two = tmp_path / "two.jsonl"
+    script = tmp_path / "hf_clf.py"  # `hf-clf`, then whether the process group outlived it (it must not)
+    script.write_text("import sys\nimport torch.distributed\nfrom hf_clf_ext.cli import main\ncode = main()\n"
+                      "sys.stderr.write(f'group after the command: {torch.distributed.is_initialized()}\\n')\n"
+                      "sys.exit(code)\n")
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-               str(ROOT / "recipes" / "accelerate" / "cpu_2proc.yaml"), "-m", "hf_clf_ext.cli", "predict",
+               str(ROOT / "recipes" / "accelerate" / "cpu_2proc.yaml"), str(script), "predict",
                "--model", merged, "--input_file", str(inputs), "--id_column", "n", "--chunk_size", "7",
                "--output_file", str(two)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600,
@@ -180,6 +184,7 @@ def test_two_processes_through_accelerate_launch_write_what_one_process_writes(m
     assert json.loads(done.stdout.strip().splitlines()[-1])["texts"] == 55  # printed once, by the main process
     assert "predict (process 0 of 2)" in done.stderr  # two processes shared the chunks
     assert two.read_bytes() == one.read_bytes()
+    assert done.stderr.count("group after the command: False") == 2  # both ended together, the group torn down
 
 
 def test_an_onnx_export_is_batch_predicted_on_a_machine_with_an_accelerator(merged, tmp_path, monkeypatch):

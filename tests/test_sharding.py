@@ -91,7 +91,8 @@ def test_the_processes_of_a_launched_job_leave_together_with_the_group_torn_down
                           load_best_model_at_end=False, use_peft=True, lora_dropout=0.0)
     script = tmp_path / "job.py"
     script.write_text("import sys\nimport torch.distributed\nfrom hf_clf_ext.scripts.train_instruction import main\n"
-                      "main(sys.argv[1:])\nprint('group after the job:', torch.distributed.is_initialized())\n")
+                      "main(sys.argv[1:])\n"
+                      "sys.stdout.write(f'group after the job: {torch.distributed.is_initialized()}\\n')\n")
     run = launch(config, "instruction", script=script)
     assert run.stdout.count("group after the job: False") == 2, run.stdout[-2000:]
 
