@@ -24,8 +24,8 @@ of SetFit's default, which pairs every two texts: 8,000 pairs at 100 BBC article
 cores; `pip install -e ".[baselines]"`).
 ECE is reported before and after a temperature fitted on the validation split.
 `--max-length` reruns `last_token` at another input length, `--head-c` the logistic regressions at another C (SetFit's
-own head keeps scikit-learn's C=1, theirs C=10); `--model` reruns `last_token` or `instruction` on another
-backbone and `--set KEY=VALUE` with other config values (the quality levers); their rows are reported apart.
+own head keeps scikit-learn's C=1 unless given one, theirs C=10); `--model` reruns `last_token` or `instruction` on
+another backbone and `--set KEY=VALUE` with other config values (the quality levers); their rows are reported apart.
 
 Data sets: `bbc` (BBC News, single-label, 5 topics): each size draws `size / 5` training and 20 validation articles
 per topic with the seed, and every run shares the 445 test articles. `bbc_headlines`: the same draws with only each
@@ -182,12 +182,14 @@ def run_minilm_lr(task: Task, splits, seed: int, workdir: str, head_c: float | N
     return _features_and_regression(task, splits, seed, minilm_embeddings, minilm_embeddings, head_c)
 
 
-def run_setfit(task: Task, splits, seed: int, workdir: str, setfit_iterations: int | None = None) -> dict:
+def run_setfit(task: Task, splits, seed: int, workdir: str, setfit_iterations: int | None = None,
+               head_c: float | None = None) -> dict:
     """SetFit on all-MiniLM-L6-v2 (from `bundled:all-minilm-l6-v2`): the body fine-tuned contrastively on pairs of
     training texts (CosineSimilarityLoss, batch 16, one epoch, SetFit's learning rates), then SetFit's own
     logistic-regression head on its embeddings, as a SetFit user gets it: scikit-learn's C=1, where `minilm_lr` fits
-    C=10 (one-vs-rest and balanced for multi-label, as there). Pairs: SetFit's default ("oversampling": every pair
-    of a size-100 BBC draw's minority kind repeated to the majority's, 8,000 pairs) or, with `setfit_iterations` N,
+    C=10 (one-vs-rest and balanced for multi-label, as there; `head_c` gives SetFit's head another C). Pairs: SetFit's
+    default ("oversampling": every pair of a size-100 BBC draw's minority kind repeated to the majority's, 8,000
+    pairs) or, with `setfit_iterations` N,
     N x (number of texts) pairs of each kind (`num_iterations`, the SetFit paper's 20). SetFit's sampler draws them
     from all pairs shuffled with its own fixed seed (42): the run's seed changes the data and the training order,
     not that shuffle."""
@@ -197,9 +199,8 @@ def run_setfit(task: Task, splits, seed: int, workdir: str, setfit_iterations: i
     from hf_clf_ext.bundled import minilm_model_dir
 
     names = task.label_names(splits)
-    head = {"class_weight": "balanced", "max_iter": 5000} if task.multi_label else {"max_iter": 5000}
     model = SetFitModel.from_pretrained(minilm_model_dir(), multi_target_strategy="one-vs-rest" if task.multi_label
-                                        else None, head_params=head)
+                                        else None, head_params=setfit_head_params(task.multi_label, head_c))
     targets = task.targets(splits["train"], names)
     train = Dataset.from_dict({"text": list(splits["train"]["text"]),
                                "label": targets.astype(int).tolist()})
@@ -226,6 +227,14 @@ def run_setfit(task: Task, splits, seed: int, workdir: str, setfit_iterations: i
             "trainable_parameters": int(parameters), "train_seconds": train_seconds,
             "test_examples_per_second": len(splits["test"]) / infer,
             "precision": "fp16 autocast" if args.use_amp else "float32"}
+
+
+def setfit_head_params(multi_label: bool, head_c: float | None = None) -> dict:
+    """The keyword arguments of SetFit's scikit-learn `LogisticRegression` head: balanced classes for multi-label
+    (one-vs-rest on rare topics, as `minilm_lr`), enough iterations to converge, and `head_c` as C where given
+    (scikit-learn's C=1 otherwise, SetFit's default)."""
+    params = {"class_weight": "balanced", "max_iter": 5000} if multi_label else {"max_iter": 5000}
+    return params if head_c is None else {**params, "C": head_c}
 
 
 def run_tfidf_cut(task: Task, splits, seed: int, workdir: str) -> dict:
@@ -365,8 +374,8 @@ def run(task: Task, methods, sizes, seeds, max_length: int | None = None, model:
         raise SystemExit("--max-length applies to the last_token method only.")
     if (model or overrides) and not set(methods) <= {"last_token", "instruction"}:
         raise SystemExit("--model and --set apply to the last_token and instruction methods only.")
-    if head_c is not None and not set(methods) <= {"tfidf", "minilm_lr"}:
-        raise SystemExit("--head-c applies to the tfidf and minilm_lr methods only.")
+    if head_c is not None and not set(methods) <= {"tfidf", "minilm_lr", "setfit"}:
+        raise SystemExit("--head-c applies to the tfidf, minilm_lr and setfit methods only.")
     if setfit_iterations and set(methods) != {"setfit"}:
         raise SystemExit("--setfit-iterations applies to the setfit method only.")
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -404,7 +413,8 @@ def main(argv=None) -> None:
     parser.add_argument("--max-length", type=int, help="last_token only: tokens per text instead of the config's.")
     parser.add_argument("--model", help="last_token and instruction: another backbone, e.g. bundled:gemma3-270m.")
     parser.add_argument("--head-c", type=float,
-                        help="tfidf and minilm_lr only: the logistic regression's C instead of 10 (1: SetFit's head).")
+                        help="tfidf, minilm_lr and setfit only: the logistic regression's C instead of 10 (SetFit's "
+                             "head: instead of its 1).")
     parser.add_argument("--setfit-iterations", type=int,
                         help="setfit only: num_iterations (N x texts pairs of each kind) instead of SetFit's "
                              "default sampling.")

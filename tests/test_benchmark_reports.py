@@ -85,6 +85,55 @@ def test_another_backbone_and_config_values_reach_the_instruction_recipe_and_nam
         quality.run(task, ["instruction"], [100], [0], max_length=64)
 
 
+def test_a_head_c_reaches_setfits_own_head_and_names_its_rows(tmp_path, monkeypatch):
+    """`--head-c` gives SetFit's logistic head the C it names (SetFit's default, scikit-learn's C=1, without it; the
+    one-vs-rest head of multi-label data keeps its balanced classes), and those rows are kept and named apart."""
+    import json
+    import types
+
+    import quality
+    import quality_report
+    from sklearn.linear_model import LogisticRegression
+
+    from hf_clf_ext import bundled
+
+    given = []
+
+    class Stop(Exception):
+        pass
+
+    class SetFitModel:
+        @staticmethod
+        def from_pretrained(path, multi_target_strategy=None, head_params=None):
+            given.append((multi_target_strategy, head_params))
+            raise Stop  # the head is what this test reads: no contrastive training
+
+    monkeypatch.setitem(sys.modules, "setfit", types.SimpleNamespace(SetFitModel=SetFitModel, Trainer=None,
+                                                                     TrainingArguments=None))
+    monkeypatch.setattr(bundled, "minilm_model_dir", lambda: "minilm")
+    reuters = quality.TASKS["reuters"]
+    monkeypatch.setattr(quality.Task, "label_names", lambda self, splits: ["earn", "acq"])
+    for head_c in (None, 10.0):
+        with pytest.raises(Stop):
+            quality.run_setfit(reuters, {}, 0, str(tmp_path), head_c=head_c)
+    (default_strategy, default_head), (strategy, head) = given
+    assert default_strategy == strategy == "one-vs-rest"
+    assert default_head == {"class_weight": "balanced", "max_iter": 5000}
+    assert head == {**default_head, "C": 10.0}
+    assert (LogisticRegression(**default_head).C, LogisticRegression(**head).C) == (1.0, 10.0)
+
+    monkeypatch.setattr(quality, "RUNS", tmp_path / "runs.jsonl")
+    monkeypatch.setitem(quality.RUNNERS, "setfit", lambda *args, **options: {"f1_macro": 0.5, "options": options})
+    monkeypatch.setattr(quality.Task, "splits", lambda self, size, seed: {})
+    quality.run(reuters, ["setfit"], [400], [0], head_c=10.0)
+    quality.run(reuters, ["setfit"], [400], [0])
+    rows = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
+    assert [row["options"] for row in rows] == [{"head_c": 10.0}, {}]
+    assert sorted(quality_report._groups(rows, reuters)) == [(400, "setfit"), (400, "setfit (C=10)")]
+    with pytest.raises(SystemExit, match="--head-c applies to the tfidf, minilm_lr and setfit methods only"):
+        quality.run(reuters, ["last_token"], [400], [0], head_c=10.0)
+
+
 def test_distill_report_keeps_runs_on_the_earlier_pool_apart(tmp_path, monkeypatch):
     """Runs distilled from the earlier bundled pool (1,680 articles, which held the validation articles that select and
     calibrate a student) are not averaged with today's (1,531): they get a section of their own, and the targets and
