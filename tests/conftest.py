@@ -12,6 +12,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # a test starts, computes on one thread: two workers of two threads each would oversubscribe the cores.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = "1"
+# A process that aborts (SIGABRT, SIGSEGV) prints each thread's Python stack: a launched job's rare abort at its exit
+# ("terminate called without an active exception" in one of two FSDP processes, 1 of the suite's runs on 2026-12-05)
+# then says where that process was.
+os.environ.setdefault("PYTHONFAULTHANDLER", "1")
 
 import hashlib
 import itertools
