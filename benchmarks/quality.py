@@ -189,10 +189,9 @@ def run_setfit(task: Task, splits, seed: int, workdir: str, setfit_iterations: i
     logistic-regression head on its embeddings, as a SetFit user gets it: scikit-learn's C=1, where `minilm_lr` fits
     C=10 (one-vs-rest and balanced for multi-label, as there; `head_c` gives SetFit's head another C). Pairs: SetFit's
     default ("oversampling": every pair of a size-100 BBC draw's minority kind repeated to the majority's, 8,000
-    pairs) or, with `setfit_iterations` N,
-    N x (number of texts) pairs of each kind (`num_iterations`, the SetFit paper's 20). SetFit's sampler draws them
-    from all pairs shuffled with its own fixed seed (42): the run's seed changes the data and the training order,
-    not that shuffle."""
+    pairs) or, with `setfit_iterations` N, N x (number of texts) pairs of each kind (`num_iterations`, the SetFit
+    paper's 20). SetFit's sampler draws them from all pairs shuffled with its own fixed seed (42): the run's seed
+    changes the data and the training order, not that shuffle."""
     from datasets import Dataset
     from setfit import SetFitModel, Trainer, TrainingArguments
 
