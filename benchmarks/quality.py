@@ -138,11 +138,17 @@ def _logistic_regression(task: Task, seed: int, head_c: float | None = None):
     from sklearn.linear_model import LogisticRegression
     from sklearn.multiclass import OneVsRestClassifier
 
-    c = 10.0 if head_c is None else head_c
-    if task.multi_label:  # rare topics need balanced weights: without them macro-F1 at 400 stories halves
-        return OneVsRestClassifier(LogisticRegression(C=c, max_iter=5000, class_weight="balanced",
-                                                      random_state=seed))
-    return LogisticRegression(C=c, max_iter=5000, random_state=seed)
+    model = LogisticRegression(**logistic_head_params(task.multi_label, 10.0 if head_c is None else head_c),
+                               random_state=seed)
+    return OneVsRestClassifier(model) if task.multi_label else model
+
+
+def logistic_head_params(multi_label: bool, c: float | None = None) -> dict:
+    """The keyword arguments of every logistic-regression head here (ours and SetFit's `head_params`): enough
+    iterations to converge, balanced classes for multi-label (one-vs-rest on rare topics: without them macro-F1 at
+    400 stories halves), and C where given (scikit-learn's C=1 otherwise, SetFit's default)."""
+    params = {"class_weight": "balanced", "max_iter": 5000} if multi_label else {"max_iter": 5000}
+    return params if c is None else {**params, "C": c}
 
 
 def _features_and_regression(task: Task, splits, seed: int, fit_features, features,
@@ -199,7 +205,7 @@ def run_setfit(task: Task, splits, seed: int, workdir: str, setfit_iterations: i
 
     names = task.label_names(splits)
     model = SetFitModel.from_pretrained(minilm_model_dir(), multi_target_strategy="one-vs-rest" if task.multi_label
-                                        else None, head_params=setfit_head_params(task.multi_label, head_c))
+                                        else None, head_params=logistic_head_params(task.multi_label, head_c))
     targets = task.targets(splits["train"], names)
     train = Dataset.from_dict({"text": list(splits["train"]["text"]),
                                "label": targets.astype(int).tolist()})
@@ -226,14 +232,6 @@ def run_setfit(task: Task, splits, seed: int, workdir: str, setfit_iterations: i
             "trainable_parameters": int(parameters), "train_seconds": train_seconds,
             "test_examples_per_second": len(splits["test"]) / infer,
             "precision": "fp16 autocast" if args.use_amp else "float32"}
-
-
-def setfit_head_params(multi_label: bool, head_c: float | None = None) -> dict:
-    """The keyword arguments of SetFit's scikit-learn `LogisticRegression` head: balanced classes for multi-label
-    (one-vs-rest on rare topics, as `minilm_lr`), enough iterations to converge, and `head_c` as C where given
-    (scikit-learn's C=1 otherwise, SetFit's default)."""
-    params = {"class_weight": "balanced", "max_iter": 5000} if multi_label else {"max_iter": 5000}
-    return params if head_c is None else {**params, "C": head_c}
 
 
 def run_tfidf_cut(task: Task, splits, seed: int, workdir: str) -> dict:
