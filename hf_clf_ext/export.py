@@ -83,8 +83,8 @@ def export_stock(source, output_dir: str | os.PathLike, tokenizer=None, **load_k
                          f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}.")
     stock.tie_weights()
     # The tokenizer is built before anything is written: a refusal leaves no half-written folder behind.
-    stock_tokenizer = copy.deepcopy(tokenizer)
-    add_strip_normalizer(stock_tokenizer)  # texts stripped as in training, for users who never import this package
+    # Texts stripped as in training, for users who never import this package.
+    stock_tokenizer = add_strip_normalizer(copy.deepcopy(tokenizer))
     append_suffix_to_tokenizer(stock_tokenizer, config.suffix_token_ids or [], config.pooling_suffix)
     stock_tokenizer.model_max_length = tokenizer.model_max_length + len(config.suffix_token_ids or [])
     stock_tokenizer.padding_side = "right"  # position ids count from the first token in stock models

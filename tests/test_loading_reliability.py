@@ -27,7 +27,7 @@ from hf_clf_ext import (
 )
 from hf_clf_ext.last_token.modeling_last_token import ADAPTER_SUBFOLDER
 
-from conftest import _tiny_config, publish
+from conftest import _tiny_config, publish, run_fresh
 from testing_utils import instruction_config
 from testing_utils import arguments, synthetic
 
@@ -273,6 +273,45 @@ def test_saved_last_token_tokenizer_strips_like_the_package(tiny_lm_dirs, tokeni
     suffix = trainer.model.config.suffix_token_ids
     assert trainer.model.config.pooling_suffix.startswith("\n") and suffix[0] == tokenizer.convert_tokens_to_ids("Ċ")
     assert again.model.config.suffix_token_ids == suffix
+
+
+@pytest.mark.parametrize("tokenizer_class", ["GPT2Tokenizer", "Qwen2Tokenizer"])
+def test_a_base_with_its_own_tokenizer_class_saves_tokenizers_that_strip(tiny_lm_dirs, tmp_path, tokenizer_class):
+    """A base whose tokenizer_config names a model's own class (SmolLM2's and GPT-2's Hub repos: GPT2Tokenizer;
+    Qwen: Qwen2Tokenizer) loads as that class, which transformers 5 rebuilds from its vocabulary on load, dropping the
+    Strip in the saved tokenizer.json: the saved classifier and its stock export gave plain transformers users other
+    tokens, and other probabilities, for texts with white space around them than training saw."""
+    from hf_clf_ext.export import export_stock
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_lm_dirs["llama", "pad"], base)
+    config = json.loads((base / "tokenizer_config.json").read_text())
+    (base / "tokenizer_config.json").write_text(json.dumps({**config, "tokenizer_class": tokenizer_class}))
+    assert type(AutoTokenizer.from_pretrained(base)).__name__ == tokenizer_class
+    trainer = LastTokenTrainer(str(base), args=arguments(tmp_path, max_steps=1, eval_strategy="no",
+                                                         load_best_model_at_end=False),
+                               train_dataset=synthetic(8, 0))  # the base's own tokenizer, as the CLI loads it
+    trainer.save_model()  # a local base: saved merged
+    export_stock(tmp_path / "out", tmp_path / "stock")
+    messy = ["  the bank cut interest rates\n", "\u3000phones sold well!\u2028"]
+    clean = [text.strip() for text in messy]
+    assert trainer.processing_class(messy)["input_ids"] == trainer.processing_class(clean)["input_ids"]
+    for kind in ("out", "stock"):
+        plain = AutoTokenizer.from_pretrained(tmp_path / kind)
+        assert plain(messy)["input_ids"] == plain(clean)["input_ids"], kind
+    code = f"""
+import json, sys
+from transformers import pipeline
+piped = pipeline("text-classification", model={str(tmp_path / "stock")!r}, top_k=None)
+rows = [{{r["label"]: r["score"] for r in row}} for row in piped({messy + clean!r})]
+print("RESULT", json.dumps({{"rows": rows, "package": "hf_clf_ext" in sys.modules}}))
+"""
+    loaded = run_fresh(code)
+    assert loaded["package"] is False
+    rows = loaded["rows"]
+    for padded, bare in zip(rows[:2], rows[2:]):
+        assert padded == pytest.approx(bare, abs=1e-6)
+    assert rows[0] != pytest.approx(rows[1], abs=1e-3)  # the texts tell apart: the probabilities are no constant
 
 
 def test_final_save_into_a_checkpoint_named_folder_keeps_the_loadable_layout(moving_base, hub_cache, tokenizer,

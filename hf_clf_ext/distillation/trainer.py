@@ -256,15 +256,14 @@ def prepare_stock_tokenizer(tokenizer, args):
     from ..texts import add_strip_normalizer, set_truncation
 
     set_truncation(tokenizer, args.max_length, args.truncation_side)
-    add_strip_normalizer(tokenizer)
-    return tokenizer
+    return add_strip_normalizer(tokenizer)
 
 
 def train_stock_student(args, space: LabelSpace, model, tokenizer, texts, encoded, soft_targets, has_gold,
                         validation=None) -> SequenceClassificationDistillationTrainer:
     from ..texts import normalize_texts
 
-    prepare_stock_tokenizer(tokenizer, args)
+    tokenizer = prepare_stock_tokenizer(tokenizer, args)
 
     def encode(split_texts, labels, extra=None):
         # Exactly as classify_texts tokenizes: normalised texts, cut at the tokenizer's model_max_length.

@@ -109,7 +109,7 @@ class LastTokenTrainer(ClassifierTrainerMixin, Trainer):
         set_truncation(tokenizer, args.max_length - reserve, args.truncation_side)
         # Texts are stripped before tokenizing (data.build_texts, texts.check_texts); the saved tokenizer strips too,
         # so plain transformers users (`pipeline()`, AutoTokenizer) of the model see the same tokens.
-        add_strip_normalizer(tokenizer)
+        tokenizer = add_strip_normalizer(tokenizer)
 
         self.truncated: dict[str, int] = {}  # rows cut to max_length, per split (for the model card)
         self._streamed = StreamedRows(len(self.label_space.names), reserve) if is_stream(train_dataset) else None

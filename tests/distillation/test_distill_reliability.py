@@ -391,6 +391,22 @@ def test_a_sequence_classification_students_tokenizer_strips_texts(encoder_stude
     assert tokenizer("the market rose")["input_ids"] == raw("the market rose")["input_ids"]
 
 
+def test_a_student_whose_tokenizer_has_its_own_class_still_strips_once_saved(tmp_path, encoder_dir, data,
+                                                                             encoder_student):
+    """A student whose tokenizer_config names a model's own class (here GPT2Tokenizer, over the same byte-level
+    vocabulary), which transformers 5 rebuilds from its vocabulary on load, dropping the Strip the saved
+    tokenizer.json holds: reloaded, it gave other tokens for texts with white space around them."""
+    student = tmp_path / "student"
+    shutil.copytree(encoder_dir, student)
+    config = json.loads((student / "tokenizer_config.json").read_text())
+    (student / "tokenizer_config.json").write_text(json.dumps({**config, "tokenizer_class": "GPT2Tokenizer"}))
+    assert type(AutoTokenizer.from_pretrained(student)).__name__ == "GPT2Tokenizer"
+    train_encoder_student(student, tmp_path / "out", data, encoder_student["long"], max_steps=1)
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "out")
+    assert tokenizer(" \u3000the market rose \n")["input_ids"] == tokenizer("the market rose")["input_ids"]
+    assert tokenizer("the market rose")["input_ids"] == encoder_student["tokenizer"]("the market rose")["input_ids"]
+
+
 def test_a_sequence_classification_student_truncates_on_the_side_it_trained(tmp_path, encoder_dir, data,
                                                                              encoder_student):
     long, raw = encoder_student["long"], encoder_student["tokenizer"]
