@@ -21,7 +21,7 @@ from transformers import AutoTokenizer
 from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
 
 from .last_token.modeling_last_token import HUB_KWARGS, LastTokenClassifierForSequenceClassification
-from .texts import add_strip_normalizer
+from .texts import add_strip_normalizer, strips_whole_texts
 
 EXPORT_FACTS_FILE = "export.json"
 ONNX_FILE = "model.onnx"
@@ -207,7 +207,7 @@ def export_onnx(source, output_dir: str | os.PathLike, *, quantize: str | None =
                  "activation": "sigmoid" if config.problem_type == "multi_label_classification" else "softmax",
                  "decision_thresholds": getattr(config, "decision_thresholds", None),
                  "max_length": tokenizer.model_max_length, "truncation_side": tokenizer.truncation_side,
-                 "pad_token_id": tokenizer.pad_token_id,
+                 "pad_token_id": tokenizer.pad_token_id, "strips_texts": strips_whole_texts(tokenizer),
                  "padding_side": "right", "inputs": ["input_ids", "attention_mask"], "outputs": ["logits"]}
         if os.path.isfile(os.path.join(stock_dir, EXPORT_FACTS_FILE)):
             with open(os.path.join(stock_dir, EXPORT_FACTS_FILE), encoding="utf-8") as file:

@@ -14,7 +14,8 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+from transformers import (AddedToken, AutoModelForCausalLM, AutoTokenizer, BertConfig,
+                          BertForSequenceClassification)
 
 from hf_clf_ext import LastTokenClassifierForSequenceClassification, TextClassifier
 from hf_clf_ext.export import export_onnx
@@ -107,23 +108,49 @@ def test_int8_stays_close_and_names_the_same_labels(kind, exported):
     assert ops["MatMul"] == matmuls - weight_matmuls  # attention's products of activations stay float32
 
 
-def test_the_card_snippet_runs_without_the_package_or_torch(exported):
-    """The folder's README holds the code that runs it with onnxruntime and tokenizers alone: run as it stands, in a
-    fresh process, it prints the probabilities TextClassifier gives (multi-label: sigmoid, thresholds in onnx.json)."""
-    folder = exported["multi", None]
+def run_card_snippet(folder, texts) -> np.ndarray:
+    """The probabilities the code in the folder's card prints for `texts`, run as it stands in a fresh process that
+    imports neither hf_clf_ext nor torch."""
     card = (folder / "README.md").read_text()
     snippet = re.search(r"## With onnxruntime and tokenizers alone\n\n```python\n(.*?)```", card, re.S).group(1)
     assert f'folder = "{folder}"' in snippet
-    code = (f"{snippet}\nTEXTS = {MESSY!r}\nprint('RESULT', json.dumps(probabilities(TEXTS).tolist()))\n"
+    code = (f"{snippet}\nTEXTS = {texts!r}\nprint('RESULT', json.dumps(probabilities(TEXTS).tolist()))\n"
             "import sys\nassert 'hf_clf_ext' not in sys.modules and 'torch' not in sys.modules")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           cwd=folder, env={**os.environ, "PYTHONPATH": ""})
     assert done.returncode == 0, done.stderr[-3000:]
-    printed = json.loads(done.stdout.split("RESULT", 1)[1].strip().splitlines()[0])
+    return np.array(json.loads(done.stdout.split("RESULT", 1)[1].strip().splitlines()[0]))
+
+
+def test_the_card_snippet_runs_without_the_package_or_torch(exported):
+    """The folder's README holds the code that runs it with onnxruntime and tokenizers alone: run as it stands, in a
+    fresh process, it prints the probabilities TextClassifier gives (multi-label: sigmoid, thresholds in onnx.json)."""
+    folder = exported["multi", None]
     expected = probabilities(TextClassifier.from_pretrained(folder).classify(MESSY))
-    np.testing.assert_allclose(np.array(printed), expected, atol=1e-6)
+    np.testing.assert_allclose(run_card_snippet(folder, MESSY), expected, atol=1e-6)
     facts = json.loads((folder / "onnx.json").read_text())
     assert facts["activation"] == "sigmoid" and facts["decision_thresholds"] == [0.3, 0.5, 0.7]
+
+
+def test_a_tokenizer_that_cannot_strip_line_breaks_gets_a_card_that_strips_texts(tmp_path, tiny_lm_dirs, caplog):
+    """Gemma 3's tokenizer splits runs of line breaks off as added tokens before its normalizer runs, so the exported
+    tokenizer.json cannot strip them at the ends of a text: onnx.json and the card say so, and the card's code strips
+    texts itself, giving the package's probabilities for texts that end in line breaks."""
+    lm = tmp_path / "lm"
+    tokenizer = AutoTokenizer.from_pretrained(tiny_lm_dirs["llama", "pad"])
+    tokenizer.add_tokens([AddedToken("\n" * n, normalized=False) for n in (1, 2)])  # as Gemma 3's
+    model = AutoModelForCausalLM.from_pretrained(tiny_lm_dirs["llama", "pad"])
+    model.resize_token_embeddings(len(tokenizer))
+    model.save_pretrained(lm)
+    tokenizer.save_pretrained(lm)
+    source = make_classifier(tmp_path / "source", lm)
+    facts = export_onnx(source, tmp_path / "onnx")
+    assert facts["strips_texts"] is False
+    assert "not those at the ends of a text" in caplog.text  # the trainer's user is told too
+    assert "strip texts\nbefore encoding them" in (tmp_path / "onnx" / "README.md").read_text()
+    texts = ["Shares rose after the results.\n", "\n\nthe striker scored twice \n", "ok\n\n"]
+    expected = probabilities(TextClassifier.from_pretrained(source).classify(texts))
+    np.testing.assert_allclose(run_card_snippet(tmp_path / "onnx", texts), expected, atol=1e-5)
 
 
 def test_a_sequence_classification_student_exports_too(tmp_path, tokenizer_dirs):

@@ -313,7 +313,7 @@ session = onnxruntime.InferenceSession(f"{{folder}}/model.onnx")
 
 
 def probabilities(texts):
-    encodings = tokenizer.encode_batch(texts)
+    encodings = tokenizer.encode_batch({texts})
     feed = {{"input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
             "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64)}}
     logits = session.run(["logits"], feed)[0].astype(np.float64)
@@ -339,5 +339,8 @@ def onnx_card(facts: dict, folder: str | os.PathLike) -> str:
         architecture=facts["architecture"], task_kind="multi-label" if multi_label else "single-label",
         labels=facts["labels"], quantization=facts["quantization"], max_length=facts["max_length"],
         truncation_side=facts.get("truncation_side", "right"),
-        thresholds=facts["decision_thresholds"] if multi_label else None, snippet=ONNX_SNIPPET.format(folder=folder))
+        strips_texts=facts.get("strips_texts", True),
+        thresholds=facts["decision_thresholds"] if multi_label else None,
+        snippet=ONNX_SNIPPET.format(folder=folder, texts="texts" if facts.get("strips_texts", True) else
+                                    "[text.strip() for text in texts]"))
     return str(card)
