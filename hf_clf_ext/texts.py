@@ -105,10 +105,10 @@ def add_strip_normalizer(tokenizer):
         strip = normalizers.Strip(left=True, right=True)
         backend.normalizer = strip if existing is None else normalizers.Sequence([strip, existing])
     if not strips_whole_texts(tokenizer):
-        logger.warning("This tokenizer splits white space off as added tokens of its own (Gemma's runs of "
-                       "line breaks and tabs) before its normalizer runs, so the saved tokenizer strips spaces but "
-                       "not those at the ends of a text: users of plain transformers must strip texts "
-                       "themselves (hf_clf_ext's TextClassifier, pipeline and CLI do).")
+        logger.warning("This tokenizer splits white space off as added tokens of its own before its normalizer "
+                       "runs (as Gemma 3's does with runs of line breaks and tabs), so the saved tokenizer does not "
+                       "strip those at the ends of a text: users of plain transformers must strip texts themselves "
+                       "(TextClassifier and the hf-clf CLI do).")
     return _loads_as_saved(tokenizer)
 
 

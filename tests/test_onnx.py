@@ -146,7 +146,7 @@ def test_a_tokenizer_that_cannot_strip_line_breaks_gets_a_card_that_strips_texts
     source = make_classifier(tmp_path / "source", lm)
     facts = export_onnx(source, tmp_path / "onnx")
     assert facts["strips_texts"] is False
-    assert "not those at the ends of a text" in caplog.text  # the trainer's user is told too
+    assert "does not strip those at the ends of a text" in caplog.text  # the trainer's user is told too
     assert "strip texts\nbefore encoding them" in (tmp_path / "onnx" / "README.md").read_text()
     texts = ["Shares rose after the results.\n", "\n\nthe striker scored twice \n", "ok\n\n"]
     expected = probabilities(TextClassifier.from_pretrained(source).classify(texts))
