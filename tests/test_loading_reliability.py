@@ -29,7 +29,7 @@ from hf_clf_ext.last_token.modeling_last_token import ADAPTER_SUBFOLDER
 
 from conftest import _tiny_config, publish, run_fresh
 from testing_utils import instruction_config
-from testing_utils import arguments, synthetic
+from testing_utils import arguments, copy_naming_tokenizer_class, synthetic
 
 BASE = "tiny-org/moving-base"
 TEXTS = ["the bank cut interest rates", "the striker scored twice in the final match", "phones sold well!"]
@@ -283,10 +283,7 @@ def test_a_base_with_its_own_tokenizer_class_saves_tokenizers_that_strip(tiny_lm
     tokens, and other probabilities, for texts with white space around them than training saw."""
     from hf_clf_ext.export import export_stock
 
-    base = tmp_path / "base"
-    shutil.copytree(tiny_lm_dirs["llama", "pad"], base)
-    config = json.loads((base / "tokenizer_config.json").read_text())
-    (base / "tokenizer_config.json").write_text(json.dumps({**config, "tokenizer_class": tokenizer_class}))
+    base = copy_naming_tokenizer_class(tiny_lm_dirs["llama", "pad"], tmp_path / "base", tokenizer_class)
     assert type(AutoTokenizer.from_pretrained(base)).__name__ == tokenizer_class
     trainer = LastTokenTrainer(str(base), args=arguments(tmp_path, max_steps=1, eval_strategy="no",
                                                          load_best_model_at_end=False),

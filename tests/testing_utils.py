@@ -5,7 +5,9 @@ live in conftest.py; the tiny models and tokenizers are built there."""
 import functools
 import importlib.util
 import itertools
+import json
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +69,16 @@ def arguments(tmp_path, **overrides):
     )
     defaults.update(overrides)
     return LastTokenConfig(**defaults)
+
+
+def copy_naming_tokenizer_class(source, target, tokenizer_class: str) -> Path:
+    """A copy of the model folder `source` at `target` whose tokenizer_config names `tokenizer_class`, as a Hub repo
+    naming a model's own class does (SmolLM2's and GPT-2's: GPT2Tokenizer)."""
+    target = Path(target)
+    shutil.copytree(source, target)
+    config = json.loads((target / "tokenizer_config.json").read_text())
+    (target / "tokenizer_config.json").write_text(json.dumps({**config, "tokenizer_class": tokenizer_class}))
+    return target
 
 
 def make_trainer(llama_dir, tokenizer, tmp_path, train=None, evaluation=None, **overrides):

@@ -330,6 +330,7 @@ def onnx_card(facts: dict, folder: str | os.PathLike) -> str:
     """The README.md of the ONNX export in `folder` (`hf_clf_ext.export.export_onnx`), from its `onnx.json` facts."""
     folder = str(folder)
     multi_label = facts["activation"] == "sigmoid"
+    strips_texts = facts.get("strips_texts", True)
     data = ModelCardData(library_name="onnx", pipeline_tag="text-classification",
                          tags=["text-classification", "onnx", "hf-clf-ext",
                                *(["int8"] if facts["quantization"] else [])])
@@ -339,8 +340,7 @@ def onnx_card(facts: dict, folder: str | os.PathLike) -> str:
         architecture=facts["architecture"], task_kind="multi-label" if multi_label else "single-label",
         labels=facts["labels"], quantization=facts["quantization"], max_length=facts["max_length"],
         truncation_side=facts.get("truncation_side", "right"),
-        strips_texts=facts.get("strips_texts", True),
-        thresholds=facts["decision_thresholds"] if multi_label else None,
-        snippet=ONNX_SNIPPET.format(folder=folder, texts="texts" if facts.get("strips_texts", True) else
-                                    "[text.strip() for text in texts]"))
+        strips_texts=strips_texts, thresholds=facts["decision_thresholds"] if multi_label else None,
+        snippet=ONNX_SNIPPET.format(folder=folder,
+                                    texts="texts" if strips_texts else "[text.strip() for text in texts]"))
     return str(card)

@@ -38,7 +38,7 @@ from hf_clf_ext.fingerprints import classifier_fingerprint as teacher_fingerprin
 from hf_clf_ext.fingerprints import fingerprint, folder_fingerprint
 from hf_clf_ext.distillation.tfidf import SETTINGS_FILE, WEIGHTS_FILE, TfidfClassifier
 
-from testing_utils import recipe
+from testing_utils import copy_naming_tokenizer_class, recipe
 
 NAMES = ["business", "sport"]
 KEYWORDS = {"business": "market", "sport": "striker"}
@@ -396,10 +396,7 @@ def test_a_student_whose_tokenizer_has_its_own_class_still_strips_once_saved(tmp
     """A student whose tokenizer_config names a model's own class (here GPT2Tokenizer, over the same byte-level
     vocabulary), which transformers 5 rebuilds from its vocabulary on load, dropping the Strip the saved
     tokenizer.json holds: reloaded, it gave other tokens for texts with white space around them."""
-    student = tmp_path / "student"
-    shutil.copytree(encoder_dir, student)
-    config = json.loads((student / "tokenizer_config.json").read_text())
-    (student / "tokenizer_config.json").write_text(json.dumps({**config, "tokenizer_class": "GPT2Tokenizer"}))
+    student = copy_naming_tokenizer_class(encoder_dir, tmp_path / "student", "GPT2Tokenizer")
     assert type(AutoTokenizer.from_pretrained(student)).__name__ == "GPT2Tokenizer"
     train_encoder_student(student, tmp_path / "out", data, encoder_student["long"], max_steps=1)
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "out")
