@@ -135,7 +135,8 @@ def test_the_card_snippet_runs_without_the_package_or_torch(exported):
 def test_a_tokenizer_that_cannot_strip_line_breaks_gets_a_card_that_strips_texts(tmp_path, tiny_lm_dirs, caplog):
     """Gemma 3's tokenizer splits runs of line breaks off as added tokens before its normalizer runs, so the exported
     tokenizer.json cannot strip them at the ends of a text: onnx.json and the card say so, and the card's code strips
-    texts itself, giving the package's probabilities for texts that end in line breaks."""
+    texts itself (of the package's White_Space set, not `str.strip()`'s), giving the package's probabilities for texts
+    that end in line breaks."""
     lm = tmp_path / "lm"
     tokenizer = AutoTokenizer.from_pretrained(tiny_lm_dirs["llama", "pad"])
     tokenizer.add_tokens([AddedToken("\n" * n, normalized=False) for n in (1, 2)])  # as Gemma 3's
@@ -148,7 +149,8 @@ def test_a_tokenizer_that_cannot_strip_line_breaks_gets_a_card_that_strips_texts
     assert facts["strips_texts"] is False
     assert "does not strip those at the ends of a text" in caplog.text  # the trainer's user is told too
     assert "strip texts\nbefore encoding them" in (tmp_path / "onnx" / "README.md").read_text()
-    texts = ["Shares rose after the results.\n", "\n\nthe striker scored twice \n", "ok\n\n"]
+    # and strips what the package strips: U+001C ends the last text, a separator str.strip() would have removed
+    texts = ["Shares rose after the results.\n", "\n\nthe striker scored twice \n", "ok\n\n", "rates cut\x1c\n"]
     expected = probabilities(TextClassifier.from_pretrained(source).classify(texts))
     np.testing.assert_allclose(run_card_snippet(tmp_path / "onnx", texts), expected, atol=1e-5)
 

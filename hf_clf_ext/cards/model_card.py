@@ -16,6 +16,8 @@ import numpy as np  # noqa: E402
 from huggingface_hub import EvalResult, ModelCard, ModelCardData  # noqa: E402
 from sklearn.metrics import confusion_matrix, multilabel_confusion_matrix  # noqa: E402
 
+from ..texts import WHITESPACE  # noqa: E402
+
 RELIABILITY_PLOT = "reliability_diagram.png"
 CONFUSION_PLOT = "confusion_matrix.png"
 RESULTS_FILE = "eval_results.json"
@@ -310,7 +312,7 @@ tokenizer = Tokenizer.from_file(f"{{folder}}/tokenizer.json")  # strips white sp
 tokenizer.enable_truncation(facts["max_length"], direction=facts["truncation_side"])  # keep training's part
 tokenizer.enable_padding(pad_id=facts["pad_token_id"], direction="right")
 session = onnxruntime.InferenceSession(f"{{folder}}/model.onnx")
-
+{white_space}
 
 def probabilities(texts):
     encodings = tokenizer.encode_batch({texts})
@@ -324,6 +326,11 @@ def probabilities(texts):
 
 
 print(dict(zip(facts["labels"], probabilities(["Shares rose after the results."])[0].round(3))))"""
+
+
+# For tokenizers that cannot strip (`texts.strips_whole_texts`): the card's code strips what the package strips,
+# Unicode's White_Space; a bare `str.strip()` would also strip U+001C..U+001F, which the package keeps.
+STRIP_SET = f"WHITE_SPACE = {WHITESPACE!r}  # Unicode White_Space, as hf-clf-ext strips (not str.strip()'s set)\n"
 
 
 def onnx_card(facts: dict, folder: str | os.PathLike) -> str:
@@ -341,6 +348,6 @@ def onnx_card(facts: dict, folder: str | os.PathLike) -> str:
         labels=facts["labels"], quantization=facts["quantization"], max_length=facts["max_length"],
         truncation_side=facts.get("truncation_side", "right"),
         strips_texts=strips_texts, thresholds=facts["decision_thresholds"] if multi_label else None,
-        snippet=ONNX_SNIPPET.format(folder=folder,
-                                    texts="texts" if strips_texts else "[text.strip() for text in texts]"))
+        snippet=ONNX_SNIPPET.format(folder=folder, white_space="" if strips_texts else STRIP_SET,
+                                    texts="texts" if strips_texts else "[text.strip(WHITE_SPACE) for text in texts]"))
     return str(card)
