@@ -10,6 +10,7 @@ A failure the input causes (`jobs.JobError`) ends the script with one line, `hf-
 import functools
 
 from .. import jobs
+from ..sharding import release_device_meshes
 from ..jobs import JobError
 
 
@@ -31,8 +32,9 @@ def leave_together() -> None:
     waits for the others, then the process group is torn down before the interpreter exits. Without it a process
     that had finished exited while the main one still wrote the merged model, and exiting with the gloo group alive
     sometimes aborted ("terminate called without an active exception", SIGABRT), upon which the launcher killed the
-    main process mid-save: 2 of 65 two-process FSDP launches of the instruction recipe on a 2-core CPU. Nothing to do
-    in one process."""
+    main process mid-save: 2 of 65 two-process FSDP launches of the instruction recipe on a 2-core CPU. Waiting and
+    destroying made it rarer, not gone (a CI run since); the group now really ends (`sharding.release_device_meshes`):
+    DTensor's caches had kept its gloo threads running until the interpreter exited. Nothing to do in one process."""
     import torch.distributed
 
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -41,6 +43,7 @@ def leave_together() -> None:
         state = PartialState()
         state.wait_for_everyone()
         state.destroy_process_group()
+        release_device_meshes()
 
 
 def run_training(argv, arguments_class, job, approach: str) -> dict:
