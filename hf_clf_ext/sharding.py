@@ -103,17 +103,21 @@ def release_device_meshes() -> None:
     holds the mesh), transform plans, mesh topology and sharding-propagation caches keep the meshes, and the meshes
     the process group: after `destroy_process_group` its three gloo threads (`pt_gloo_runloop` x2, `gloo_tcp_loop`)
     ran on until the interpreter exited, measured in both processes of a 2-process FSDP2 job; torch's own
-    `destroy_process_group` on a plain gloo group joins them. Caches only: the next DTensor op refills them."""
+    `destroy_process_group` on a plain gloo group joins them. Caches only: the next DTensor op refills them.
+    (torch 2.13; a torch without one of these caches skips it.)"""
     import gc
     import sys
 
     if "torch.distributed.tensor" not in sys.modules:  # no DTensor ran: nothing was cached
         return
-    from torch.distributed.tensor import _collective_utils, _redistribute
-    from torch.distributed.tensor.debug import _clear_sharding_prop_cache
+    from torch.distributed.tensor import _collective_utils, _redistribute, debug
 
-    _redistribute.clear_redistribute_planner_cache()
-    _redistribute._gen_transform_infos.cache_clear()
-    _collective_utils.MeshTopoInfo.build_from_mesh.cache_clear()
-    _clear_sharding_prop_cache()
+    topology = getattr(_collective_utils, "MeshTopoInfo", None)
+    clears = (getattr(_redistribute, "clear_redistribute_planner_cache", None),  # each where this torch has it
+              getattr(getattr(_redistribute, "_gen_transform_infos", None), "cache_clear", None),
+              getattr(getattr(topology, "build_from_mesh", None), "cache_clear", None),
+              getattr(debug, "_clear_sharding_prop_cache", None))
+    for clear in clears:
+        if clear is not None:
+            clear()
     gc.collect()  # the meshes, planners and specs hold each other
