@@ -9,7 +9,9 @@ CPU workers the trainers switch accelerate's state to FSDP after the `Accelerato
 effect is refused before a model loads: FSDP in a single process (nothing to shard over) and FSDP1 on CPU.
 """
 
+import gc
 import os
+import sys
 
 import torch
 
@@ -105,9 +107,6 @@ def release_device_meshes() -> None:
     ran on until the interpreter exited, measured in both processes of a 2-process FSDP2 job; torch's own
     `destroy_process_group` on a plain gloo group joins them. Caches only: the next DTensor op refills them.
     (torch 2.13; a torch without one of these caches skips it.)"""
-    import gc
-    import sys
-
     if "torch.distributed.tensor" not in sys.modules:  # no DTensor ran: nothing was cached
         return
     from torch.distributed.tensor import _collective_utils, _redistribute, debug

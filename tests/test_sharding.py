@@ -21,6 +21,9 @@ from hf_clf_ext import InstructionConfig, InstructionTrainer, LastTokenConfig, L
 from testing_utils import ROOT, recipe, synthetic, write_config
 
 FSDP = ROOT / "recipes" / "accelerate" / "cpu_2proc_fsdp.yaml"
+# What each approach's sharded runs set beside the shared keys: no calibration for the last-token head; LoRA for the
+# instruction approach (testing_utils.write_config turns it off there, so that other tests train the whole model).
+APPROACH_OPTIONS = {"last_token": dict(calibrate=False), "instruction": dict(use_peft=True)}
 TEXTS = ["the bank cut interest rates", "the striker scored twice in the final", "a new phone was released",
          "the film won an award", "voters went to the polls"]
 
@@ -55,7 +58,7 @@ def test_fsdp2_on_two_cpu_processes_shards_and_saves_what_one_process_trains(tmp
     # differ only by float summation order.
     common = dict(num_train_epochs=1, lora_dropout=0.0, eval_strategy="no", save_strategy="steps", save_steps=3,
                   load_best_model_at_end=False)
-    common.update(calibrate=False) if approach == "last_token" else common.update(use_peft=True)
+    common.update(APPROACH_OPTIONS[approach])
     (tmp_path / "fsdp").mkdir(), (tmp_path / "one").mkdir()
     sharded = write_config(tmp_path / "fsdp", model, data_files, approach, per_device_train_batch_size=4, **common)
     single = write_config(tmp_path / "one", model, data_files, approach, per_device_train_batch_size=8, **common)
@@ -97,10 +100,9 @@ def test_the_processes_of_a_launched_job_leave_together_with_the_group_torn_down
     `main` now waits for the others and destroys the group, as `Accelerator.end_training` asks, and the group really
     ends: DTensor's caches kept FSDP2's meshes, which kept the group's gloo threads running into the interpreter's
     exit."""
-    extra = dict(calibrate=False) if approach == "last_token" else dict(use_peft=True)
     config = write_config(tmp_path, tiny_lm_dirs["llama", "pad"], data_files, approach, num_train_epochs=1,
                           per_device_train_batch_size=4, eval_strategy="no", save_strategy="no",
-                          load_best_model_at_end=False, lora_dropout=0.0, **extra)
+                          load_best_model_at_end=False, lora_dropout=0.0, **APPROACH_OPTIONS[approach])
     script = tmp_path / "job.py"
     script.write_text(
         "import os, sys\nimport torch.distributed\n"
