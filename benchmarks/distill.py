@@ -232,7 +232,9 @@ def report() -> None:
         "`python benchmarks/distill.py`. A student measured against a retrained teacher names that teacher's "
         "macro-F1; its throughput ratio is against the teacher timed in the same run. Training precision: what "
         "each model trained in (bf16 autocast where the config's `bf16: true` met a CPU with native bf16), read "
-        "from the training arguments its run saved; throughput timed in float32 (`TextClassifier`, no autocast).",
+        "from the training arguments its run saved; throughput timed in float32 (`TextClassifier`, no autocast). "
+        "Parameters: of the model as served (LoRA merged into its weights) where it was timed, else as trained "
+        "(its LoRA adapters, and PEFT's trained copy of the head, counted apart from the weights they update).",
         "",
     ]
     groups = group_runs(current)
