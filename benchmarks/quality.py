@@ -20,7 +20,7 @@ reads: what truncation costs), `minilm_lr` (frozen all-MiniLM-L6-v2 sentence emb
 regression, one-vs-rest balanced for multi-label: the sentence-encoder baseline, from `bundled:all-minilm-l6-v2`),
 `setfit` (SetFit 1.2 on the same encoder: contrastive fine-tuning on pairs of training texts, then SetFit's own
 logistic head; `--setfit-iterations N` draws N x (number of texts) positive pairs and as many negative ones instead
-of SetFit's default, which pairs every two texts: 8,000 pairs at 100 BBC articles, 52 minutes a seed on 2 CPU
+of SetFit's default, which pairs every two texts: 8,000 pairs at 100 BBC articles, 52-55 minutes a seed on 2 CPU
 cores; `pip install -e ".[baselines]"`).
 ECE is reported before and after a temperature fitted on the validation split.
 `--max-length` reruns `last_token` at another input length, `--head-c` the logistic regressions at another C (SetFit's
